@@ -1,0 +1,322 @@
+//! The graph schema: parsing and validation, all before anything runs.
+//!
+//! One schema everywhere (YAML files, rule-built maps, the wire): either
+//! `{resources: [...], edges: [...]}` (edges optional) or a bare list of resources.
+//! Validation is pure: no file is touched and no command run.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::error::GraphError;
+use crate::fields::{type_name, Fields};
+use crate::kinds;
+use crate::resource::Resource;
+
+/// A validated graph of resources, ready to run.
+#[derive(Clone)]
+pub struct Graph {
+    pub(crate) nodes: Vec<Arc<dyn Resource>>,
+    /// For each node, the nodes it waits for (edge sources).
+    pub(crate) deps: Vec<Vec<usize>>,
+    /// For each node, the nodes waiting for it (edge targets).
+    pub(crate) dependents: Vec<Vec<usize>>,
+}
+
+impl Graph {
+    /// Parse and validate a graph: `{resources: [...], edges: [...]}` or a bare list of
+    /// resources.
+    pub fn from_value(v: &Value) -> Result<Graph, GraphError> {
+        let (resources, edges) = split_top(v)?;
+        let nodes = resources
+            .iter()
+            .enumerate()
+            .map(|(i, item)| parse_resource(i + 1, item))
+            .collect::<Result<Vec<_>, _>>()?;
+        let edges = edges
+            .iter()
+            .enumerate()
+            .map(|(i, item)| parse_edge(i + 1, item))
+            .collect::<Result<Vec<_>, _>>()?;
+        Graph::assemble(nodes, &edges)
+    }
+
+    /// The same schema, as YAML.
+    pub fn from_yaml(text: &str) -> Result<Graph, GraphError> {
+        let value: Value =
+            serde_yaml::from_str(text).map_err(|e| GraphError::Yaml(e.to_string()))?;
+        Graph::from_value(&value)
+    }
+
+    /// Build from already-constructed resources and `(from, to)` id pairs.
+    pub(crate) fn assemble(
+        nodes: Vec<Arc<dyn Resource>>,
+        edges: &[(String, String)],
+    ) -> Result<Graph, GraphError> {
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
+        for (i, node) in nodes.iter().enumerate() {
+            if let Some(first) = index.insert(node.id(), i) {
+                return Err(GraphError::DuplicateId {
+                    id: node.id().to_string(),
+                    first: first + 1,
+                    second: i + 1,
+                });
+            }
+        }
+        let mut deps = vec![Vec::new(); nodes.len()];
+        let mut dependents = vec![Vec::new(); nodes.len()];
+        for (i, (from, to)) in edges.iter().enumerate() {
+            let find = |end: &'static str, id: &String| {
+                index
+                    .get(id.as_str())
+                    .copied()
+                    .ok_or_else(|| GraphError::UnknownEdgeEnd {
+                        index: i + 1,
+                        end,
+                        id: id.clone(),
+                    })
+            };
+            let (f, t) = (find("from", from)?, find("to", to)?);
+            // A repeated edge adds nothing.
+            if !deps[t].contains(&f) {
+                deps[t].push(f);
+                dependents[f].push(t);
+            }
+        }
+        if let Some(cycle) = find_cycle(&dependents) {
+            return Err(GraphError::Cycle {
+                path: cycle.iter().map(|&i| nodes[i].id().to_string()).collect(),
+            });
+        }
+        Ok(Graph {
+            nodes,
+            deps,
+            dependents,
+        })
+    }
+
+    /// Number of resources.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True when the graph has no resources.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Resource ids (`kind:name`), in graph order.
+    pub fn ids(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.id().to_string()).collect()
+    }
+}
+
+impl fmt::Debug for Graph {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Graph")
+            .field("ids", &self.ids())
+            .field("deps", &self.deps)
+            .finish()
+    }
+}
+
+fn split_top(v: &Value) -> Result<(&[Value], &[Value]), GraphError> {
+    let map = match v {
+        Value::Array(items) => return Ok((items, &[])),
+        Value::Object(map) => map,
+        other => {
+            return Err(GraphError::Shape(format!(
+            "expected a map with `resources` (and optional `edges`) or a list of resources, got {}",
+            type_name(other)
+        )))
+        }
+    };
+    // Typo protection here too: a misspelt `edges` would silently drop all ordering.
+    if let Some(key) = map.keys().find(|k| *k != "resources" && *k != "edges") {
+        return Err(GraphError::Shape(format!(
+            "unknown top-level key `{key}` (expected `resources` and optional `edges`)"
+        )));
+    }
+    let list = |key: &str, required: bool| -> Result<&[Value], GraphError> {
+        match map.get(key) {
+            Some(Value::Array(items)) => Ok(items),
+            None | Some(Value::Null) if !required => Ok(&[]),
+            None | Some(Value::Null) => Err(GraphError::Shape(format!("missing `{key}` list"))),
+            Some(other) => Err(GraphError::Shape(format!(
+                "`{key}` must be a list, got {}",
+                type_name(other)
+            ))),
+        }
+    };
+    Ok((list("resources", true)?, list("edges", false)?))
+}
+
+/// `n` is the 1-based position, used to name a resource that has no usable name yet.
+fn parse_resource(n: usize, item: &Value) -> Result<Arc<dyn Resource>, GraphError> {
+    let anonymous = format!("resource #{n}");
+    let Value::Object(map) = item else {
+        return Err(GraphError::NotAMap {
+            resource: anonymous,
+        });
+    };
+    let mut map: Map<String, Value> = map.clone();
+    let kind = required_name(&mut map, "kind", &anonymous)?;
+    let name = required_name(&mut map, "name", &anonymous)?;
+    let resource = format!("{kind}:{name}");
+    let Some(def) = kinds::lookup(&kind) else {
+        return Err(GraphError::UnknownKind {
+            resource,
+            kind,
+            known: kinds::kind_names().join(", "),
+        });
+    };
+    // Accepted now so graphs written for the metaparams version keep loading.
+    match map.remove("meta") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => {}
+        Some(other) => {
+            return Err(GraphError::InvalidField {
+                resource,
+                field: "meta".into(),
+                reason: format!("expected a map, got {}", type_name(&other)),
+            })
+        }
+    }
+    let mut fields = Fields::new(resource.clone(), map);
+    let built = (def.build)(resource, &name, &mut fields)?;
+    fields.finish()?;
+    Ok(built)
+}
+
+fn required_name(
+    map: &mut Map<String, Value>,
+    field: &str,
+    resource: &str,
+) -> Result<String, GraphError> {
+    let invalid = |reason: String| GraphError::InvalidField {
+        resource: resource.to_string(),
+        field: field.to_string(),
+        reason,
+    };
+    match map.remove(field) {
+        None | Some(Value::Null) => Err(GraphError::MissingField {
+            resource: resource.to_string(),
+            field: field.to_string(),
+        }),
+        Some(Value::String(s)) if s.trim().is_empty() => Err(invalid("must not be empty".into())),
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(invalid(format!(
+            "expected a string, got {}",
+            type_name(&other)
+        ))),
+    }
+}
+
+fn parse_edge(index: usize, item: &Value) -> Result<(String, String), GraphError> {
+    let invalid = |reason: String| GraphError::InvalidEdge { index, reason };
+    let Value::Object(map) = item else {
+        return Err(invalid(format!(
+            "expected a map with `from` and `to`, got {}",
+            type_name(item)
+        )));
+    };
+    if let Some(key) = map.keys().find(|k| *k != "from" && *k != "to") {
+        return Err(invalid(format!("unknown field `{key}`")));
+    }
+    let end = |key: &str| match map.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        None | Some(Value::Null) => Err(invalid(format!("missing `{key}`"))),
+        Some(other) => Err(invalid(format!(
+            "`{key}` must be a resource id string, got {}",
+            type_name(other)
+        ))),
+    };
+    Ok((end("from")?, end("to")?))
+}
+
+/// A cycle in `adj` (node -> successors), as node indices with the first repeated at the
+/// end. Depth-first in graph order, so the reported cycle is deterministic.
+fn find_cycle(adj: &[Vec<usize>]) -> Option<Vec<usize>> {
+    const NEW: u8 = 0;
+    const ON_PATH: u8 = 1;
+    const DONE: u8 = 2;
+    let mut color = vec![NEW; adj.len()];
+    for start in 0..adj.len() {
+        if color[start] != NEW {
+            continue;
+        }
+        color[start] = ON_PATH;
+        // (node, index of the next successor to visit)
+        let mut path: Vec<(usize, usize)> = vec![(start, 0)];
+        while let Some(top) = path.last_mut() {
+            let node = top.0;
+            let Some(&next) = adj[node].get(top.1) else {
+                color[node] = DONE;
+                path.pop();
+                continue;
+            };
+            top.1 += 1;
+            match color[next] {
+                NEW => {
+                    color[next] = ON_PATH;
+                    path.push((next, 0));
+                }
+                ON_PATH => {
+                    let from = path.iter().position(|&(n, _)| n == next).unwrap_or(0);
+                    let mut cycle: Vec<usize> = path[from..].iter().map(|&(n, _)| n).collect();
+                    cycle.push(next);
+                    return Some(cycle);
+                }
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn bare_list_and_map_forms() {
+        let list = json!([{"kind": "noop", "name": "a"}, {"kind": "noop", "name": "b"}]);
+        let g = Graph::from_value(&list).expect("list");
+        assert_eq!(g.ids(), vec!["noop:a", "noop:b"]);
+        let map = json!({"resources": list, "edges": [{"from": "noop:a", "to": "noop:b"}]});
+        let g = Graph::from_value(&map).expect("map");
+        assert_eq!(g.deps, vec![vec![], vec![0]]);
+        assert_eq!(g.len(), 2);
+        assert!(!g.is_empty());
+    }
+
+    #[test]
+    fn cycle_is_named() {
+        let g = json!({
+            "resources": [
+                {"kind": "noop", "name": "x"},
+                {"kind": "exec", "name": "a", "cmd": "true"},
+                {"kind": "exec", "name": "b", "cmd": "true"},
+            ],
+            "edges": [
+                {"from": "noop:x", "to": "exec:a"},
+                {"from": "exec:a", "to": "exec:b"},
+                {"from": "exec:b", "to": "exec:a"},
+            ],
+        });
+        let err = Graph::from_value(&g).expect_err("cycle");
+        assert_eq!(err.to_string(), "cycle: exec:a -> exec:b -> exec:a");
+    }
+
+    #[test]
+    fn self_edge_is_a_cycle() {
+        let g = json!({
+            "resources": [{"kind": "noop", "name": "a"}],
+            "edges": [{"from": "noop:a", "to": "noop:a"}],
+        });
+        let err = Graph::from_value(&g).expect_err("cycle");
+        assert_eq!(err.to_string(), "cycle: noop:a -> noop:a");
+    }
+}

@@ -1,0 +1,38 @@
+//! The reflex resource-graph engine: desired state as a DAG, converged in parallel, watched
+//! and repaired.
+//!
+//! In the style of mgmt: a [`Graph`] of resources (`file`, `exec`, `noop`; see [`kinds`])
+//! is validated up front ([`Graph::from_value`], [`Graph::from_yaml`]), then an [`Engine`]
+//! runs one task per resource. Independent resources run concurrently; an edge makes its
+//! target wait for its source. Each resource watches its real state (files through one
+//! shared inotify hub) and re-converges the moment it drifts. The engine knows nothing of
+//! the network; actors feed it graphs and forward its [`Report`]s and [`EngineEvent`]s.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let graph = actions::Graph::from_yaml(
+//!     "resources:\n  - {kind: file, name: /tmp/motd, content: \"hi\\n\"}\n",
+//! )?;
+//! let engine = actions::Engine::new()?;
+//! let mut running = engine.run(graph, actions::RunOptions::default());
+//! let report = running.first_report().await;
+//! assert!(report.ok);
+//! while let Some(event) = running.next_event().await {
+//!     println!("{event:?}");
+//! }
+//! # Ok(()) }
+//! ```
+
+mod engine;
+mod error;
+mod fields;
+mod graph;
+mod hub;
+pub mod kinds;
+mod resource;
+
+pub use engine::{Engine, EngineEvent, Report, RunOptions, Running};
+pub use error::{EngineError, GraphError, ResourceError};
+pub use graph::Graph;
+pub use hub::FileHub;
+pub use resource::{Outcome, Poke, Resource, WatchCtx, WatchGuard};

@@ -1,0 +1,100 @@
+//! The one interface every resource kind implements, and the small types it is handed.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::error::ResourceError;
+use crate::hub::FileHub;
+
+/// What one check-apply found (and did).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Real state already matched desired state; nothing was done.
+    Converged,
+    /// Real state differed and was fixed.
+    Changed,
+    /// Real state differs; noop mode, so nothing was done.
+    WouldChange,
+}
+
+/// One resource kind's implementation of desired state (mgmt's Res interface, trimmed).
+#[async_trait]
+pub trait Resource: Send + Sync + 'static {
+    /// `kind:name`.
+    fn id(&self) -> &str;
+
+    /// Start watching real state; call `poke.poke()` whenever it may have drifted. Returns a
+    /// guard whose Drop stops the watch. Kinds with nothing to watch return `Ok(None)`.
+    fn watch(&self, ctx: &WatchCtx, poke: Poke) -> Result<Option<WatchGuard>, ResourceError>;
+
+    /// Check the real state and, when `apply`, fix it.
+    async fn check_apply(&self, apply: bool) -> Result<Outcome, ResourceError>;
+
+    /// True when `other` describes the same desired state (for graph swap later).
+    fn compare(&self, other: &dyn Resource) -> bool;
+
+    /// For `compare`: lets an implementation downcast `other` to its own type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A wake-up for one resource task: "real state may have drifted, check again".
+///
+/// Backed by a channel of capacity one, so a burst of pokes while a check is pending
+/// coalesces into a single re-check, and `poke` never blocks (it is called from the
+/// inotify thread).
+#[derive(Debug, Clone)]
+pub struct Poke(mpsc::Sender<()>);
+
+impl Poke {
+    /// A poke and the receiving end its task waits on.
+    pub fn channel() -> (Poke, mpsc::Receiver<()>) {
+        let (tx, rx) = mpsc::channel(1);
+        (Poke(tx), rx)
+    }
+
+    /// Ask for a re-check. Never blocks; a re-check already pending absorbs it.
+    pub fn poke(&self) {
+        // Full means a re-check is already pending; closed means the task is gone.
+        let _ = self.0.try_send(());
+    }
+}
+
+/// Keeps a watch alive; dropping it stops the watch.
+pub struct WatchGuard {
+    _inner: Box<dyn Send>,
+}
+
+impl WatchGuard {
+    /// Wrap anything whose Drop ends a watch.
+    pub fn new<T: Send + 'static>(inner: T) -> WatchGuard {
+        WatchGuard {
+            _inner: Box::new(inner),
+        }
+    }
+}
+
+impl std::fmt::Debug for WatchGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WatchGuard")
+    }
+}
+
+/// What the engine lends a resource to set up its watch: the shared watchers.
+#[derive(Clone)]
+pub struct WatchCtx {
+    files: Arc<FileHub>,
+}
+
+impl WatchCtx {
+    pub(crate) fn new(files: Arc<FileHub>) -> WatchCtx {
+        WatchCtx { files }
+    }
+
+    /// The engine-wide inotify hub; subscribe to exact file paths on it.
+    pub fn files(&self) -> &Arc<FileHub> {
+        &self.files
+    }
+}

@@ -1,0 +1,3 @@
+//! Beacon kinds, one file each.
+
+pub mod load;

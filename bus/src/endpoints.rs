@@ -1,0 +1,48 @@
+//! Where each part listens. Everything derives from one port base so a whole stack can be moved
+//! (tests, a second stack on one machine) with one number.
+
+use std::path::Path;
+
+/// The default port base: manager ingest.
+pub const DEFAULT_PORT_BASE: u16 = 4510;
+
+/// The endpoints of one reflex stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    /// Manager event ingest (PULL, bound by the manager): port base.
+    pub ingest: String,
+    /// Publisher fan-out (PUB, bound by the publisher): port base + 1.
+    pub publish: String,
+    /// Publisher replay for late actors: port base + 2.
+    pub replay: String,
+    /// Manager monitor stream for `reflex tail` (PUB): port base + 3.
+    pub monitor: String,
+    /// Manager control socket (REP): port base + 4.
+    pub control: String,
+    /// Manager -> publisher link (PUSH/PULL, bound by the publisher) under the state dir.
+    pub link: String,
+}
+
+impl Endpoints {
+    pub fn new(host: &str, port_base: u16, state_dir: &Path) -> Endpoints {
+        let tcp = |off: u16| format!("tcp://{host}:{}", port_base.saturating_add(off));
+        Endpoints {
+            ingest: tcp(0),
+            publish: tcp(1),
+            replay: tcp(2),
+            monitor: tcp(3),
+            control: tcp(4),
+            link: link_endpoint(state_dir),
+        }
+    }
+
+    pub fn local(port_base: u16, state_dir: &Path) -> Endpoints {
+        Endpoints::new("127.0.0.1", port_base, state_dir)
+    }
+}
+
+/// `ipc://<state>/publisher.ipc`, with the state dir made absolute so every process agrees.
+pub fn link_endpoint(state_dir: &Path) -> String {
+    let abs = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    format!("ipc://{}", abs.join("publisher.ipc").display())
+}

@@ -1,0 +1,23 @@
+//! The reflex wire.
+//!
+//! Everything that crosses a socket is defined here and nowhere else: the [`Event`] a beacon,
+//! `reflex send` or an actor pushes to the manager; the [`Action`] the manager hands the
+//! publisher and the publisher broadcasts to actors; the msgpack [`codec`] with its version byte
+//! and size limit; the default [`Endpoints`]; the publish [`Target`]s and their topic frames; and
+//! the few socket options every process sets the same way ([`sockets`]).
+//!
+//! This crate depends on no other reflex crate: it is the bottom of the graph.
+
+pub mod codec;
+pub mod endpoints;
+pub mod monitor;
+pub mod sockets;
+pub mod target;
+pub mod wire;
+
+pub use codec::{
+    decode, decode_with_limit, encode, DecodeError, MalformedKind, MAX_FRAME, VERSION,
+};
+pub use endpoints::Endpoints;
+pub use target::{Target, TargetError};
+pub use wire::{new_id, now_ms, Action, Event, Origin};

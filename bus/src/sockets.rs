@@ -1,0 +1,181 @@
+//! Socket setup shared by every process, so high-water marks and linger are chosen once.
+//!
+//! ZeroMQ sockets are not thread-safe: each one is created and used on a single thread.
+
+use std::sync::OnceLock;
+
+/// Messages queued per peer before a socket applies back-pressure. On PUSH, a full queue makes
+/// the sender wait (or fail with EAGAIN when non-blocking); on PUB, messages to that subscriber
+/// are dropped: a slow subscriber never stalls the publisher.
+pub const HWM: i32 = 100_000;
+/// How long a closing socket keeps trying to deliver what it has queued.
+pub const LINGER_MS: i32 = 2_000;
+
+/// The process-wide ZeroMQ context.
+pub fn context() -> &'static zmq::Context {
+    static CTX: OnceLock<zmq::Context> = OnceLock::new();
+    CTX.get_or_init(zmq::Context::new)
+}
+
+/// A socket with our HWM and linger set.
+pub fn socket(kind: zmq::SocketType) -> zmq::Result<zmq::Socket> {
+    let s = context().socket(kind)?;
+    s.set_sndhwm(HWM)?;
+    s.set_rcvhwm(HWM)?;
+    s.set_linger(LINGER_MS)?;
+    Ok(s)
+}
+
+/// Bind, naming the endpoint in the error (the usual failure is "address in use").
+pub fn bind(kind: zmq::SocketType, endpoint: &str) -> Result<zmq::Socket, SocketError> {
+    let s = socket(kind).map_err(|e| SocketError::new(endpoint, e))?;
+    s.bind(endpoint)
+        .map_err(|e| SocketError::new(endpoint, e))?;
+    Ok(s)
+}
+
+/// Connect (ZeroMQ connects lazily; this fails only on a malformed endpoint).
+pub fn connect(kind: zmq::SocketType, endpoint: &str) -> Result<zmq::Socket, SocketError> {
+    let s = socket(kind).map_err(|e| SocketError::new(endpoint, e))?;
+    s.connect(endpoint)
+        .map_err(|e| SocketError::new(endpoint, e))?;
+    Ok(s)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{endpoint}: {source}")]
+pub struct SocketError {
+    pub endpoint: String,
+    #[source]
+    pub source: zmq::Error,
+}
+
+impl SocketError {
+    pub fn new(endpoint: &str, source: zmq::Error) -> SocketError {
+        SocketError {
+            endpoint: endpoint.to_string(),
+            source,
+        }
+    }
+}
+
+/// Connect with a [`HandshakeWatch`] attached before connecting, so not even the first
+/// handshake can be missed.
+pub fn connect_watched(
+    kind: zmq::SocketType,
+    endpoint: &str,
+) -> Result<(zmq::Socket, HandshakeWatch), SocketError> {
+    let s = socket(kind).map_err(|e| SocketError::new(endpoint, e))?;
+    let watch = HandshakeWatch::new(&s)?;
+    s.connect(endpoint)
+        .map_err(|e| SocketError::new(endpoint, e))?;
+    Ok((s, watch))
+}
+
+/// Watches a socket's connection handshakes (ZeroMQ socket monitor over inproc), so a process
+/// can tell when a peer is really there, e.g. for an actor to announce itself only once its
+/// subscriptions can reach the publisher.
+///
+/// Keep the watch alive as long as the socket, and drain it now and then: libzmq sends monitor
+/// events from its I/O thread, and a monitor with no reader can stall that thread, and with it
+/// every socket of the context.
+pub struct HandshakeWatch {
+    pair: zmq::Socket,
+}
+
+impl HandshakeWatch {
+    /// Attach to `socket`; only handshakes after this call are seen (see [`connect_watched`]).
+    pub fn new(socket: &zmq::Socket) -> Result<HandshakeWatch, SocketError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ep = format!("inproc://handshake-{}-{n}", std::process::id());
+        socket
+            .monitor(&ep, zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32)
+            .map_err(|e| SocketError::new(&ep, e))?;
+        let pair = context()
+            .socket(zmq::PAIR)
+            .map_err(|e| SocketError::new(&ep, e))?;
+        pair.connect(&ep).map_err(|e| SocketError::new(&ep, e))?;
+        Ok(HandshakeWatch { pair })
+    }
+
+    /// The socket to poll for handshake notifications.
+    pub fn socket(&self) -> &zmq::Socket {
+        &self.pair
+    }
+
+    /// Take every pending notification; true when at least one handshake succeeded.
+    pub fn drain(&self) -> bool {
+        let mut any = false;
+        while let Ok(parts) = self.pair.recv_multipart(zmq::DONTWAIT) {
+            any |= parts.len() == 2;
+        }
+        any
+    }
+
+    /// Wait up to `timeout` for a handshake; true when one happened.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.drain() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let mut items = [self.pair.as_poll_item(zmq::POLLIN)];
+            if poll(&mut items, left.as_millis().min(i64::MAX as u128) as i64).is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+/// `zmq::poll`, where a signal arriving (EINTR) is just an early wake-up: callers re-check their
+/// stop flag and poll again.
+pub fn poll(items: &mut [zmq::PollItem], timeout_ms: i64) -> zmq::Result<()> {
+    match zmq::poll(items, timeout_ms) {
+        Ok(_) | Err(zmq::Error::EINTR) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn handshake_seen_from_many_threads_at_once() {
+        let threads: Vec<_> = (0..8)
+            .map(|_| std::thread::spawn(handshake_seen_whether_the_peer_binds_before_or_after))
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn handshake_seen_whether_the_peer_binds_before_or_after() {
+        for bind_first in [true, false] {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let ep = format!("tcp://127.0.0.1:{}", l.local_addr().unwrap().port());
+            drop(l);
+            let mut publ = None;
+            if bind_first {
+                publ = Some(bind(zmq::PUB, &ep).unwrap());
+            }
+            let (_sub, watch) = connect_watched(zmq::SUB, &ep).unwrap();
+            if !bind_first {
+                std::thread::sleep(Duration::from_millis(50));
+                publ = Some(bind(zmq::PUB, &ep).unwrap());
+            }
+            assert!(
+                watch.wait(Duration::from_secs(5)),
+                "bind_first={bind_first}"
+            );
+            drop(publ);
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The two messages of the system: events (facts, flowing to the manager) and actions (desired
+//! state, flowing from the manager to actors).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Something that happened on a host, or a result an actor reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique id (UUIDv7 text: time-ordered).
+    pub id: String,
+    /// Slash-separated tag: `beacon/load`, `actor/result`, `demo/hello`.
+    pub tag: String,
+    /// The host the event is about (the sender's name unless said otherwise).
+    pub host: String,
+    /// Unix time in milliseconds when the event was made.
+    pub time: u64,
+    /// Free-form payload.
+    #[serde(default)]
+    pub data: Value,
+    /// How many rule-emitted events stand between this one and an outside event; 0 for outside
+    /// events. The manager drops events that are too deep (loop protection).
+    #[serde(default)]
+    pub depth: u32,
+}
+
+impl Event {
+    /// A fresh event with a new id and the current time.
+    pub fn new(tag: impl Into<String>, host: impl Into<String>, data: Value) -> Event {
+        Event {
+            id: new_id(),
+            tag: tag.into(),
+            host: host.into(),
+            time: now_ms(),
+            data,
+            depth: 0,
+        }
+    }
+}
+
+/// Where an action came from: the event that caused it and the rule that made it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Origin {
+    pub event: String,
+    pub rule: String,
+}
+
+/// Desired state for the actors a target selects: a resource graph, under a name that later
+/// actions with the same name replace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Action {
+    pub id: String,
+    /// Actors hold one graph per name; a new action with the same name replaces it.
+    pub name: String,
+    /// Strictly increasing number the publisher assigns; 0 until then.
+    #[serde(default)]
+    pub seq: u64,
+    /// `all`, `host/<name>` or `group/<name>` (see [`crate::Target`]).
+    pub target: String,
+    /// The resource graph, in the one graph schema (`resources:` and `edges:`); the engine
+    /// validates it.
+    pub graph: Value,
+    #[serde(default)]
+    pub origin: Origin,
+    /// Unix time in milliseconds after which actors must not run it; `None` = never expires.
+    #[serde(default)]
+    pub expires: Option<u64>,
+}
+
+/// A new unique, time-ordered id.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

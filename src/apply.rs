@@ -1,0 +1,87 @@
+//! `reflex apply`: converge a YAML graph on this machine without any daemon, then keep it
+//! converged (watching and repairing) until Ctrl-C, or until nothing has changed for
+//! `--converged-timeout` seconds.
+
+use crate::cli::Exit;
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct ApplyArgs {
+    /// The graph file (YAML: `resources:` and `edges:`).
+    pub graph: PathBuf,
+    /// Exit 0 once nothing has changed for this many seconds.
+    #[arg(long)]
+    pub converged_timeout: Option<f64>,
+    /// Check only: report what would change, change nothing.
+    #[arg(long)]
+    pub noop: bool,
+}
+
+pub fn run(a: ApplyArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&a.graph)
+        .map_err(|e| Exit::usage(format!("cannot read {}: {e}", a.graph.display())))?;
+    let graph = actions::Graph::from_yaml(&text)
+        .map_err(|e| Exit::usage(format!("{}: {e}", a.graph.display())))?;
+    let idle = match a.converged_timeout {
+        Some(s) if !(s.is_finite() && s >= 0.0) => {
+            return Err(Exit::usage(
+                "--converged-timeout must be a number of seconds >= 0",
+            ))
+        }
+        Some(s) => Some(Duration::from_secs_f64(s)),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let engine = actions::Engine::new()?;
+        let n = graph.len();
+        let mut running = engine.run(graph, actions::RunOptions { noop: a.noop });
+        let report = running.first_report().await;
+        for id in &report.changed {
+            eprintln!("{} {id}", if a.noop { "would change" } else { "changed" });
+        }
+        for e in &report.errors {
+            eprintln!("error: {e}");
+        }
+        eprintln!(
+            "{n} resources: {} changed, {} errors in {:.1} ms",
+            report.changed.len(),
+            report.errors.len(),
+            report.elapsed.as_secs_f64() * 1e3
+        );
+        let mut failed = !report.ok;
+        let stop = crate::cli::stop_flag()?;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match tokio::time::timeout(Duration::from_millis(100), running.next_event()).await {
+                Ok(Some(actions::EngineEvent::Changed { id })) => eprintln!("repaired {id}"),
+                Ok(Some(actions::EngineEvent::Failed { id, error })) => {
+                    failed = true;
+                    eprintln!("error: {id}: {error}");
+                }
+                Ok(None) => break,
+                Err(_) => {}
+            }
+            // `converged` resolves at once when the graph has been quiet for `d` already.
+            if let Some(d) = idle {
+                if tokio::time::timeout(Duration::ZERO, running.converged(d))
+                    .await
+                    .is_ok()
+                {
+                    eprintln!("converged: nothing changed for {:.1}s", d.as_secs_f64());
+                    break;
+                }
+            }
+        }
+        running.stop().await;
+        anyhow::Ok(if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        })
+    })
+}

@@ -1,0 +1,188 @@
+//! The command line: shared options, logging, and dispatch to each subcommand.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "reflex",
+    version,
+    about = "Event-driven infrastructure automation: beacons sense, rules decide, actors converge."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+pub struct LogArgs {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax); RUST_LOG wins when set.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// Where a stack lives: its state dir and its port base.
+#[derive(Args, Clone, Debug)]
+pub struct StackArgs {
+    /// State directory (registers, action log, the ipc link).
+    #[arg(long, default_value = ".reflex")]
+    pub state: PathBuf,
+    /// Port base: ingest on N, publisher on N+1, replay N+2, monitor N+3, control N+4.
+    #[arg(long, default_value_t = bus::endpoints::DEFAULT_PORT_BASE)]
+    pub port_base: u16,
+    /// Address the manager and publisher bind and clients connect to.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub addr: String,
+}
+
+impl StackArgs {
+    pub fn endpoints(&self) -> bus::Endpoints {
+        bus::Endpoints::new(&self.addr, self.port_base, &self.state)
+    }
+
+    pub fn ensure_state(&self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.state)
+            .map_err(|e| anyhow::anyhow!("cannot create state dir {}: {e}", self.state.display()))
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// The whole stack on this machine: publisher, manager, an actor and the load beacon.
+    Up(crate::up::UpArgs),
+    /// Run the manager: event ingest, rules, registers.
+    Manager(crate::daemons::ManagerArgs),
+    /// Run the publisher: numbers, logs and broadcasts actions.
+    Publisher(crate::daemons::PublisherArgs),
+    /// Run an actor: executes actions for this host and its groups.
+    Actor(crate::daemons::ActorArgs),
+    /// Run the load beacon.
+    Beacon(crate::daemons::BeaconArgs),
+    /// Send one event to the manager.
+    Send(crate::send::SendArgs),
+    /// Print events, rule hits and actions as they flow through the manager.
+    Tail(crate::tail::TailArgs),
+    /// Converge a graph file on this machine, standalone.
+    Apply(crate::apply::ApplyArgs),
+    /// Ask a running manager for its counters.
+    Status(crate::send::StatusArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCmd),
+}
+
+/// An error that carries its exit code.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn usage(message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Exit {
+            code: 2,
+            message: message.into(),
+        })
+    }
+
+    pub fn unreachable(message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Exit {
+            code: 3,
+            message: message.into(),
+        })
+    }
+
+    pub fn code(&self) -> u8 {
+        self.code
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+pub fn init_logging(log: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+/// A flag set by SIGINT or SIGTERM.
+pub fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok(stop)
+}
+
+/// This machine's host name, usable as a topic segment.
+pub fn hostname() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c == '/' || c.is_whitespace() {
+                '-'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "localhost".to_string()
+    } else {
+        name
+    }
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Up(a) => crate::up::run(a, &cli.log),
+        Cmd::Manager(a) => crate::daemons::manager(a),
+        Cmd::Publisher(a) => crate::daemons::publisher(a),
+        Cmd::Actor(a) => crate::daemons::actor(a),
+        Cmd::Beacon(a) => crate::daemons::beacon(a),
+        Cmd::Send(a) => crate::send::send(a),
+        Cmd::Tail(a) => crate::tail::run(a),
+        Cmd::Apply(a) => crate::apply::run(a),
+        Cmd::Status(a) => crate::send::status(a),
+        Cmd::Bench(b) => crate::bench::run(b),
+    }
+}

@@ -1,0 +1,155 @@
+//! `reflex send` (one event) and `reflex status` (a manager's counters).
+
+use crate::cli::{hostname, Exit, StackArgs};
+use clap::Args;
+use serde_json::{Map, Value};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct SendArgs {
+    /// Event tag, e.g. demo/hello.
+    pub tag: String,
+    /// Data fields as KEY=VALUE; values that parse as JSON numbers or booleans are sent as such.
+    pub fields: Vec<String>,
+    /// Data as a JSON object (KEY=VALUE fields are merged over it).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Host the event is about (default: this machine).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Manager ingest endpoint (default: from --addr and --port-base).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Seconds to wait for a manager.
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout: f64,
+    #[command(flatten)]
+    pub stack: StackArgs,
+}
+
+/// A field value: JSON numbers and booleans as such, anything else as a string.
+fn field_value(raw: &str) -> Value {
+    match serde_json::from_str::<Value>(raw) {
+        Ok(v @ (Value::Number(_) | Value::Bool(_))) => v,
+        _ => Value::String(raw.to_string()),
+    }
+}
+
+pub fn build_data(data: Option<&str>, fields: &[String]) -> anyhow::Result<Value> {
+    let mut map = match data {
+        None => Map::new(),
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(m)) => m,
+            Ok(other) if fields.is_empty() => return Ok(other),
+            Ok(_) => {
+                return Err(Exit::usage(
+                    "--data must be a JSON object when KEY=VALUE fields are given too",
+                ))
+            }
+            Err(e) => return Err(Exit::usage(format!("--data is not valid JSON: {e}"))),
+        },
+    };
+    for f in fields {
+        let (k, v) = f
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| Exit::usage(format!("field {f:?} is not KEY=VALUE")))?;
+        map.insert(k.to_string(), field_value(v));
+    }
+    Ok(Value::Object(map))
+}
+
+pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
+    if a.tag.is_empty() || a.tag.contains(char::is_whitespace) {
+        return Err(Exit::usage(format!(
+            "bad tag {:?}: tags are slash-separated words without spaces",
+            a.tag
+        )));
+    }
+    if !(a.timeout.is_finite() && a.timeout > 0.0) {
+        return Err(Exit::usage(
+            "--timeout must be a positive number of seconds",
+        ));
+    }
+    let data = build_data(a.data.as_deref(), &a.fields)?;
+    let to = a.to.unwrap_or(a.stack.endpoints().ingest);
+    let ev = bus::Event::new(a.tag, a.host.unwrap_or_else(hostname), data);
+    match beacons::send_once(&to, &ev, Duration::from_secs_f64(a.timeout)) {
+        Ok(()) => {
+            println!("{}", ev.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ beacons::SendError::NoManager { .. }) => Err(Exit::unreachable(e.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub stack: StackArgs,
+    /// Seconds to wait for the manager's answer.
+    #[arg(long, default_value_t = 3.0)]
+    pub timeout: f64,
+}
+
+/// Ask the control socket one JSON question.
+pub fn control_request(
+    endpoint: &str,
+    request: &Value,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    let s = bus::sockets::connect(zmq::REQ, endpoint)?;
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    s.set_rcvtimeo(ms)?;
+    s.set_sndtimeo(ms)?;
+    s.set_linger(0)?;
+    s.send(request.to_string().as_bytes(), 0)?;
+    match s.recv_bytes(0) {
+        Ok(b) => Ok(serde_json::from_slice(&b)?),
+        Err(zmq::Error::EAGAIN) => Err(Exit::unreachable(format!(
+            "no manager answered on {endpoint} within {:.1}s",
+            timeout.as_secs_f64()
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let reply = control_request(
+        &a.stack.endpoints().control,
+        &serde_json::json!({"cmd": "stats"}),
+        Duration::from_secs_f64(a.timeout.max(0.1)),
+    )?;
+    println!("{}", serde_json::to_string_pretty(&reply)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fields_are_typed_and_merged() {
+        let v = build_data(
+            Some(r#"{"a": 1, "b": "x"}"#),
+            &[
+                "b=2".into(),
+                "c=true".into(),
+                "d=hi there".into(),
+                "e=1.5".into(),
+                "f=".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            json!({"a": 1, "b": 2, "c": true, "d": "hi there", "e": 1.5, "f": ""})
+        );
+        assert!(build_data(None, &["novalue".into()]).is_err());
+        assert!(build_data(Some("{bad"), &[]).is_err());
+        assert_eq!(build_data(Some("[1,2]"), &[]).unwrap(), json!([1, 2]));
+    }
+}

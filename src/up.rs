@@ -1,0 +1,253 @@
+//! `reflex up`: the whole stack on this machine, as child processes of one supervisor.
+//!
+//! It starts the publisher, the manager, one actor and the load beacon (each is this same binary
+//! with another subcommand), restarts a child that dies (with back-off), prints one line once an
+//! actor's subscription has reached the publisher, and on SIGINT/SIGTERM stops every child and
+//! exits 0. Children get SIGTERM if the supervisor itself dies, so none is left behind.
+
+use crate::cli::{hostname, stop_flag, LogArgs, StackArgs};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub stack: StackArgs,
+    /// Folder of `*.rhai` rules. When the default `rules` folder does not exist, the shipped
+    /// rules are written to `<state>/rules` and used.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// The actor's name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The actor's groups; repeatable.
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
+    /// Seconds between load beacon samples.
+    #[arg(long, default_value_t = 5.0)]
+    pub beacon_interval: f64,
+}
+
+/// The rules shipped with reflex, embedded so `reflex up` works from any folder.
+pub const SHIPPED_RULES: &[(&str, &str)] = &[
+    ("10-hello.rhai", include_str!("../rules/10-hello.rhai")),
+    ("20-load.rhai", include_str!("../rules/20-load.rhai")),
+];
+
+fn rules_dir(a: &UpArgs) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = &a.rules {
+        if !dir.is_dir() {
+            return Err(crate::cli::Exit::usage(format!(
+                "rules folder {} does not exist",
+                dir.display()
+            )));
+        }
+        return Ok(dir.clone());
+    }
+    let default = Path::new("rules");
+    if default.is_dir() {
+        return Ok(default.to_path_buf());
+    }
+    let dir = a.stack.state.join("rules");
+    std::fs::create_dir_all(&dir)?;
+    for (name, text) in SHIPPED_RULES {
+        let path = dir.join(name);
+        if !path.exists() {
+            std::fs::write(&path, text)?;
+        }
+    }
+    tracing::info!(
+        "no ./rules folder: using the shipped rules in {}",
+        dir.display()
+    );
+    Ok(dir)
+}
+
+struct Part {
+    name: &'static str,
+    args: Vec<String>,
+    child: Option<Child>,
+    restart_at: Option<Instant>,
+    backoff: Duration,
+    started: Instant,
+}
+
+impl Part {
+    fn spawn(&mut self, exe: &Path) {
+        let mut cmd = Command::new(exe);
+        cmd.args(&self.args);
+        // SAFETY: prctl is async-signal-safe and touches only this child's own settings.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                // An own process group: a terminal's Ctrl-C reaches only the supervisor, which
+                // then stops the children in order instead of racing them.
+                libc::setpgid(0, 0);
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(c) => {
+                tracing::info!(part = self.name, pid = c.id(), "started");
+                self.child = Some(c);
+                self.started = Instant::now();
+            }
+            Err(e) => {
+                tracing::error!(part = self.name, "cannot start: {e}");
+                self.schedule_restart();
+            }
+        }
+    }
+
+    fn schedule_restart(&mut self) {
+        // A child that ran for a while gets a fresh back-off; one that keeps dying waits longer.
+        if self.started.elapsed() > Duration::from_secs(60) {
+            self.backoff = Duration::from_millis(500);
+        }
+        self.restart_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+    }
+
+    fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!(part = self.name, "did not stop within 5s; killing it");
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Print one line once the actor announces itself on the manager's monitor stream.
+fn announce_when_ready(
+    monitor: String,
+    actor: String,
+    stop: std::sync::Arc<AtomicBool>,
+    summary: String,
+) {
+    std::thread::spawn(move || {
+        let Ok(sub) = bus::sockets::connect(zmq::SUB, &monitor) else {
+            return;
+        };
+        if sub.set_subscribe(b"event/actor/up").is_err() {
+            return;
+        }
+        while !stop.load(Ordering::Relaxed) {
+            let mut items = [sub.as_poll_item(zmq::POLLIN)];
+            if bus::sockets::poll(&mut items, 200).is_err() || !items[0].is_readable() {
+                continue;
+            }
+            while let Ok(parts) = sub.recv_multipart(zmq::DONTWAIT) {
+                let Some(ev) = parts.get(1).and_then(|p| bus::decode::<bus::Event>(p).ok()) else {
+                    continue;
+                };
+                if ev.host == actor {
+                    println!("reflex is up: {summary}");
+                    return;
+                }
+            }
+        }
+    });
+}
+
+pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
+    a.stack.ensure_state()?;
+    let rules = rules_dir(&a)?;
+    let exe = std::env::current_exe()?;
+    let stop = stop_flag()?;
+    let name = a.name.clone().unwrap_or_else(hostname);
+    let common = |sub: &str| -> Vec<String> {
+        vec![
+            sub.to_string(),
+            "--state".into(),
+            a.stack.state.display().to_string(),
+            "--port-base".into(),
+            a.stack.port_base.to_string(),
+            "--addr".into(),
+            a.stack.addr.clone(),
+            "--log-format".into(),
+            log.log_format.as_str().into(),
+            "--log-level".into(),
+            log.log_level.clone(),
+        ]
+    };
+    let mut actor = common("actor");
+    actor.extend(["--name".to_string(), name.clone()]);
+    for g in &a.groups {
+        actor.extend(["--group".to_string(), g.clone()]);
+    }
+    let mut manager = common("manager");
+    manager.extend(["--rules".to_string(), rules.display().to_string()]);
+    let mut beacon = common("beacon");
+    beacon.extend([
+        "--interval".to_string(),
+        a.beacon_interval.to_string(),
+        "--host".to_string(),
+        name.clone(),
+    ]);
+    let part = |name, args| Part {
+        name,
+        args,
+        child: None,
+        restart_at: None,
+        backoff: Duration::from_millis(500),
+        started: Instant::now(),
+    };
+    let mut parts = [
+        part("publisher", common("publisher")),
+        part("manager", manager),
+        part("actor", actor),
+        part("beacon", beacon),
+    ];
+    let ep = a.stack.endpoints();
+    let summary = format!(
+        "ingest {} | publisher {} | monitor {} | state {} | rules {} | actor {}",
+        ep.ingest,
+        ep.publish,
+        ep.monitor,
+        a.stack.state.display(),
+        rules.display(),
+        name
+    );
+    announce_when_ready(ep.monitor.clone(), name, stop.clone(), summary);
+    for p in parts.iter_mut() {
+        p.spawn(&exe);
+    }
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        for p in parts.iter_mut() {
+            if let Some(c) = p.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    p.child = None;
+                    p.schedule_restart();
+                    tracing::error!(part = p.name, %status, "died; restarting in {:?}", p.restart_at.map(|t| t.saturating_duration_since(Instant::now())).unwrap_or_default());
+                }
+            } else if p.restart_at.is_some_and(|t| Instant::now() >= t)
+                && !stop.load(Ordering::Relaxed)
+            {
+                p.restart_at = None;
+                p.spawn(&exe);
+            }
+        }
+    }
+    tracing::info!("stopping");
+    // Producers first, the publisher last, so nothing in flight is cut off early.
+    for p in parts.iter_mut().rev() {
+        p.stop();
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,272 @@
+//! Shared helpers for the integration tests: free ports, temp dirs, child processes that are
+//! always cleaned up, and a subscriber on the manager's monitor stream.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const REFLEX: &str = env!("CARGO_BIN_EXE_reflex");
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A port base with its five ports free right now. Tests run in parallel threads and
+/// processes, so each call starts from a different spot and checks every port.
+pub fn free_port_base() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let seed = (std::process::id() % 500) as u16 * 40;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let base = 20_000 + (seed + n * 7) % 30_000;
+        if (0..5).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub lines: Option<mpsc::Receiver<String>>,
+}
+
+impl Proc {
+    /// Start `reflex ARGS...`, capturing stdout lines; stderr goes to the test's stderr.
+    pub fn start(name: &str, args: &[&str]) -> Proc {
+        let child = Command::new(REFLEX)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start reflex {name}: {e}"));
+        let mut p = Proc {
+            child,
+            name: name.to_string(),
+            lines: None,
+        };
+        let out = p.child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        p.lines = Some(rx);
+        p
+    }
+
+    /// Wait for a stdout line containing `needle`; returns every line read so far.
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> Vec<String> {
+        let rx = self.lines.as_ref().expect("stdout captured");
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.contains(needle);
+                    seen.push(line);
+                    if hit {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!(
+                    "{}: no line with {needle:?} within {timeout:?}; saw {seen:#?}",
+                    self.name
+                ),
+            }
+        }
+    }
+
+    /// Every stdout line that arrives within `window`.
+    pub fn drain_lines(&self, window: Duration) -> Vec<String> {
+        let rx = self.lines.as_ref().expect("stdout captured");
+        let deadline = Instant::now() + window;
+        let mut out = Vec::new();
+        while let Ok(l) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            out.push(l);
+        }
+        out
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// SIGTERM and wait; the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Run `reflex ARGS...` to completion: (exit code, stdout, stderr).
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(REFLEX)
+        .args(args)
+        .output()
+        .expect("run reflex");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Poll `f` until it returns Some, or panic with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn read(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+/// A subscriber on a manager's monitor stream, collecting events.
+pub struct Monitor {
+    sub: zmq::Socket,
+    /// Kept (and drained) for the socket's lifetime: see `HandshakeWatch`.
+    watch: bus::sockets::HandshakeWatch,
+    pub seen: Vec<bus::Event>,
+}
+
+impl Monitor {
+    pub fn connect(port_base: u16) -> Monitor {
+        let (sub, watch) =
+            bus::sockets::connect_watched(zmq::SUB, &format!("tcp://127.0.0.1:{}", port_base + 3))
+                .unwrap();
+        sub.set_subscribe(b"event/").unwrap();
+        assert!(
+            watch.wait(Duration::from_secs(10)),
+            "monitor did not connect"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        Monitor {
+            sub,
+            watch,
+            seen: Vec::new(),
+        }
+    }
+
+    fn pump(&mut self, wait_ms: i64) {
+        let mut items = [self.sub.as_poll_item(zmq::POLLIN)];
+        let _ = bus::sockets::poll(&mut items, wait_ms);
+        self.watch.drain();
+        while let Ok(parts) = self.sub.recv_multipart(zmq::DONTWAIT) {
+            if let Some(ev) = parts.get(1).and_then(|p| bus::decode::<bus::Event>(p).ok()) {
+                self.seen.push(ev);
+            }
+        }
+    }
+
+    /// The first event (already seen or arriving within `timeout`) matching `pred`.
+    pub fn wait(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&bus::Event) -> bool,
+    ) -> bus::Event {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            if Instant::now() > deadline {
+                let tags: Vec<String> = self
+                    .seen
+                    .iter()
+                    .map(|e| format!("{} from {}: {}", e.tag, e.host, e.data))
+                    .collect();
+                panic!("timed out waiting for {what}; saw {tags:#?}");
+            }
+            self.pump(50);
+        }
+    }
+
+    /// Collect for `window` more, then return every event matching `pred`.
+    pub fn all_within(
+        &mut self,
+        window: Duration,
+        pred: impl Fn(&bus::Event) -> bool,
+    ) -> Vec<bus::Event> {
+        let deadline = Instant::now() + window;
+        while Instant::now() < deadline {
+            self.pump(50);
+        }
+        self.seen.iter().filter(|e| pred(e)).cloned().collect()
+    }
+}
+
+/// A result event for the action an event caused, matched on the action's origin through the
+/// monitor is awkward, so tests match on the graph's resource names instead.
+pub fn is_result(e: &bus::Event) -> bool {
+    e.tag == "actor/result"
+}
+
+pub fn write_rule(dir: &Path, name: &str, text: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// The stack's common arguments.
+pub fn stack_args(state: &Path, port_base: u16) -> Vec<String> {
+    vec![
+        "--state".into(),
+        state.display().to_string(),
+        "--port-base".into(),
+        port_base.to_string(),
+    ]
+}
+
+pub fn args_ref(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}

@@ -1,0 +1,316 @@
+//! The whole loop on real processes and sockets: `reflex up`, send, tail, drift repair, bad
+//! frames, targeting, registers across a kill -9.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+#[test]
+fn up_send_tail_repair_and_clean_stop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = free_port_base();
+    let state = tmp.path().join("state");
+    let rules = repo().join("rules");
+    let mut sa = stack_args(&state, base);
+    sa.extend([
+        "--rules".into(),
+        rules.display().to_string(),
+        "--name".into(),
+        "testhost".into(),
+    ]);
+    let mut up = Proc::start(
+        "up",
+        &args_ref(&[vec!["up".to_string()], sa.clone()].concat()),
+    );
+    up.wait_line("reflex is up", T);
+
+    let tail = Proc::start(
+        "tail",
+        &args_ref(&[vec!["tail".to_string()], stack_args(&state, base)].concat()),
+    );
+    let mut mon = Monitor::connect(base);
+    std::thread::sleep(Duration::from_millis(300)); // let tail's subscription land too
+
+    let target = tmp.path().join("hello");
+    let path = target.display().to_string();
+    let (code, out, err) = run(&args_ref(
+        &[
+            vec![
+                "send".into(),
+                "demo/hello".into(),
+                format!("path={path}"),
+                "text=hi".into(),
+                "--host".into(),
+                "testhost".into(),
+            ],
+            stack_args(&state, base),
+        ]
+        .concat(),
+    ));
+    assert_eq!(code, 0, "send failed: {err}");
+    let event_id = out.trim().to_string();
+
+    wait_for("the file with the text", T, || {
+        read(&target).filter(|c| c == "hi")
+    });
+    let result = mon.wait("actor/result for the hello action", T, |e| {
+        is_result(e) && e.data["name"] == json!(format!("hello:{path}"))
+    });
+    assert_eq!(result.host, "testhost");
+    assert_eq!(result.data["status"], "ok", "{}", result.data);
+    assert_eq!(result.data["changed"], json!([format!("file:{path}")]));
+
+    // Drift: deleted, then overwritten; each time it is put back.
+    std::fs::remove_file(&target).unwrap();
+    wait_for("the deleted file to come back", T, || {
+        read(&target).filter(|c| c == "hi")
+    });
+    std::fs::write(&target, "tampered").unwrap();
+    wait_for("the overwritten file to be restored", T, || {
+        read(&target).filter(|c| c == "hi")
+    });
+    mon.wait("an actor/repaired event", T, |e| e.tag == "actor/repaired");
+
+    // tail showed the event, the rule hit, the action and the result, one line each.
+    let lines = tail.drain_lines(Duration::from_millis(500)).join("\n");
+    for want in [
+        event_id.as_str(),
+        "hit    demo/hello",
+        "action hello:",
+        "actor/result",
+    ] {
+        assert!(lines.contains(want), "tail output lacks {want:?}:\n{lines}");
+    }
+
+    // SIGTERM stops every child and exits 0; the ports are free again afterwards.
+    assert_eq!(up.terminate(Duration::from_secs(15)), Some(0));
+    for port in base..base + 5 {
+        wait_for(
+            "the stack's ports to be released",
+            Duration::from_secs(5),
+            || std::net::TcpListener::bind(("127.0.0.1", port)).ok(),
+        );
+    }
+}
+
+#[test]
+fn bad_frames_are_counted_and_a_good_event_still_acts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = free_port_base();
+    let state = tmp.path().join("state");
+    let mut sa = stack_args(&state, base);
+    sa.extend([
+        "--rules".into(),
+        repo().join("rules").display().to_string(),
+        "--name".into(),
+        "badhost".into(),
+    ]);
+    let up = Proc::start("up", &args_ref(&[vec!["up".to_string()], sa].concat()));
+    up.wait_line("reflex is up", T);
+
+    let push = bus::sockets::connect(zmq::PUSH, &format!("tcp://127.0.0.1:{base}")).unwrap();
+    let good = bus::encode(&bus::Event::new("demo/x", "h", json!({"k": "v"})));
+    let mut random: Vec<u8> = (0..300u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    random[0] = 1; // right version byte, garbage after it
+    let frames: Vec<Vec<u8>> = vec![
+        random,
+        vec![],                                  // empty
+        good[..good.len() / 2].to_vec(),         // truncated msgpack
+        vec![bus::VERSION; bus::MAX_FRAME + 10], // oversize
+        vec![9, 0x80],                           // unknown version
+    ];
+    for f in &frames {
+        push.send(&f[..], 0).unwrap();
+    }
+    let target = tmp.path().join("after-garbage");
+    let ev = bus::Event::new(
+        "demo/hello",
+        "badhost",
+        json!({"path": target.display().to_string(), "text": "still alive"}),
+    );
+    push.send(bus::encode(&ev), 0).unwrap();
+    wait_for("the good event after the garbage to act", T, || {
+        read(&target).filter(|c| c == "still alive")
+    });
+
+    let (code, out, err) = run(&args_ref(
+        &[vec!["status".to_string()], stack_args(&state, base)].concat(),
+    ));
+    assert_eq!(code, 0, "{err}");
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        stats["malformed"],
+        json!({"empty": 1, "malformed": 2, "oversize": 1, "version": 1}),
+        "{stats}"
+    );
+}
+
+#[test]
+fn send_without_a_manager_fails_clearly() {
+    let base = free_port_base();
+    let (code, _, err) = run(&[
+        "send",
+        "demo/x",
+        "--port-base",
+        &base.to_string(),
+        "--timeout",
+        "0.5",
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no manager answered"), "{err}");
+    let (code, _, err) = run(&[
+        "send",
+        "demo/x",
+        "novalue",
+        "--port-base",
+        &base.to_string(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("KEY=VALUE"), "{err}");
+}
+
+/// Publisher, manager and actors as separate processes, as on a fleet.
+struct Stack {
+    _publisher: Proc,
+    manager: Option<Proc>,
+    base: u16,
+    state: std::path::PathBuf,
+    rules: std::path::PathBuf,
+}
+
+impl Stack {
+    fn start(tmp: &std::path::Path, rules: &[(&str, &str)]) -> Stack {
+        let base = free_port_base();
+        let state = tmp.join("state");
+        let rules_dir = tmp.join("rules");
+        for (n, t) in rules {
+            write_rule(&rules_dir, n, t);
+        }
+        let publisher = Proc::start(
+            "publisher",
+            &args_ref(&[vec!["publisher".to_string()], stack_args(&state, base)].concat()),
+        );
+        let mut s = Stack {
+            _publisher: publisher,
+            manager: None,
+            base,
+            state,
+            rules: rules_dir,
+        };
+        s.start_manager();
+        s
+    }
+
+    fn start_manager(&mut self) {
+        let mut a = vec!["manager".to_string()];
+        a.extend(stack_args(&self.state, self.base));
+        a.extend(["--rules".into(), self.rules.display().to_string()]);
+        self.manager = Some(Proc::start("manager", &args_ref(&a)));
+    }
+
+    fn actor(&self, name: &str, groups: &[&str]) -> Proc {
+        let mut a = vec!["actor".to_string(), "--name".into(), name.into()];
+        a.extend(stack_args(&self.state, self.base));
+        for g in groups {
+            a.extend(["--group".into(), g.to_string()]);
+        }
+        Proc::start(name, &args_ref(&a))
+    }
+
+    fn send(&self, tag: &str, fields: &[&str]) {
+        let mut a = vec!["send".to_string(), tag.to_string()];
+        a.extend(fields.iter().map(|s| s.to_string()));
+        a.extend(stack_args(&self.state, self.base));
+        let (code, _, err) = run(&args_ref(&a));
+        assert_eq!(code, 0, "send {tag}: {err}");
+    }
+}
+
+#[test]
+fn targeting_reaches_the_named_host_not_a_longer_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stack = Stack::start(
+        tmp.path(),
+        &[(
+            "10-target.rhai",
+            r#"const MATCH = "test/target"; fn react(e) { act(e.data.target, [#{kind: "noop", name: e.data.label}], #{name: e.data.label}); }"#,
+        )],
+    );
+    let mut mon = Monitor::connect(stack.base);
+    let _a = stack.actor("a", &[]);
+    let _ab = stack.actor("ab", &["g1"]);
+    for who in ["a", "ab"] {
+        mon.wait(&format!("actor {who} up"), T, |e| {
+            e.tag == "actor/up" && e.host == who
+        });
+    }
+
+    stack.send("test/target", &["target=host/a", "label=only-a"]);
+    mon.wait("a's result", T, |e| {
+        is_result(e) && e.host == "a" && e.data["name"] == "only-a"
+    });
+    stack.send("test/target", &["target=group/g1", "label=group"]);
+    mon.wait("ab's group result", T, |e| {
+        is_result(e) && e.host == "ab" && e.data["name"] == "group"
+    });
+    stack.send("test/target", &["target=all", "label=everyone"]);
+    mon.wait("a's broadcast result", T, |e| {
+        is_result(e) && e.host == "a" && e.data["name"] == "everyone"
+    });
+    mon.wait("ab's broadcast result", T, |e| {
+        is_result(e) && e.host == "ab" && e.data["name"] == "everyone"
+    });
+
+    // ab was alive and subscribed throughout, yet never ran the action for host/a; a never ran
+    // the group action.
+    let wrong = mon.all_within(Duration::from_millis(300), |e| {
+        is_result(e)
+            && ((e.host == "ab" && e.data["name"] == "only-a")
+                || (e.host == "a" && e.data["name"] == "group"))
+    });
+    assert!(wrong.is_empty(), "misdelivered: {wrong:?}");
+}
+
+#[test]
+fn registers_survive_a_manager_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("count");
+    let mut stack = Stack::start(
+        tmp.path(),
+        &[(
+            "10-count.rhai",
+            r#"const MATCH = "test/count";
+               fn react(e) {
+                   let n = registers::incr("count", 1);
+                   act("host/counter", [#{kind: "file", name: e.data.path, content: `${n}`}]);
+               }"#,
+        )],
+    );
+    let mut mon = Monitor::connect(stack.base);
+    let _actor = stack.actor("counter", &[]);
+    mon.wait("the actor up", T, |e| {
+        e.tag == "actor/up" && e.host == "counter"
+    });
+    let path = format!("path={}", out.display());
+    for _ in 0..3 {
+        stack.send("test/count", &[&path]);
+    }
+    wait_for("the count to reach 3", T, || {
+        read(&out).filter(|c| c == "3")
+    });
+
+    // The manager flushes as soon as it is idle; give it that moment, then kill it hard.
+    std::thread::sleep(Duration::from_millis(500));
+    stack.manager.as_mut().unwrap().kill9();
+    stack.start_manager();
+    stack.send("test/count", &[&path]);
+    wait_for("the count to continue at 4 after the restart", T, || {
+        read(&out).filter(|c| c == "4")
+    });
+}
