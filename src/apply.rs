@@ -13,7 +13,7 @@ pub struct ApplyArgs {
     /// The graph file (YAML: `resources:` and `edges:`).
     pub graph: PathBuf,
     /// Exit 0 once nothing has changed for this many seconds.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub converged_timeout: Option<f64>,
     /// Check only: report what would change, change nothing.
     #[arg(long)]
@@ -40,8 +40,18 @@ pub fn run(a: ApplyArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let engine = actions::Engine::new()?;
         let n = graph.len();
+        // Signals are caught from here on, so Ctrl-C during the first run still stops the
+        // resources (and kills their commands) instead of leaving them behind.
+        let stop = crate::cli::stop_flag()?;
         let mut running = engine.run(graph, actions::RunOptions { noop: a.noop });
-        let report = running.first_report().await;
+        let report = tokio::select! {
+            r = running.first_report() => r,
+            _ = wait_flag(&stop) => {
+                running.stop().await;
+                eprintln!("interrupted before the first run completed");
+                return anyhow::Ok(ExitCode::from(130));
+            }
+        };
         for id in &report.changed {
             eprintln!("{} {id}", if a.noop { "would change" } else { "changed" });
         }
@@ -49,15 +59,18 @@ pub fn run(a: ApplyArgs) -> anyhow::Result<ExitCode> {
             eprintln!("error: {e}");
         }
         eprintln!(
-            "{n} resources: {} changed, {} errors in {:.1} ms",
+            "{n} resources: {} {}, {} errors in {:.1} ms",
             report.changed.len(),
+            if a.noop { "would change" } else { "changed" },
             report.errors.len(),
             report.elapsed.as_secs_f64() * 1e3
         );
         let mut failed = !report.ok;
-        let stop = crate::cli::stop_flag()?;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             match tokio::time::timeout(Duration::from_millis(100), running.next_event()).await {
+                Ok(Some(actions::EngineEvent::Changed { id })) if a.noop => {
+                    eprintln!("drifted (would repair) {id}")
+                }
                 Ok(Some(actions::EngineEvent::Changed { id })) => eprintln!("repaired {id}"),
                 Ok(Some(actions::EngineEvent::Failed { id, error })) => {
                     failed = true;
@@ -84,4 +97,10 @@ pub fn run(a: ApplyArgs) -> anyhow::Result<ExitCode> {
             ExitCode::SUCCESS
         })
     })
+}
+
+async fn wait_flag(flag: &std::sync::atomic::AtomicBool) {
+    while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

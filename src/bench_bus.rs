@@ -1,5 +1,312 @@
-pub fn run(_a: BusArgs) -> anyhow::Result<std::process::ExitCode> {
-    todo!()
+//! `reflex bench bus`: events through a real manager (and publisher, and actor), measured against
+//! a raw ZeroMQ PUSH->PULL floor taken in the same run, so the ratio means something on any
+//! machine.
+//!
+//! The manager and publisher are child processes on free ports with a temp state dir, loaded
+//! with the shipped rules, one rule that matches the bench events and increments a register per
+//! host, and ten rules that match other tags. Latency is send -> `actor/result` for events sent
+//! one at a time through a real actor.
+
+use crate::cli::Exit;
+use clap::Args;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct BusArgs {
+    /// Events to push through the manager (and through the raw floor).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Events sent one at a time for the latency figures.
+    #[arg(long, default_value_t = 1_000)]
+    pub pings: usize,
+    /// Distinct hosts the bench events claim to come from (one register each).
+    #[arg(long, default_value_t = 100)]
+    pub hosts: usize,
 }
-#[derive(clap::Args)]
-pub struct BusArgs {}
+
+const ACTOR: &str = "bench-actor";
+/// Encoded size the bench events are padded to.
+const EVENT_BYTES: usize = 200;
+
+/// A child process stopped with SIGTERM (then SIGKILL) when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn daemon(exe: &Path, args: &[String]) -> anyhow::Result<Daemon> {
+    let child = Command::new(exe)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start {} {}: {e}", exe.display(), args[0]))?;
+    Ok(Daemon(child))
+}
+
+/// A port base whose five ports are free now.
+fn free_port_base() -> anyhow::Result<u16> {
+    for _ in 0..200 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let base = probe.local_addr()?.port();
+        drop(probe);
+        if base < 60_000
+            && (0..5).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return Ok(base);
+        }
+    }
+    Err(anyhow::anyhow!("no five consecutive free ports found"))
+}
+
+fn write_rules(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (name, text) in crate::up::SHIPPED_RULES {
+        std::fs::write(dir.join(name), text)?;
+    }
+    std::fs::write(
+        dir.join("30-bench.rhai"),
+        "const MATCH = \"bench/event\";\nfn react(event) { registers::incr(`bench/${event.host}`, 1); }\n",
+    )?;
+    for i in 0..10 {
+        std::fs::write(
+            dir.join(format!("40-other-{i:02}.rhai")),
+            format!("const MATCH = [\"other/{i}\", \"other/{i}/*\"];\nfn react(event) {{ registers::incr(\"other/{i}\", 1); }}\n"),
+        )?;
+    }
+    std::fs::write(
+        dir.join("50-ping.rhai"),
+        format!("const MATCH = \"bench/ping\";\nfn react(event) {{ act(\"host/{ACTOR}\", [#{{kind: \"noop\", name: \"ping\"}}], #{{name: \"ping\"}}); }}\n"),
+    )?;
+    Ok(())
+}
+
+/// Bench events, encoded ahead so the sender measures the manager, not its own encoding.
+fn bench_frames(hosts: usize) -> Vec<Vec<u8>> {
+    (0..hosts.max(1))
+        .map(|h| {
+            let mut ev = bus::Event::new(
+                "bench/event",
+                format!("host-{h:03}"),
+                json!({"seq": h, "pad": ""}),
+            );
+            let base = bus::encode(&ev).len();
+            ev.data["pad"] = json!("x".repeat(EVENT_BYTES.saturating_sub(base)));
+            bus::encode(&ev)
+        })
+        .collect()
+}
+
+/// Raw ZeroMQ PUSH -> PULL over loopback TCP: the floor nothing built on it can beat.
+fn floor(n: u64, size: usize) -> anyhow::Result<f64> {
+    let port = free_port_base()?;
+    let ep = format!("tcp://127.0.0.1:{port}");
+    let pull = bus::sockets::bind(zmq::PULL, &ep)?;
+    let push = bus::sockets::connect(zmq::PUSH, &ep)?;
+    push.send("warm-up", 0)?;
+    pull.recv_bytes(0)?;
+    let payload = vec![0x5au8; size];
+    let receiver = std::thread::spawn(move || -> anyhow::Result<Instant> {
+        let mut msg = zmq::Message::new();
+        for _ in 0..n {
+            pull.recv(&mut msg, 0)?;
+        }
+        Ok(Instant::now())
+    });
+    let start = Instant::now();
+    for _ in 0..n {
+        push.send(&payload[..], 0)?;
+    }
+    let end = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("floor receiver panicked"))??;
+    Ok(n as f64 / (end - start).as_secs_f64())
+}
+
+fn stats(control: &str) -> anyhow::Result<serde_json::Value> {
+    crate::send::control_request(control, &json!({"cmd": "stats"}), Duration::from_secs(5))
+}
+
+fn events_seen(control: &str) -> anyhow::Result<u64> {
+    stats(control)?["events"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("manager stats lack an event count"))
+}
+
+fn wait_actor_up(sub: &zmq::Socket, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let mut items = [sub.as_poll_item(zmq::POLLIN)];
+        bus::sockets::poll(&mut items, 100)?;
+        while let Ok(parts) = sub.recv_multipart(zmq::DONTWAIT) {
+            if let Some(ev) = parts.get(1).and_then(|p| bus::decode::<bus::Event>(p).ok()) {
+                if ev.tag == "actor/up" && ev.host == ACTOR {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Err(Exit::unreachable("the bench actor did not come up"))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub fn run(a: BusArgs) -> anyhow::Result<ExitCode> {
+    if a.events == 0 {
+        return Err(Exit::usage("--events must be at least 1"));
+    }
+    let tmp = tempfile::tempdir()?;
+    let state: PathBuf = tmp.path().join("state");
+    let rules = tmp.path().join("rules");
+    write_rules(&rules)?;
+    std::fs::create_dir_all(&state)?;
+    let base = free_port_base()?;
+    let ep = bus::Endpoints::local(base, &state);
+    let exe = std::env::current_exe()?;
+    let common = |sub: &str| -> Vec<String> {
+        vec![
+            sub.into(),
+            "--state".into(),
+            state.display().to_string(),
+            "--port-base".into(),
+            base.to_string(),
+        ]
+    };
+    let _publisher = daemon(&exe, &common("publisher"))?;
+    let mut margs = common("manager");
+    margs.extend(["--rules".into(), rules.display().to_string()]);
+    let _manager = daemon(&exe, &margs)?;
+
+    // Monitor first, so the actor's announcement cannot be missed.
+    let (mon, watch) = bus::sockets::connect_watched(zmq::SUB, &ep.monitor)?;
+    mon.set_subscribe(b"event/actor/")?;
+    if !watch.wait(Duration::from_secs(20)) {
+        return Err(Exit::unreachable(
+            "the bench manager's monitor did not come up",
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut aargs = common("actor");
+    aargs.extend(["--name".into(), ACTOR.into()]);
+    let _actor = daemon(&exe, &aargs)?;
+    wait_actor_up(&mon, Duration::from_secs(20))?;
+
+    let frames = bench_frames(a.hosts);
+    let size = frames[0].len();
+    eprintln!(
+        "floor: raw PUSH->PULL, {} messages of {size} bytes...",
+        a.events
+    );
+    let floor_per_s = floor(a.events, size)?;
+
+    eprintln!(
+        "manager: {} events of {size} bytes from {} hosts...",
+        a.events, a.hosts
+    );
+    let push = bus::sockets::connect(zmq::PUSH, &ep.ingest)?;
+    let before = events_seen(&ep.control)?;
+    let start = Instant::now();
+    for i in 0..a.events {
+        push.send(&frames[(i % frames.len() as u64) as usize][..], 0)?;
+    }
+    let sent = start.elapsed();
+    let want = before + a.events;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while events_seen(&ep.control)? < want {
+        if Instant::now() > deadline {
+            return Err(anyhow::anyhow!(
+                "the manager did not take all events within 10 minutes"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = start.elapsed();
+    let events_per_s = a.events as f64 / took.as_secs_f64();
+    let st = stats(&ep.control)?;
+
+    eprintln!(
+        "latency: {} events one at a time through the actor...",
+        a.pings
+    );
+    let mut lat = Vec::with_capacity(a.pings);
+    for _ in 0..a.pings {
+        let ev = bus::Event::new("bench/ping", ACTOR, json!({}));
+        let t0 = Instant::now();
+        push.send(bus::encode(&ev), 0)?;
+        let deadline = t0 + Duration::from_secs(10);
+        'wait: loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(anyhow::anyhow!(
+                    "no actor/result for ping {} within 10s",
+                    ev.id
+                ));
+            }
+            let mut items = [mon.as_poll_item(zmq::POLLIN)];
+            bus::sockets::poll(&mut items, left.as_millis() as i64)?;
+            while let Ok(parts) = mon.recv_multipart(zmq::DONTWAIT) {
+                let Some(r) = parts.get(1).and_then(|p| bus::decode::<bus::Event>(p).ok()) else {
+                    continue;
+                };
+                if r.tag == "actor/result" && r.data["origin"]["event"] == json!(ev.id) {
+                    lat.push(t0.elapsed().as_secs_f64() * 1e3);
+                    break 'wait;
+                }
+            }
+        }
+    }
+    lat.sort_by(|x, y| x.total_cmp(y));
+    let (p50, p99) = (percentile(&lat, 0.50), percentile(&lat, 0.99));
+    let ratio = events_per_s / floor_per_s;
+
+    println!("reflex bench bus: {} events of {size} B, {} hosts; rules: 1 matching + register incr, 10 on other tags, shipped rules", a.events, a.hosts);
+    println!("{:<44} {:>14}", "measure", "value");
+    println!(
+        "{:<44} {:>14.0}",
+        "raw zmq push->pull floor (events/s)", floor_per_s
+    );
+    println!(
+        "{:<44} {:>14.0}",
+        "through the manager (events/s)", events_per_s
+    );
+    println!("{:<44} {:>14.3}", "ratio manager / floor", ratio);
+    println!(
+        "{:<44} {:>14.3}",
+        "sender done after (s)",
+        sent.as_secs_f64()
+    );
+    println!("{:<44} {:>14}", "rule hits", st["hits"]);
+    println!("{:<44} {:>14}", "rule errors", st["rule_errors"]);
+    println!("{:<44} {:>14.3}", "send -> actor/result p50 (ms)", p50);
+    println!("{:<44} {:>14.3}", "send -> actor/result p99 (ms)", p99);
+    println!(
+        "{:<44} {:>14.3}",
+        "send -> actor/result max (ms)",
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+    println!("summary: events_per_s={events_per_s:.0} floor_per_s={floor_per_s:.0} ratio={ratio:.3} p50_ms={p50:.3} p99_ms={p99:.3}");
+    Ok(ExitCode::SUCCESS)
+}

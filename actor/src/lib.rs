@@ -161,6 +161,27 @@ fn sub_loop(
     }
 }
 
+/// The data of an `actor/result` event. `origin` names the event and rule that caused the
+/// action, so rules reacting to results can correlate them with their cause.
+fn result_data(
+    action: &Action,
+    status: &str,
+    changed: Vec<String>,
+    errors: Vec<String>,
+    ms: f64,
+) -> serde_json::Value {
+    json!({
+        "action": action.id,
+        "name": action.name,
+        "seq": action.seq,
+        "origin": {"event": action.origin.event, "rule": action.origin.rule},
+        "status": status,
+        "changed": changed,
+        "errors": errors,
+        "ms": ms,
+    })
+}
+
 /// One named graph in force.
 struct InForce {
     stop: oneshot::Sender<()>,
@@ -207,7 +228,9 @@ async fn serve(
         }
         last_seq = action.seq.max(last_seq);
         let started = std::time::Instant::now();
-        let report = |status: &str, changed: Vec<String>, errors: Vec<String>, ms: f64| json!({"action": action.id, "name": action.name, "seq": action.seq, "status": status, "changed": changed, "errors": errors, "ms": ms});
+        let report = |status: &str, changed: Vec<String>, errors: Vec<String>, ms: f64| {
+            result_data(&action, status, changed, errors, ms)
+        };
         if action.expires.is_some_and(|t| t < bus::now_ms()) {
             emit(
                 &out,
@@ -261,7 +284,7 @@ async fn serve(
             let ms = started.elapsed().as_secs_f64() * 1e3;
             let status = if first.ok { "ok" } else { "error" };
             tracing::info!(name = %name, status, changed = first.changed.len(), ms, "action converged");
-            let data = json!({"action": action.id, "name": action.name, "seq": action.seq, "status": status, "changed": first.changed, "errors": first.errors, "ms": ms});
+            let data = result_data(&action, status, first.changed, first.errors, ms);
             let _ = out2.send(Event::new("actor/result", host.clone(), data));
             loop {
                 tokio::select! {
