@@ -298,8 +298,16 @@ pub fn run(a: BusArgs) -> anyhow::Result<ExitCode> {
         "sender done after (s)",
         sent.as_secs_f64()
     );
-    println!("{:<44} {:>14}", "rule hits", st["hits"]);
-    println!("{:<44} {:>14}", "rule errors", st["rule_errors"]);
+    println!(
+        "{:<44} {:>14}",
+        "rule hits",
+        st["hits"].as_u64().unwrap_or(0)
+    );
+    println!(
+        "{:<44} {:>14}",
+        "rule errors",
+        st["rule_errors"].as_u64().unwrap_or(0)
+    );
     println!("{:<44} {:>14.3}", "send -> actor/result p50 (ms)", p50);
     println!("{:<44} {:>14.3}", "send -> actor/result p99 (ms)", p99);
     println!(

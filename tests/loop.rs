@@ -86,6 +86,37 @@ fn up_send_tail_repair_and_clean_stop() {
         assert!(lines.contains(want), "tail output lacks {want:?}:\n{lines}");
     }
 
+    // A part that dies is reported and restarted: kill the manager hard, a new one takes over.
+    let old = child_pid(up.pid(), "manager").expect("up runs a manager child");
+    unsafe {
+        libc::kill(old, libc::SIGKILL);
+    }
+    let new = wait_for("a restarted manager", T, || {
+        child_pid(up.pid(), "manager").filter(|&p| p != old)
+    });
+    assert_ne!(new, old);
+    let second = tmp.path().join("after-restart");
+    let (code, _, err) = run(&args_ref(
+        &[
+            vec![
+                "send".into(),
+                "demo/hello".into(),
+                format!("path={}", second.display()),
+                "text=again".into(),
+                "--host".into(),
+                "testhost".into(),
+                "--timeout".into(),
+                "15".into(),
+            ],
+            stack_args(&state, base),
+        ]
+        .concat(),
+    ));
+    assert_eq!(code, 0, "send after restart failed: {err}");
+    wait_for("the restarted manager to act", T, || {
+        read(&second).filter(|c| c == "again")
+    });
+
     // SIGTERM stops every child and exits 0; the ports are free again afterwards.
     assert_eq!(up.terminate(Duration::from_secs(15)), Some(0));
     for port in base..base + 5 {
