@@ -7,11 +7,12 @@
 //! host, and ten rules that match other tags. Latency is send -> `actor/result` for events sent
 //! one at a time through a real actor.
 
+use crate::bench_util::{daemon, events_seen, floor, free_port_base, stats};
 use crate::cli::Exit;
 use clap::Args;
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 #[derive(Args, Debug)]
@@ -30,51 +31,6 @@ pub struct BusArgs {
 const ACTOR: &str = "bench-actor";
 /// Encoded size the bench events are padded to.
 const EVENT_BYTES: usize = 200;
-
-/// A child process stopped with SIGTERM (then SIGKILL) when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn daemon(exe: &Path, args: &[String]) -> anyhow::Result<Daemon> {
-    let child = Command::new(exe)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot start {} {}: {e}", exe.display(), args[0]))?;
-    Ok(Daemon(child))
-}
-
-/// A port base whose five ports are free now.
-fn free_port_base() -> anyhow::Result<u16> {
-    for _ in 0..200 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let base = probe.local_addr()?.port();
-        drop(probe);
-        if base < 60_000
-            && (0..5).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return Ok(base);
-        }
-    }
-    Err(anyhow::anyhow!("no five consecutive free ports found"))
-}
 
 fn write_rules(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
@@ -112,42 +68,6 @@ fn bench_frames(hosts: usize) -> Vec<Vec<u8>> {
             bus::encode(&ev)
         })
         .collect()
-}
-
-/// Raw ZeroMQ PUSH -> PULL over loopback TCP: the floor nothing built on it can beat.
-fn floor(n: u64, size: usize) -> anyhow::Result<f64> {
-    let port = free_port_base()?;
-    let ep = format!("tcp://127.0.0.1:{port}");
-    let pull = bus::sockets::bind(zmq::PULL, &ep)?;
-    let push = bus::sockets::connect(zmq::PUSH, &ep)?;
-    push.send("warm-up", 0)?;
-    pull.recv_bytes(0)?;
-    let payload = vec![0x5au8; size];
-    let receiver = std::thread::spawn(move || -> anyhow::Result<Instant> {
-        let mut msg = zmq::Message::new();
-        for _ in 0..n {
-            pull.recv(&mut msg, 0)?;
-        }
-        Ok(Instant::now())
-    });
-    let start = Instant::now();
-    for _ in 0..n {
-        push.send(&payload[..], 0)?;
-    }
-    let end = receiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("floor receiver panicked"))??;
-    Ok(n as f64 / (end - start).as_secs_f64())
-}
-
-fn stats(control: &str) -> anyhow::Result<serde_json::Value> {
-    crate::send::control_request(control, &json!({"cmd": "stats"}), Duration::from_secs(5))
-}
-
-fn events_seen(control: &str) -> anyhow::Result<u64> {
-    stats(control)?["events"]
-        .as_u64()
-        .ok_or_else(|| anyhow::anyhow!("manager stats lack an event count"))
 }
 
 fn wait_actor_up(sub: &zmq::Socket, timeout: Duration) -> anyhow::Result<()> {

@@ -6,6 +6,7 @@
 mod apply;
 mod bench;
 mod bench_bus;
+mod bench_util;
 mod cli;
 mod daemons;
 mod send;
