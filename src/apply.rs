@@ -1,6 +1,7 @@
 //! `reflex apply`: converge a YAML graph on this machine without any daemon, then keep it
 //! converged (watching and repairing) until Ctrl-C, or until nothing has changed for
-//! `--converged-timeout` seconds.
+//! `--converged-timeout` seconds. One line per resource as it first settles; `--graphviz`
+//! writes the graph with each resource's state; `--noop` checks without changing anything.
 
 use crate::cli::Exit;
 use clap::Args;
@@ -15,9 +16,12 @@ pub struct ApplyArgs {
     /// Exit 0 once nothing has changed for this many seconds.
     #[arg(long, allow_negative_numbers = true)]
     pub converged_timeout: Option<f64>,
-    /// Check only: report what would change, change nothing.
+    /// Check only: report what would change, change nothing (`meta.noop` for every resource).
     #[arg(long)]
     pub noop: bool,
+    /// Write the graph in DOT (graphviz) to this file once every resource settled.
+    #[arg(long, value_name = "FILE.dot")]
+    pub graphviz: Option<PathBuf>,
 }
 
 pub fn run(a: ApplyArgs) -> anyhow::Result<ExitCode> {
@@ -43,28 +47,44 @@ pub fn run(a: ApplyArgs) -> anyhow::Result<ExitCode> {
         // Signals are caught from here on, so Ctrl-C during the first run still stops the
         // resources (and kills their commands) instead of leaving them behind.
         let stop = crate::cli::stop_flag()?;
-        let mut running = engine.run(graph, actions::RunOptions { noop: a.noop });
+        let mut running = engine.run(
+            graph,
+            actions::RunOptions {
+                noop: a.noop,
+                ..Default::default()
+            },
+        );
+        let changed_word = if a.noop { "would change" } else { "changed" };
+        // On a terminal, every resource gets its line; piped, only what matters.
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let progress = |id: &str, r: &Result<actions::Outcome, String>| match r {
+            Ok(actions::Outcome::Converged) if tty => eprintln!("converged {id}"),
+            Ok(actions::Outcome::Converged) => {}
+            Ok(_) => eprintln!("{changed_word} {id}"),
+            Err(e) => eprintln!("error: {id}: {e}"),
+        };
         let report = tokio::select! {
-            r = running.first_report() => r,
+            r = running.first_report_progress(progress) => r,
             _ = wait_flag(&stop) => {
                 running.stop().await;
                 eprintln!("interrupted before the first run completed");
                 return anyhow::Ok(ExitCode::from(130));
             }
         };
-        for id in &report.changed {
-            eprintln!("{} {id}", if a.noop { "would change" } else { "changed" });
-        }
-        for e in &report.errors {
-            eprintln!("error: {e}");
-        }
         eprintln!(
-            "{n} resources: {} {}, {} errors in {:.1} ms",
+            "{n} resources: {} {changed_word}, {} errors in {:.1} ms",
             report.changed.len(),
-            if a.noop { "would change" } else { "changed" },
             report.errors.len(),
             report.elapsed.as_secs_f64() * 1e3
         );
+        if let Some(file) = &a.graphviz {
+            let name = a
+                .graph
+                .file_stem()
+                .map_or_else(|| "graph".into(), |s| s.to_string_lossy());
+            std::fs::write(file, running.to_dot(&name))
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
+        }
         let mut failed = !report.ok;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             match tokio::time::timeout(Duration::from_millis(100), running.next_event()).await {

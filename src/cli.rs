@@ -79,14 +79,21 @@ pub enum Cmd {
     Publisher(crate::daemons::PublisherArgs),
     /// Run an actor: executes actions for this host and its groups.
     Actor(crate::daemons::ActorArgs),
-    /// Run the load beacon.
-    Beacon(crate::daemons::BeaconArgs),
+    /// Run beacons: from a config file (--config), the shipped defaults (--defaults), or the
+    /// load beacon alone.
+    Beacon(crate::beacon_cmd::BeaconArgs),
     /// Send one event to the manager.
     Send(crate::send::SendArgs),
     /// Print events, rule hits and actions as they flow through the manager.
     Tail(crate::tail::TailArgs),
     /// Converge a graph file on this machine, standalone.
     Apply(crate::apply::ApplyArgs),
+    /// Check rules, or test one against a sample event.
+    #[command(subcommand)]
+    Rules(crate::rules_cmd::RulesCmd),
+    /// Read and write registers (through the running manager, or the state dir).
+    #[command(subcommand)]
+    Registers(crate::rules_cmd::RegistersOp),
     /// Ask a running manager for its counters.
     Status(crate::send::StatusArgs),
     /// Benchmarks.
@@ -178,11 +185,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Manager(a) => crate::daemons::manager(a),
         Cmd::Publisher(a) => crate::daemons::publisher(a),
         Cmd::Actor(a) => crate::daemons::actor(a),
-        Cmd::Beacon(a) => crate::daemons::beacon(a),
+        Cmd::Beacon(a) => crate::beacon_cmd::beacon(a),
         Cmd::Send(a) => crate::send::send(a),
         Cmd::Tail(a) => crate::tail::run(a),
         Cmd::Apply(a) => crate::apply::run(a),
         Cmd::Status(a) => crate::send::status(a),
+        Cmd::Rules(c) => crate::rules_cmd::rules(c),
+        Cmd::Registers(a) => crate::rules_cmd::registers(a),
         Cmd::Bench(b) => crate::bench::run(b),
     }
 }

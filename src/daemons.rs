@@ -4,7 +4,6 @@ use crate::cli::{hostname, stop_flag, StackArgs};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct ManagerArgs {
@@ -19,6 +18,9 @@ pub struct ManagerArgs {
     /// Rhai operations one rule call may take before it is cut off.
     #[arg(long, default_value_t = 200_000)]
     pub max_operations: u64,
+    /// Load the rules once at start; do not watch the folder for changes.
+    #[arg(long)]
+    pub no_watch: bool,
 }
 
 pub fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
@@ -33,6 +35,8 @@ pub fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
             max_operations: a.max_operations,
             ..Default::default()
         },
+        host: hostname(),
+        watch_rules: !a.no_watch,
     };
     manager::run(cfg, stop)?;
     Ok(ExitCode::SUCCESS)
@@ -76,54 +80,33 @@ pub struct ActorArgs {
     /// Manager ingest endpoint results go to (default: from --addr and --port-base).
     #[arg(long)]
     pub manager: Option<String>,
+    /// Write each graph in force as DIR/<name>.dot (graphviz) whenever it converges or changes.
+    #[arg(long, value_name = "DIR")]
+    pub graphviz: Option<std::path::PathBuf>,
+    /// Seconds every graph must be idle and converged before `actor/converged` is reported.
+    #[arg(long, default_value_t = 2.0)]
+    pub converged_timeout: f64,
 }
 
 pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
     let ep = a.stack.endpoints();
     let stop = stop_flag()?;
+    if !(a.converged_timeout.is_finite() && (0.0..=86400.0).contains(&a.converged_timeout)) {
+        return Err(crate::cli::Exit::usage(
+            "--converged-timeout must be a number of seconds between 0 and 86400",
+        ));
+    }
+    a.stack.ensure_state()?;
     let cfg = actor::Config {
         publish: a.publisher.unwrap_or(ep.publish),
         ingest: a.manager.unwrap_or(ep.ingest),
         name: a.name.unwrap_or_else(hostname),
         groups: a.groups,
         max_frame: bus::MAX_FRAME,
+        state: Some(a.stack.state.clone()),
+        graphviz: a.graphviz,
+        converged_timeout: std::time::Duration::from_secs_f64(a.converged_timeout),
     };
     actor::run(cfg, stop)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-#[derive(Args, Debug)]
-pub struct BeaconArgs {
-    #[command(flatten)]
-    pub stack: StackArgs,
-    /// Seconds between samples.
-    #[arg(long, default_value_t = 5.0)]
-    pub interval: f64,
-    /// Host name events carry (default: this machine's).
-    #[arg(long)]
-    pub host: Option<String>,
-    /// Manager ingest endpoint (default: from --addr and --port-base).
-    #[arg(long)]
-    pub to: Option<String>,
-}
-
-pub fn beacon(a: BeaconArgs) -> anyhow::Result<ExitCode> {
-    if !(a.interval.is_finite() && a.interval > 0.0) {
-        return Err(crate::cli::Exit::usage(format!(
-            "--interval must be a positive number of seconds, not {}",
-            a.interval
-        )));
-    }
-    let stop = stop_flag()?;
-    let to = a.to.unwrap_or(a.stack.endpoints().ingest);
-    let emitter = beacons::Emitter::connect(&to, &a.host.unwrap_or_else(hostname))?;
-    tracing::info!(to = %to, interval = a.interval, "load beacon up");
-    let mut load = beacons::kinds::load::Load::new();
-    beacons::run(
-        &mut load,
-        &emitter,
-        Duration::from_secs_f64(a.interval),
-        &stop,
-    );
     Ok(ExitCode::SUCCESS)
 }

@@ -4,11 +4,14 @@
 //! argument); 3 a peer did not answer (no manager, no control socket).
 
 mod apply;
+mod beacon_cmd;
 mod bench;
+mod bench_beacons;
 mod bench_bus;
 mod bench_util;
 mod cli;
 mod daemons;
+mod rules_cmd;
 mod send;
 mod tail;
 mod up;

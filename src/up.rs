@@ -1,6 +1,6 @@
 //! `reflex up`: the whole stack on this machine, as child processes of one supervisor.
 //!
-//! It starts the publisher, the manager, one actor and the load beacon (each is this same binary
+//! It starts the publisher, the manager, one actor and the beacons (each is this same binary
 //! with another subcommand), restarts a child that dies (with back-off), prints one line once an
 //! actor's subscription has reached the publisher, and on SIGINT/SIGTERM stops every child and
 //! exits 0. Children get SIGTERM if the supervisor itself dies, so none is left behind.
@@ -26,15 +26,20 @@ pub struct UpArgs {
     /// The actor's groups; repeatable.
     #[arg(long = "group")]
     pub groups: Vec<String>,
-    /// Seconds between load beacon samples.
-    #[arg(long, default_value_t = 5.0)]
-    pub beacon_interval: f64,
+    /// Beacon config (TOML). Default: `./beacons.toml` when it exists, else the shipped
+    /// default config (`reflex beacon --print-defaults` shows it).
+    #[arg(long)]
+    pub beacons: Option<PathBuf>,
+    /// Seconds between samples for every beacon, instead of each one's own interval.
+    #[arg(long)]
+    pub beacon_interval: Option<f64>,
 }
 
 /// The rules shipped with reflex, embedded so `reflex up` works from any folder.
 pub const SHIPPED_RULES: &[(&str, &str)] = &[
     ("10-hello.rhai", include_str!("../rules/10-hello.rhai")),
     ("20-load.rhai", include_str!("../rules/20-load.rhai")),
+    ("30-file.rhai", include_str!("../rules/30-file.rhai")),
 ];
 
 fn rules_dir(a: &UpArgs) -> anyhow::Result<PathBuf> {
@@ -193,12 +198,28 @@ pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     let mut manager = common("manager");
     manager.extend(["--rules".to_string(), rules.display().to_string()]);
     let mut beacon = common("beacon");
-    beacon.extend([
-        "--interval".to_string(),
-        a.beacon_interval.to_string(),
-        "--host".to_string(),
-        name.clone(),
-    ]);
+    beacon.extend(["--host".to_string(), name.clone()]);
+    let beacon_config = a.beacons.clone().or_else(|| {
+        let local = PathBuf::from("beacons.toml");
+        local.is_file().then_some(local)
+    });
+    match &beacon_config {
+        // Checked here, so a bad file stops `up` at once (naming its line) instead of a
+        // beacon child that keeps dying.
+        Some(path) => {
+            beacons::Config::load(path).map_err(|e| crate::cli::Exit::usage(e.to_string()))?;
+            beacon.extend(["--config".to_string(), path.display().to_string()]);
+        }
+        None => beacon.push("--defaults".to_string()),
+    }
+    if let Some(secs) = a.beacon_interval {
+        if !(secs.is_finite() && secs > 0.0) {
+            return Err(crate::cli::Exit::usage(format!(
+                "--beacon-interval must be a positive number of seconds, not {secs}"
+            )));
+        }
+        beacon.extend(["--interval".to_string(), secs.to_string()]);
+    }
     let part = |name, args| Part {
         name,
         args,

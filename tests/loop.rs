@@ -206,63 +206,6 @@ fn send_without_a_manager_fails_clearly() {
     assert!(err.contains("KEY=VALUE"), "{err}");
 }
 
-/// Publisher, manager and actors as separate processes, as on a fleet.
-struct Stack {
-    _publisher: Proc,
-    manager: Option<Proc>,
-    base: u16,
-    state: std::path::PathBuf,
-    rules: std::path::PathBuf,
-}
-
-impl Stack {
-    fn start(tmp: &std::path::Path, rules: &[(&str, &str)]) -> Stack {
-        let base = free_port_base();
-        let state = tmp.join("state");
-        let rules_dir = tmp.join("rules");
-        for (n, t) in rules {
-            write_rule(&rules_dir, n, t);
-        }
-        let publisher = Proc::start(
-            "publisher",
-            &args_ref(&[vec!["publisher".to_string()], stack_args(&state, base)].concat()),
-        );
-        let mut s = Stack {
-            _publisher: publisher,
-            manager: None,
-            base,
-            state,
-            rules: rules_dir,
-        };
-        s.start_manager();
-        s
-    }
-
-    fn start_manager(&mut self) {
-        let mut a = vec!["manager".to_string()];
-        a.extend(stack_args(&self.state, self.base));
-        a.extend(["--rules".into(), self.rules.display().to_string()]);
-        self.manager = Some(Proc::start("manager", &args_ref(&a)));
-    }
-
-    fn actor(&self, name: &str, groups: &[&str]) -> Proc {
-        let mut a = vec!["actor".to_string(), "--name".into(), name.into()];
-        a.extend(stack_args(&self.state, self.base));
-        for g in groups {
-            a.extend(["--group".into(), g.to_string()]);
-        }
-        Proc::start(name, &args_ref(&a))
-    }
-
-    fn send(&self, tag: &str, fields: &[&str]) {
-        let mut a = vec!["send".to_string(), tag.to_string()];
-        a.extend(fields.iter().map(|s| s.to_string()));
-        a.extend(stack_args(&self.state, self.base));
-        let (code, _, err) = run(&args_ref(&a));
-        assert_eq!(code, 0, "send {tag}: {err}");
-    }
-}
-
 #[test]
 fn targeting_reaches_the_named_host_not_a_longer_name() {
     let tmp = tempfile::tempdir().unwrap();

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -13,34 +14,55 @@ use serde_json::{Map, Value};
 use crate::error::GraphError;
 use crate::fields::{type_name, Fields};
 use crate::kinds;
+use crate::meta::Meta;
 use crate::resource::Resource;
 
 /// A validated graph of resources, ready to run.
 #[derive(Clone)]
 pub struct Graph {
     pub(crate) nodes: Vec<Arc<dyn Resource>>,
+    /// Each node's metaparams.
+    pub(crate) metas: Vec<Meta>,
+    /// Every edge once (explicit and implied), in the order they were added.
+    pub(crate) edges: Vec<Edge>,
     /// For each node, the nodes it waits for (edge sources).
     pub(crate) deps: Vec<Vec<usize>>,
     /// For each node, the nodes waiting for it (edge targets).
     pub(crate) dependents: Vec<Vec<usize>>,
 }
 
+/// One dependency: `to` waits for `from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Edge {
+    pub from: usize,
+    pub to: usize,
+    /// A change in `from` sends `to` a refresh.
+    pub notify: bool,
+    /// Implied by the engine (autoedge), not written in the graph.
+    pub auto: bool,
+}
+
+/// An edge as written: `(from, to, notify)` ids.
+pub(crate) type EdgeSpec = (String, String, bool);
+
 impl Graph {
     /// Parse and validate a graph: `{resources: [...], edges: [...]}` or a bare list of
     /// resources.
     pub fn from_value(v: &Value) -> Result<Graph, GraphError> {
         let (resources, edges) = split_top(v)?;
-        let nodes = resources
+        let (nodes, metas): (Vec<_>, Vec<_>) = resources
             .iter()
             .enumerate()
             .map(|(i, item)| parse_resource(i + 1, item))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
         let edges = edges
             .iter()
             .enumerate()
             .map(|(i, item)| parse_edge(i + 1, item))
             .collect::<Result<Vec<_>, _>>()?;
-        Graph::assemble(nodes, &edges)
+        Graph::assemble_with(nodes, metas, &edges)
     }
 
     /// The same schema, as YAML.
@@ -50,10 +72,23 @@ impl Graph {
         Graph::from_value(&value)
     }
 
-    /// Build from already-constructed resources and `(from, to)` id pairs.
-    pub(crate) fn assemble(
+    /// Build from already-constructed resources (default metaparams) and `(from, to)` ids.
+    pub fn assemble(
         nodes: Vec<Arc<dyn Resource>>,
         edges: &[(String, String)],
+    ) -> Result<Graph, GraphError> {
+        let metas = vec![Meta::default(); nodes.len()];
+        let edges: Vec<EdgeSpec> = edges
+            .iter()
+            .map(|(f, t)| (f.clone(), t.clone(), false))
+            .collect();
+        Graph::assemble_with(nodes, metas, &edges)
+    }
+
+    pub(crate) fn assemble_with(
+        nodes: Vec<Arc<dyn Resource>>,
+        metas: Vec<Meta>,
+        edges: &[EdgeSpec],
     ) -> Result<Graph, GraphError> {
         let mut index: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
         for (i, node) in nodes.iter().enumerate() {
@@ -67,7 +102,8 @@ impl Graph {
         }
         let mut deps = vec![Vec::new(); nodes.len()];
         let mut dependents = vec![Vec::new(); nodes.len()];
-        for (i, (from, to)) in edges.iter().enumerate() {
+        let mut all: Vec<Edge> = Vec::with_capacity(edges.len());
+        for (i, (from, to, notify)) in edges.iter().enumerate() {
             let find = |end: &'static str, id: &String| {
                 index
                     .get(id.as_str())
@@ -79,22 +115,89 @@ impl Graph {
                     })
             };
             let (f, t) = (find("from", from)?, find("to", to)?);
-            // A repeated edge adds nothing.
-            if !deps[t].contains(&f) {
+            // A repeated edge adds nothing but its notify flag.
+            if let Some(e) = all.iter_mut().find(|e| e.from == f && e.to == t) {
+                e.notify |= notify;
+            } else {
                 deps[t].push(f);
                 dependents[f].push(t);
+                all.push(Edge {
+                    from: f,
+                    to: t,
+                    notify: *notify,
+                    auto: false,
+                });
             }
         }
+        drop(index);
         if let Some(cycle) = find_cycle(&dependents) {
             return Err(GraphError::Cycle {
                 path: cycle.iter().map(|&i| nodes[i].id().to_string()).collect(),
             });
         }
-        Ok(Graph {
+        let mut graph = Graph {
             nodes,
+            metas,
+            edges: all,
             deps,
             dependents,
-        })
+        };
+        graph.add_autoedges();
+        Ok(graph)
+    }
+
+    /// mgmt's autoedges: a resource that needs a path runs after the resource that manages
+    /// it (a file after its parent directory, a user of an `exec`'s `creates` after the
+    /// exec). Either end can opt out with `meta.autoedge: false`. An implied edge that would
+    /// close a cycle is left out: autoedges only ever order, never reject, a graph.
+    fn add_autoedges(&mut self) {
+        let mut managers: HashMap<PathBuf, usize> = HashMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if self.metas[i].autoedge {
+                for path in node.manages() {
+                    managers.entry(path).or_insert(i);
+                }
+            }
+        }
+        if managers.is_empty() {
+            return;
+        }
+        let mut implied = Vec::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if !self.metas[i].autoedge {
+                continue;
+            }
+            for path in node.needs() {
+                if let Some(&m) = managers.get(&path) {
+                    if m != i && !self.deps[i].contains(&m) {
+                        implied.push((m, i));
+                    }
+                }
+            }
+        }
+        implied.sort_unstable();
+        implied.dedup();
+        for (from, to) in implied {
+            self.deps[to].push(from);
+            self.dependents[from].push(to);
+            if find_cycle(&self.dependents).is_some() {
+                self.deps[to].pop();
+                self.dependents[from].pop();
+                continue;
+            }
+            self.edges.push(Edge {
+                from,
+                to,
+                notify: false,
+                auto: true,
+            });
+        }
+    }
+
+    /// The graph in DOT (graphviz): resources as boxes, edges as arrows; notify edges bold
+    /// and labelled, autoedges dashed.
+    pub fn to_dot(&self, name: &str) -> String {
+        crate::dot::render(name, &self.ids(), None, &self.edges)
     }
 
     /// Number of resources.
@@ -118,6 +221,7 @@ impl fmt::Debug for Graph {
         f.debug_struct("Graph")
             .field("ids", &self.ids())
             .field("deps", &self.deps)
+            .field("edges", &self.edges)
             .finish()
     }
 }
@@ -154,7 +258,7 @@ fn split_top(v: &Value) -> Result<(&[Value], &[Value]), GraphError> {
 }
 
 /// `n` is the 1-based position, used to name a resource that has no usable name yet.
-fn parse_resource(n: usize, item: &Value) -> Result<Arc<dyn Resource>, GraphError> {
+fn parse_resource(n: usize, item: &Value) -> Result<(Arc<dyn Resource>, Meta), GraphError> {
     let anonymous = format!("resource #{n}");
     let Value::Object(map) = item else {
         return Err(GraphError::NotAMap {
@@ -172,21 +276,11 @@ fn parse_resource(n: usize, item: &Value) -> Result<Arc<dyn Resource>, GraphErro
             known: kinds::kind_names().join(", "),
         });
     };
-    // Accepted now so graphs written for the metaparams version keep loading.
-    match map.remove("meta") {
-        None | Some(Value::Null) | Some(Value::Object(_)) => {}
-        Some(other) => {
-            return Err(GraphError::InvalidField {
-                resource,
-                field: "meta".into(),
-                reason: format!("expected a map, got {}", type_name(&other)),
-            })
-        }
-    }
+    let meta = Meta::parse(&resource, map.remove("meta"))?;
     let mut fields = Fields::new(resource.clone(), map);
     let built = (def.build)(resource, &name, &mut fields)?;
     fields.finish()?;
-    Ok(built)
+    Ok((built, meta))
 }
 
 fn required_name(
@@ -213,7 +307,7 @@ fn required_name(
     }
 }
 
-fn parse_edge(index: usize, item: &Value) -> Result<(String, String), GraphError> {
+fn parse_edge(index: usize, item: &Value) -> Result<EdgeSpec, GraphError> {
     let invalid = |reason: String| GraphError::InvalidEdge { index, reason };
     let Value::Object(map) = item else {
         return Err(invalid(format!(
@@ -221,9 +315,22 @@ fn parse_edge(index: usize, item: &Value) -> Result<(String, String), GraphError
             type_name(item)
         )));
     };
-    if let Some(key) = map.keys().find(|k| *k != "from" && *k != "to") {
+    if let Some(key) = map
+        .keys()
+        .find(|k| !matches!(k.as_str(), "from" | "to" | "notify"))
+    {
         return Err(invalid(format!("unknown field `{key}`")));
     }
+    let notify = match map.get("notify") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(invalid(format!(
+                "`notify` must be true or false, got {}",
+                type_name(other)
+            )))
+        }
+    };
     let end = |key: &str| match map.get(key) {
         Some(Value::String(s)) => Ok(s.clone()),
         None | Some(Value::Null) => Err(invalid(format!("missing `{key}`"))),
@@ -232,7 +339,7 @@ fn parse_edge(index: usize, item: &Value) -> Result<(String, String), GraphError
             type_name(other)
         ))),
     };
-    Ok((end("from")?, end("to")?))
+    Ok((end("from")?, end("to")?, notify))
 }
 
 /// A cycle in `adj` (node -> successors), as node indices with the first repeated at the

@@ -23,16 +23,19 @@
 //! # Ok(()) }
 //! ```
 
+mod dot;
 mod engine;
 mod error;
 mod fields;
 mod graph;
 mod hub;
 pub mod kinds;
+mod meta;
 mod resource;
 
-pub use engine::{Engine, EngineEvent, Report, RunOptions, Running};
+pub use engine::{Convergence, Engine, EngineEvent, Report, RunOptions, Running, SwapStats};
 pub use error::{EngineError, GraphError, ResourceError};
 pub use graph::Graph;
 pub use hub::FileHub;
-pub use resource::{Outcome, Poke, Resource, WatchCtx, WatchGuard};
+pub use meta::Meta;
+pub use resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};

@@ -1,6 +1,7 @@
 //! The one interface every resource kind implements, and the small types it is handed.
 
 use std::any::Any;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -30,14 +31,46 @@ pub trait Resource: Send + Sync + 'static {
     /// guard whose Drop stops the watch. Kinds with nothing to watch return `Ok(None)`.
     fn watch(&self, ctx: &WatchCtx, poke: Poke) -> Result<Option<WatchGuard>, ResourceError>;
 
-    /// Check the real state and, when `apply`, fix it.
-    async fn check_apply(&self, apply: bool) -> Result<Outcome, ResourceError>;
+    /// Check the real state and, when `ctx.apply`, fix it. `ctx.refresh` is set when an
+    /// upstream resource changed something along a `notify: true` edge.
+    async fn check_apply(&self, ctx: &ApplyCtx) -> Result<Outcome, ResourceError>;
 
-    /// True when `other` describes the same desired state (for graph swap later).
+    /// True when `other` describes the same desired state (graph swap keeps such a resource
+    /// running, its watch and state untouched).
     fn compare(&self, other: &dyn Resource) -> bool;
 
     /// For `compare`: lets an implementation downcast `other` to its own type.
     fn as_any(&self) -> &dyn Any;
+
+    /// Paths this resource creates or manages (for autoedges: whoever needs one runs after).
+    fn manages(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// Paths this resource needs to exist first (for autoedges).
+    fn needs(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+}
+
+/// What the engine hands one check-apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyCtx {
+    /// False in noop mode (`--noop` or `meta.noop`): check only, change nothing.
+    pub apply: bool,
+    /// An upstream resource changed something along a `notify: true` edge and that refresh
+    /// was not consumed yet. The engine clears it once a check-apply with `apply` succeeds.
+    pub refresh: bool,
+}
+
+impl ApplyCtx {
+    /// A plain check (no refresh pending).
+    pub fn new(apply: bool) -> ApplyCtx {
+        ApplyCtx {
+            apply,
+            refresh: false,
+        }
+    }
 }
 
 /// A wake-up for one resource task: "real state may have drifted, check again".

@@ -221,7 +221,13 @@ async fn noop_mode_changes_nothing() {
         {"kind": "noop", "name": "n"},
     ]}));
     let engine = Engine::new().expect("engine");
-    let mut running = engine.run(g, RunOptions { noop: true });
+    let mut running = engine.run(
+        g,
+        RunOptions {
+            noop: true,
+            ..Default::default()
+        },
+    );
     let report = running.first_report().await;
     assert!(report.ok, "{report:?}");
     assert_eq!(

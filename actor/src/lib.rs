@@ -4,22 +4,27 @@
 //! receives through the resource-graph engine ([`actions`]) and reports back to the manager as
 //! events: `actor/result` once an action's graph first converged (or failed), `actor/repaired`
 //! each time the engine repairs drift afterwards, `actor/error` when a later check fails, and
-//! `actor/up` each time its subscription reaches a publisher.
+//! `actor/up` each time its subscription reaches a publisher, and `actor/converged` /
+//! `actor/diverged` each time the actor as a whole (every graph idle and converged for
+//! `converged_timeout`) crosses over.
 //!
 //! An action stays in force: its graph keeps running, watched and repaired, until an action with
-//! the same name replaces it (or an empty graph removes it).
+//! the same name replaces it — diffed against the running graph, so unchanged resources keep
+//! their watches and state — or an empty graph removes it. Graphs in force are kept under the
+//! state dir and converge again after a restart, before any new action is taken.
 //!
 //! Threads: one owns the SUB socket, one owns the PUSH socket back to the manager (ZeroMQ sockets
 //! are not thread-safe), and a tokio runtime runs the graphs.
 
 use bus::{Action, Event, Target};
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 #[derive(Debug, Error)]
 pub enum ActorError {
@@ -43,6 +48,14 @@ pub struct Config {
     pub name: String,
     pub groups: Vec<String>,
     pub max_frame: usize,
+    /// The stack's state dir; the actor keeps its graphs (and their pending refreshes) under
+    /// `<state>/actor-<name>/` and converges them again after a restart. `None`: nothing is
+    /// kept.
+    pub state: Option<PathBuf>,
+    /// Write each graph as `<dir>/<name>.dot` (graphviz) whenever it converged or changed.
+    pub graphviz: Option<PathBuf>,
+    /// Idle time after which the actor reports `actor/converged`.
+    pub converged_timeout: Duration,
 }
 
 /// What the SUB thread hands the runtime.
@@ -182,10 +195,121 @@ fn result_data(
     })
 }
 
-/// One named graph in force.
+/// One named graph in force: its task owns the engine's `Running`.
 struct InForce {
-    stop: oneshot::Sender<()>,
+    /// Tells this incarnation's convergence reports from a later one's.
+    serial: u64,
+    cmds: mpsc::UnboundedSender<Cmd>,
     task: tokio::task::JoinHandle<()>,
+}
+
+enum Cmd {
+    /// Diff the running graph against this one (GraphSync) and report the new action.
+    Swap {
+        graph: actions::Graph,
+        action: Box<Action>,
+        started: Instant,
+    },
+    Stop,
+}
+
+/// What every graph task shares.
+#[derive(Clone)]
+struct Ctx {
+    host: String,
+    out: std_mpsc::Sender<Event>,
+    conv: mpsc::UnboundedSender<(String, u64, bool)>,
+    idle: Duration,
+    graphviz: Option<PathBuf>,
+}
+
+impl Ctx {
+    fn emit(&self, tag: &str, data: serde_json::Value) {
+        // Gone only while shutting down; nobody left to tell.
+        let _ = self.out.send(Event::new(tag, self.host.clone(), data));
+    }
+
+    fn write_dot(&self, name: &str, running: &actions::Running) {
+        let Some(dir) = &self.graphviz else { return };
+        let file = dir.join(format!("{}.dot", safe_name(name)));
+        if let Err(e) = std::fs::create_dir_all(dir)
+            .and_then(|()| atomic_write(&file, running.to_dot(name).as_bytes()))
+        {
+            tracing::warn!(file = %file.display(), "cannot write graphviz: {e}");
+        }
+    }
+}
+
+/// Where the actor keeps its graphs and their engine state: `<state>/actor-<name>/`.
+struct Store {
+    graphs: PathBuf,
+    engine: PathBuf,
+}
+
+impl Store {
+    fn new(state: &Path, name: &str) -> Store {
+        let dir = state.join(format!("actor-{}", safe_name(name)));
+        Store {
+            graphs: dir.join("graphs"),
+            engine: dir.join("engine"),
+        }
+    }
+
+    fn graph_file(&self, name: &str) -> PathBuf {
+        self.graphs.join(format!("{}.json", hex(name)))
+    }
+
+    fn engine_dir(&self, name: &str) -> PathBuf {
+        self.engine.join(hex(name))
+    }
+
+    /// Keep `action` as the graph in force under its name.
+    fn save(&self, action: &Action) {
+        let file = self.graph_file(&action.name);
+        let result = serde_json::to_vec(action)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                std::fs::create_dir_all(&self.graphs)?;
+                atomic_write(&file, &bytes)
+            });
+        if let Err(e) = result {
+            tracing::error!(name = %action.name, file = %file.display(), "cannot persist graph: {e}");
+        }
+    }
+
+    /// Forget the graph under `name`, and its engine state (pending refreshes).
+    fn remove(&self, name: &str) {
+        let _ = std::fs::remove_file(self.graph_file(name));
+        let _ = std::fs::remove_dir_all(self.engine_dir(name));
+    }
+
+    /// The graphs kept by a previous run. An unreadable one is logged and skipped.
+    fn load(&self) -> Vec<Action> {
+        let entries = match std::fs::read_dir(&self.graphs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(e) => {
+                tracing::error!(dir = %self.graphs.display(), "cannot read kept graphs: {e}");
+                return Vec::new();
+            }
+        };
+        let mut actions = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Action>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(a) => actions.push(a),
+                Err(e) => tracing::error!(file = %path.display(), "skipping a kept graph: {e}"),
+            }
+        }
+        actions.sort_by_key(|a| a.seq);
+        actions
+    }
 }
 
 async fn serve(
@@ -195,15 +319,78 @@ async fn serve(
     stop: Arc<AtomicBool>,
 ) -> Result<(), ActorError> {
     let engine = actions::Engine::new()?;
-    let mut graphs: HashMap<String, InForce> = HashMap::new();
-    let mut last_seq = 0u64;
-    let emit = |out: &std_mpsc::Sender<Event>, tag: &str, data: serde_json::Value| {
-        let _ = out.send(Event::new(tag, cfg.name.clone(), data));
+    let store = cfg.state.as_deref().map(|s| Store::new(s, &cfg.name));
+    let (conv_tx, mut conv_rx) = mpsc::unbounded_channel();
+    let ctx = Ctx {
+        host: cfg.name.clone(),
+        out: out.clone(),
+        conv: conv_tx,
+        idle: cfg.converged_timeout,
+        graphviz: cfg.graphviz.clone(),
     };
+    let mut graphs: HashMap<String, InForce> = HashMap::new();
+    let mut serials = 0u64;
+    // Per graph: (serial, converged). The actor is converged when every graph is.
+    let mut conv: HashMap<String, (u64, bool)> = HashMap::new();
+    let mut converged_reported = true;
+    let mut last_seq = 0u64;
+    let run_opts = |name: &str| actions::RunOptions {
+        noop: false,
+        state_dir: store.as_ref().map(|s| s.engine_dir(name)),
+    };
+
+    // Graphs kept by a previous run converge again before any new action is taken.
+    if let Some(store) = &store {
+        let mut restored = Vec::new();
+        for action in store.load() {
+            match actions::Graph::from_value(&action.graph) {
+                Ok(g) if !g.is_empty() => {
+                    last_seq = last_seq.max(action.seq);
+                    let running = engine.run(g, run_opts(&action.name));
+                    restored.push((action, running));
+                }
+                Ok(_) => store.remove(&action.name),
+                Err(e) => tracing::error!(name = %action.name, "kept graph no longer valid: {e}"),
+            }
+        }
+        for (action, mut running) in restored {
+            let report = running.first_report().await;
+            tracing::info!(name = %action.name, ok = report.ok, changed = report.changed.len(), "restored graph converged");
+            ctx.write_dot(&action.name, &running);
+            serials += 1;
+            conv.insert(action.name.clone(), (serials, false));
+            let (cmds, cmd_rx) = mpsc::unbounded_channel();
+            let name = action.name.clone();
+            let task = tokio::spawn(graph_task(
+                ctx.clone(),
+                running,
+                action,
+                None,
+                cmd_rx,
+                serials,
+            ));
+            graphs.insert(
+                name,
+                InForce {
+                    serial: serials,
+                    cmds,
+                    task,
+                },
+            );
+        }
+    }
+
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         let msg = tokio::select! {
             m = rx.recv() => m,
+            Some((name, serial, is)) = conv_rx.recv() => {
+                if let Some(entry) = conv.get_mut(&name).filter(|e| e.0 == serial) {
+                    entry.1 = is;
+                }
+                report_convergence(&ctx, &conv, &mut converged_reported);
+                continue;
+            }
             _ = tick.tick() => {
                 if stop.load(Ordering::Relaxed) { break; }
                 continue;
@@ -212,8 +399,7 @@ async fn serve(
         let Some(msg) = msg else { break };
         let action = match msg {
             Inbound::Subscribed => {
-                emit(
-                    &out,
+                ctx.emit(
                     "actor/up",
                     json!({"name": cfg.name, "groups": cfg.groups, "version": env!("CARGO_PKG_VERSION"), "graphs": graphs.len()}),
                 );
@@ -227,20 +413,13 @@ async fn serve(
             continue;
         }
         last_seq = action.seq.max(last_seq);
-        let started = std::time::Instant::now();
-        let report = |status: &str, changed: Vec<String>, errors: Vec<String>, ms: f64| {
-            result_data(&action, status, changed, errors, ms)
-        };
+        let started = Instant::now();
+        let report =
+            |status: &str, errors: Vec<String>| result_data(&action, status, vec![], errors, 0.0);
         if action.expires.is_some_and(|t| t < bus::now_ms()) {
-            emit(
-                &out,
+            ctx.emit(
                 "actor/result",
-                report(
-                    "error",
-                    vec![],
-                    vec!["expired before it arrived".into()],
-                    0.0,
-                ),
+                report("error", vec!["expired before it arrived".into()]),
             );
             continue;
         }
@@ -249,72 +428,234 @@ async fn serve(
             Err(e) => {
                 // The graph in force under this name (if any) keeps running.
                 tracing::warn!(name = %action.name, "rejected action {}: {e}", action.id);
-                emit(
-                    &out,
-                    "actor/result",
-                    report("error", vec![], vec![e.to_string()], 0.0),
-                );
+                ctx.emit("actor/result", report("error", vec![e.to_string()]));
                 continue;
             }
         };
-        if let Some(old) = graphs.remove(&action.name) {
-            let _ = old.stop.send(());
-            let _ = old.task.await;
-        }
+        let name = action.name.clone();
         if graph.is_empty() {
-            tracing::info!(name = %action.name, "graph removed");
-            emit(
-                &out,
+            if let Some(old) = graphs.remove(&name) {
+                let _ = old.cmds.send(Cmd::Stop);
+                let _ = old.task.await;
+            }
+            if let Some(store) = &store {
+                store.remove(&name);
+            }
+            conv.remove(&name);
+            report_convergence(&ctx, &conv, &mut converged_reported);
+            tracing::info!(name = %name, "graph removed");
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            ctx.emit(
                 "actor/result",
-                report("ok", vec![], vec![], started.elapsed().as_secs_f64() * 1e3),
+                result_data(&action, "ok", vec![], vec![], ms),
             );
             continue;
         }
-        let mut running = engine.run(graph, actions::RunOptions::default());
-        let (stop_tx, mut stop_rx) = oneshot::channel();
-        let out2 = out.clone();
-        let host = cfg.name.clone();
-        let name = action.name.clone();
-        let key = action.name.clone();
-        let task = tokio::spawn(async move {
-            let first = tokio::select! {
-                r = running.first_report() => r,
-                _ = &mut stop_rx => { running.stop().await; return; }
-            };
-            let ms = started.elapsed().as_secs_f64() * 1e3;
-            let status = if first.ok { "ok" } else { "error" };
-            tracing::info!(name = %name, status, changed = first.changed.len(), ms, "action converged");
-            let data = result_data(&action, status, first.changed, first.errors, ms);
-            let _ = out2.send(Event::new("actor/result", host.clone(), data));
-            loop {
-                tokio::select! {
-                    ev = running.next_event() => match ev {
-                        Some(actions::EngineEvent::Changed { id }) => {
-                            tracing::info!(name = %name, resource = %id, "drift repaired");
-                            let _ = out2.send(Event::new("actor/repaired", host.clone(), json!({"name": name, "action": action.id, "resource": id})));
-                        }
-                        Some(actions::EngineEvent::Failed { id, error }) => {
-                            tracing::warn!(name = %name, resource = %id, "check failed: {error}");
-                            let _ = out2.send(Event::new("actor/error", host.clone(), json!({"name": name, "action": action.id, "resource": id, "error": error})));
-                        }
-                        None => break,
-                    },
-                    _ = &mut stop_rx => break,
+        if let Some(store) = &store {
+            store.save(&action);
+        }
+        let action = Box::new(action);
+        // The graph in force under this name is diffed against the new one, not restarted.
+        let action = match graphs.get(&name) {
+            Some(inf) => match inf.cmds.send(Cmd::Swap {
+                graph,
+                action,
+                started,
+            }) {
+                Ok(()) => {
+                    conv.insert(name.clone(), (inf.serial, false));
+                    report_convergence(&ctx, &conv, &mut converged_reported);
+                    continue;
                 }
-            }
-            running.stop().await;
-        });
+                // Its task is gone (it cannot normally end by itself): start afresh.
+                Err(mpsc::error::SendError(Cmd::Swap { graph, action, .. })) => {
+                    Some((graph, action))
+                }
+                Err(_) => None,
+            },
+            None => Some((graph, action)),
+        };
+        let Some((graph, action)) = action else {
+            continue;
+        };
+        if let Some(old) = graphs.remove(&name) {
+            old.task.abort();
+        }
+        let running = engine.run(graph, run_opts(&name));
+        serials += 1;
+        conv.insert(name.clone(), (serials, false));
+        report_convergence(&ctx, &conv, &mut converged_reported);
+        let (cmds, cmd_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(graph_task(
+            ctx.clone(),
+            running,
+            *action,
+            Some(started),
+            cmd_rx,
+            serials,
+        ));
         graphs.insert(
-            key,
+            name,
             InForce {
-                stop: stop_tx,
+                serial: serials,
+                cmds,
                 task,
             },
         );
     }
     for (_, g) in graphs.drain() {
-        let _ = g.stop.send(());
+        let _ = g.cmds.send(Cmd::Stop);
         let _ = g.task.await;
     }
     Ok(())
+}
+
+/// Emit `actor/converged` / `actor/diverged` when the actor as a whole crosses over.
+fn report_convergence(ctx: &Ctx, conv: &HashMap<String, (u64, bool)>, reported: &mut bool) {
+    let now = conv.values().all(|(_, c)| *c);
+    if now == *reported {
+        return;
+    }
+    *reported = now;
+    if now {
+        tracing::info!(graphs = conv.len(), "converged");
+        ctx.emit(
+            "actor/converged",
+            json!({"graphs": conv.len(), "idle_s": ctx.idle.as_secs_f64()}),
+        );
+    } else {
+        let mut diverged: Vec<&String> = conv
+            .iter()
+            .filter(|(_, (_, c))| !c)
+            .map(|(n, _)| n)
+            .collect();
+        diverged.sort();
+        tracing::info!(?diverged, "diverged");
+        ctx.emit(
+            "actor/diverged",
+            json!({"graphs": conv.len(), "diverged": diverged}),
+        );
+    }
+}
+
+/// Runs one named graph: reports its first outcome as `actor/result`, then repairs and
+/// failures as they happen, convergence transitions, and swaps in later actions.
+/// `started` is `None` for a restored graph whose first report was already taken.
+async fn graph_task(
+    ctx: Ctx,
+    mut running: actions::Running,
+    mut action: Action,
+    mut started: Option<Instant>,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    serial: u64,
+) {
+    let name = action.name.clone();
+    let mut conv = running.convergence();
+    let mut queued: VecDeque<Cmd> = VecDeque::new();
+    loop {
+        if let Some(t0) = started.take() {
+            let first = loop {
+                tokio::select! {
+                    r = running.first_report() => break r,
+                    cmd = cmds.recv() => match cmd {
+                        Some(swap @ Cmd::Swap { .. }) => queued.push_back(swap),
+                        Some(Cmd::Stop) | None => { running.stop().await; return; }
+                    },
+                }
+            };
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            let status = if first.ok { "ok" } else { "error" };
+            tracing::info!(name = %name, status, changed = first.changed.len(), ms, "action converged");
+            // The picture first, so whoever reacts to the result finds it up to date.
+            ctx.write_dot(&name, &running);
+            ctx.emit(
+                "actor/result",
+                result_data(&action, status, first.changed, first.errors, ms),
+            );
+        }
+        let mut is_converged = false;
+        let next = loop {
+            if let Some(cmd) = queued.pop_front() {
+                break Some(cmd);
+            }
+            tokio::select! {
+                ev = running.next_event() => match ev {
+                    Some(actions::EngineEvent::Changed { id }) => {
+                        tracing::info!(name = %name, resource = %id, "drift repaired");
+                        ctx.emit("actor/repaired", json!({"name": name, "action": action.id, "resource": id}));
+                    }
+                    Some(actions::EngineEvent::Failed { id, error }) => {
+                        tracing::warn!(name = %name, resource = %id, "check failed: {error}");
+                        ctx.emit("actor/error", json!({"name": name, "action": action.id, "resource": id, "error": error}));
+                    }
+                    None => break None,
+                },
+                now = transition(&mut conv, is_converged, ctx.idle) => {
+                    is_converged = now;
+                    let _ = ctx.conv.send((name.clone(), serial, now));
+                }
+                cmd = cmds.recv() => match cmd {
+                    Some(cmd) => queued.push_back(cmd),
+                    None => break None,
+                },
+            }
+        };
+        match next {
+            Some(Cmd::Swap {
+                graph,
+                action: new,
+                started: t0,
+            }) => {
+                let stats = running.swap(graph).await;
+                tracing::info!(name = %name, kept = stats.kept, added = stats.added, removed = stats.removed, "graph swapped");
+                action = *new;
+                started = Some(t0);
+                conv = running.convergence();
+            }
+            Some(Cmd::Stop) | None => {
+                running.stop().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves with the new state once a graph crosses from diverged to converged or back.
+async fn transition(conv: &mut actions::Convergence, converged: bool, idle: Duration) -> bool {
+    if converged {
+        conv.diverged().await;
+        false
+    } else {
+        conv.converged(idle).await;
+        true
+    }
+}
+
+/// `name` as a file name: anything but `[A-Za-z0-9._-]` becomes `_`.
+fn safe_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// `name` hex-encoded: a collision-free file name for any graph name.
+fn hex(name: &str) -> String {
+    name.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Write via a temp file and rename, so a crash never leaves half a file.
+fn atomic_write(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = file.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, file)
 }

@@ -2,12 +2,18 @@
 //!
 //! [`Emitter`] is for programs that emit continuously (beacons, applications): `emit` never
 //! blocks the caller; when the queue to the manager is full (manager away, or slower than the
-//! sender), the event is dropped and counted. [`send_once`] is for one event that must arrive
-//! (`reflex send`): it waits for a connected manager, up to a timeout.
+//! sender), the event is dropped and counted. The queue is the PUSH socket's send high-water
+//! mark; ZeroMQ reconnects to a manager that went away by itself, and what was queued meanwhile
+//! goes out then. An `Emitter` can be shared between threads (`Arc<Emitter>`): the socket is
+//! behind a mutex held only for the non-blocking send.
+//!
+//! [`send_once`] is for one event that must arrive (`reflex send`): it waits for a connected
+//! manager, up to a timeout.
 
 use bus::Event;
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -21,9 +27,9 @@ pub enum SendError {
     Zmq(#[from] zmq::Error),
 }
 
-/// A non-blocking event sender with a bounded queue. One per thread (it owns a ZeroMQ socket).
+/// A non-blocking event sender with a bounded queue.
 pub struct Emitter {
-    socket: zmq::Socket,
+    socket: Mutex<zmq::Socket>,
     host: String,
     sent: AtomicU64,
     dropped: AtomicU64,
@@ -46,7 +52,7 @@ impl Emitter {
             .connect(endpoint)
             .map_err(|e| bus::sockets::SocketError::new(endpoint, e))?;
         Ok(Emitter {
-            socket,
+            socket: Mutex::new(socket),
             host: host.to_string(),
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -58,8 +64,15 @@ impl Emitter {
         self.send_event(&Event::new(tag, self.host.clone(), data))
     }
 
+    /// Queue a ready event (its own host and tag); never blocks.
     pub fn send_event(&self, ev: &Event) -> bool {
-        match self.socket.send(bus::encode(ev), zmq::DONTWAIT) {
+        let frame = bus::encode(ev);
+        let sent = match self.socket.lock() {
+            Ok(s) => s.send(frame, zmq::DONTWAIT),
+            // A thread panicked mid-send; the socket itself is still sound.
+            Err(poisoned) => poisoned.into_inner().send(frame, zmq::DONTWAIT),
+        };
+        match sent {
             Ok(()) => {
                 self.sent.fetch_add(1, Ordering::Relaxed);
                 true
@@ -74,10 +87,17 @@ impl Emitter {
         }
     }
 
+    /// The host name events carry.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Events handed to the socket so far.
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
 
+    /// Events dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -153,6 +173,63 @@ mod tests {
             (a.tag.as_str(), b.tag.as_str(), b.host.as_str()),
             ("t/once", "t/emit", "h2")
         );
+    }
+
+    #[test]
+    fn emitter_queues_until_a_manager_comes_and_reconnects_after_it_left() {
+        let ep = free_endpoint();
+        let em = Emitter::connect(&ep, "h").unwrap();
+        // No manager yet: queued, not dropped.
+        assert!(em.emit("t/early", json!(1)));
+        let pull = bus::sockets::bind(zmq::PULL, &ep).unwrap();
+        pull.set_rcvtimeo(10_000).unwrap();
+        let a: Event = bus::decode(&pull.recv_bytes(0).unwrap()).unwrap();
+        assert_eq!(a.tag, "t/early");
+        // The manager goes away and comes back on the same endpoint.
+        drop(pull);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // ZeroMQ closes a socket in the background: the port frees a moment later.
+        let pull = loop {
+            match bus::sockets::bind(zmq::PULL, &ep) {
+                Ok(s) => break s,
+                Err(e) => assert!(std::time::Instant::now() < deadline, "{e}"),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        pull.set_rcvtimeo(200).unwrap();
+        let got = loop {
+            em.emit("t/again", json!(2));
+            if let Ok(b) = pull.recv_bytes(0) {
+                break bus::decode::<Event>(&b).unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "no reconnect");
+        };
+        assert_eq!(got.tag, "t/again");
+    }
+
+    #[test]
+    fn emitter_is_shared_between_threads() {
+        let ep = free_endpoint();
+        let pull = bus::sockets::bind(zmq::PULL, &ep).unwrap();
+        pull.set_rcvtimeo(10_000).unwrap();
+        let em = std::sync::Arc::new(Emitter::connect(&ep, "h").unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let em = em.clone();
+                std::thread::spawn(move || {
+                    for j in 0..100 {
+                        em.emit("t/thread", json!([i, j]));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        for _ in 0..400 {
+            bus::decode::<Event>(&pull.recv_bytes(0).unwrap()).unwrap();
+        }
+        assert_eq!(em.sent(), 400);
     }
 
     #[test]

@@ -1,54 +1,112 @@
-//! reflex beacons: the senses of a host.
+//! reflex beacons: the senses of a host, cheap and quiet.
 //!
-//! A beacon measures something on its host at an interval and PUSHes what it saw to the manager
-//! as an event tagged `beacon/<kind>`. Each kind lives in its own file under [`kinds`]; the
-//! [`Emitter`] is the small sending library beacons, `reflex send` and any application share.
+//! A beacon measures something on its host and PUSHes what it saw to the manager as an event
+//! tagged `beacon/<kind>`, carrying the host name and, in its data, the beacon `kind`. Each kind
+//! lives in its own file under [`kinds`] and implements one small interface, [`Beacon`]: take a
+//! sample, put [`Out`] readings and problems into it. Everything around that is done once, in
+//! the [`runner`], for every kind alike:
+//!
+//! - **modes** ([`gate`]): `every`, `change` or `threshold` (above/below with a hysteresis
+//!   band), so a healthy host says little;
+//! - **failures as events**: a beacon's own failure becomes `beacon/<kind>/error` when it starts
+//!   (or changes), and `beacon/<kind>/recovered` when it ends — never silence, never a flood;
+//! - **scheduling**: each beacon on its own thread, sampling at its interval, or at once when an
+//!   event-driven kind (file, svc) wakes it.
+//!
+//! The [`config`] module reads the `[[beacon]]` TOML file and names the line and field of any
+//! mistake. The [`Emitter`] is the small sending library beacons, `reflex send` and any
+//! application share: non-blocking, bounded, drops counted, reconnecting by itself.
 
+pub mod config;
 pub mod emitter;
+pub mod gate;
 pub mod kinds;
+pub mod runner;
 
+pub use config::{Config, ConfigError};
 pub use emitter::{send_once, Emitter, SendError};
+pub use gate::{Gate, GateConfig, Mode};
+pub use runner::{run, Running, Waker};
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use serde_json::{Map, Value};
 
-/// One beacon kind: takes a sample each tick.
+/// The shipped default beacon config: what `reflex up` runs.
+pub const DEFAULT_CONFIG: &str = include_str!("../default.toml");
+
+/// The beacons' version, reported by the heartbeat.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// One beacon kind.
 pub trait Beacon: Send {
     /// The kind, as in the tag `beacon/<kind>`.
     fn kind(&self) -> &'static str;
-    /// Measure now; `Ok(None)` when there is nothing to report this tick. An error is the
-    /// beacon's own failure (a file that vanished, a URL that timed out): it is reported as an
-    /// event too, never swallowed.
-    fn sample(&mut self) -> Result<Option<serde_json::Value>, String>;
+
+    /// Set up what the kind watches (inotify, a D-Bus subscription). `waker` makes the runner
+    /// sample at once instead of at the next tick. Called again at each tick until it succeeds;
+    /// an error is reported like a failed sample.
+    fn start(&mut self, _waker: Waker) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Measure now, or collect what happened since the last call. An `Err` is the beacon's own
+    /// failure as a whole; a problem with one subject (one mount, one path) goes to
+    /// [`Out::problem`] so the others still report.
+    fn sample(&mut self, out: &mut Out) -> Result<(), String>;
 }
 
-/// Run one beacon every `interval` until `stop` is set, emitting through `emitter`.
-pub fn run(beacon: &mut dyn Beacon, emitter: &Emitter, interval: Duration, stop: &AtomicBool) {
-    let tag = format!("beacon/{}", beacon.kind());
-    let error_tag = format!("beacon/{}/error", beacon.kind());
-    let mut next = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        if Instant::now() >= next {
-            match beacon.sample() {
-                Ok(Some(data)) => {
-                    emitter.emit(&tag, data);
-                }
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::warn!(beacon = beacon.kind(), "{error}");
-                    emitter.emit(
-                        &error_tag,
-                        serde_json::json!({"kind": beacon.kind(), "error": error}),
-                    );
-                }
-            }
-            next += interval;
-            // After a long stall (suspend), skip the missed ticks rather than firing them all.
-            if next < Instant::now() {
-                next = Instant::now() + interval;
-            }
-        }
-        let left = next.saturating_duration_since(Instant::now());
-        std::thread::sleep(left.min(Duration::from_millis(100)));
+/// What one sample produced.
+#[derive(Debug, Default)]
+pub struct Out {
+    pub readings: Vec<Reading>,
+    /// (subject, message): failures of one part of a beacon.
+    pub problems: Vec<(String, String)>,
+}
+
+impl Out {
+    /// A measurement of `subject` ("" for the host as a whole): it goes through the mode gate.
+    pub fn measure(&mut self, subject: impl Into<String>, data: Map<String, Value>) {
+        self.readings.push(Reading {
+            subject: subject.into(),
+            data,
+            gated: true,
+        });
     }
+
+    /// Something that happened (a file changed, a log line matched): always sent.
+    pub fn event(&mut self, data: Map<String, Value>) {
+        self.readings.push(Reading {
+            subject: String::new(),
+            data,
+            gated: false,
+        });
+    }
+
+    /// A failure of one subject; the rest of the sample still counts.
+    pub fn problem(&mut self, subject: impl Into<String>, message: impl Into<String>) {
+        self.problems.push((subject.into(), message.into()));
+    }
+}
+
+/// One measurement or happening, before identity and mode are applied.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    pub subject: String,
+    pub data: Map<String, Value>,
+    pub gated: bool,
+}
+
+/// Build a JSON object from `key => value` pairs.
+#[macro_export]
+macro_rules! obj {
+    ($($k:expr => $v:expr),* $(,)?) => {{
+        #[allow(unused_mut)]
+        let mut m = ::serde_json::Map::new();
+        $( m.insert(($k).to_string(), ::serde_json::json!($v)); )*
+        m
+    }};
+}
+
+/// Round to two decimals: enough for percentages and rates, and stable for `change` mode.
+pub fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
 }

@@ -1,7 +1,7 @@
 //! Frames on the wire: one version byte, then the message as msgpack (named fields, so a
 //! newer peer can add fields without breaking an older one).
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The wire version this build speaks.
@@ -71,13 +71,14 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 }
 
 /// Decode a frame with the default size limit.
-pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, DecodeError> {
+pub fn decode<'a, T: Deserialize<'a>>(frame: &'a [u8]) -> Result<T, DecodeError> {
     decode_with_limit(frame, MAX_FRAME)
 }
 
 /// Decode a frame, rejecting frames larger than `limit` bytes before looking inside them.
-pub fn decode_with_limit<T: DeserializeOwned>(
-    frame: &[u8],
+/// `T` may borrow strings from the frame (zero-copy).
+pub fn decode_with_limit<'a, T: Deserialize<'a>>(
+    frame: &'a [u8],
     limit: usize,
 ) -> Result<T, DecodeError> {
     if frame.len() > limit {

@@ -22,6 +22,13 @@ pub struct Event {
     /// events. The manager drops events that are too deep (loop protection).
     #[serde(default)]
     pub depth: u32,
+    /// For an event a rule emitted: the id of the event that rule was reacting to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// For an event a rule emitted: the rules that emitted each event of the chain leading to
+    /// it, oldest first (what `manager/loop` names when a chain runs away).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<String>,
 }
 
 impl Event {
@@ -34,6 +41,8 @@ impl Event {
             time: now_ms(),
             data,
             depth: 0,
+            cause: None,
+            chain: Vec::new(),
         }
     }
 }

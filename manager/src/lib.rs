@@ -15,11 +15,14 @@ pub mod rules;
 use bus::monitor;
 use bus::{Action, DecodeError, Endpoints, Event};
 use registers::Registers;
+use rules::Change;
 use rules::{Limits, Produced, Rules};
-use serde::Serialize;
-use std::collections::BTreeMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -32,6 +35,8 @@ pub enum ManagerError {
     Zmq(#[from] zmq::Error),
     #[error(transparent)]
     Registers(#[from] registers::RegisterError),
+    #[error("watching the rules folder: {0}")]
+    Watch(String),
     #[error("rules folder {dir}: {source}")]
     RulesDir {
         dir: PathBuf,
@@ -39,6 +44,9 @@ pub enum ManagerError {
         source: std::io::Error,
     },
 }
+
+/// Events deeper than this (rule-emitted chains) are dropped with a `manager/loop` event.
+pub const MAX_DEPTH: u32 = 8;
 
 /// How to run a manager.
 #[derive(Debug, Clone)]
@@ -49,6 +57,10 @@ pub struct Config {
     /// Largest event frame accepted, in bytes.
     pub max_frame: usize,
     pub limits: Limits,
+    /// Host name on the manager's own events (`manager/...`).
+    pub host: String,
+    /// Watch the rules folder and pick up changes live.
+    pub watch_rules: bool,
 }
 
 /// Counters, as the control socket reports them.
@@ -59,7 +71,32 @@ pub struct Stats {
     pub hits: u64,
     pub rule_errors: u64,
     pub actions: u64,
+    pub loops: u64,
+    pub reloads: u64,
     pub rules: Vec<String>,
+    pub disabled: Vec<String>,
+}
+
+/// The head of an event: what the manager reads before knowing whether any rule wants it.
+/// Decoding it checks the whole frame's structure (`data` is walked, not built) and borrows
+/// its strings, so an event no rule matches costs no allocation.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    #[allow(dead_code)]
+    id: &'a str,
+    #[serde(borrow)]
+    tag: &'a str,
+    #[serde(borrow)]
+    #[allow(dead_code)]
+    host: &'a str,
+    #[allow(dead_code)]
+    time: u64,
+    #[serde(default)]
+    #[allow(dead_code)]
+    data: serde::de::IgnoredAny,
+    #[serde(default)]
+    depth: u32,
 }
 
 /// A running manager's sockets and state.
@@ -73,42 +110,67 @@ pub struct Manager {
     control: zmq::Socket,
     stats: Stats,
     produced: Produced,
+    /// Events made inside the manager (emitted by rules, or about the manager itself), run
+    /// right after the event that caused them.
+    internal: VecDeque<Event>,
+    /// Rule file changes reported by the watcher, with when the last one arrived.
+    watcher: Option<(notify::RecommendedWatcher, mpsc::Receiver<PathBuf>)>,
+    pending: BTreeSet<PathBuf>,
+    last_change: Instant,
 }
 
 /// How many frames to take in one go before looking at the control socket and flushing.
 const BATCH: usize = 4_096;
 /// Longest time unflushed register writes may wait while events keep coming.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Editors save in bursts (temp file, rename, chmod): wait this long after the last change.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How often expired registers are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(5);
+
+fn watch_rules(
+    dir: &std::path::Path,
+) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<PathBuf>), ManagerError> {
+    use notify::Watcher;
+    let (tx, rx) = mpsc::channel();
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+        Ok(ev) => {
+            for p in ev.paths {
+                let _ = tx.send(p);
+            }
+        }
+        Err(e) => tracing::warn!("rules watcher: {e}"),
+    })
+    .map_err(|e| ManagerError::Watch(e.to_string()))?;
+    w.watch(dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| ManagerError::Watch(format!("{}: {e}", dir.display())))?;
+    Ok((w, rx))
+}
 
 impl Manager {
     /// Open the register store, load the rules and bind the sockets.
     pub fn new(cfg: Config) -> Result<Manager, ManagerError> {
         let registers = Registers::open(&cfg.state_dir.join("registers"))?;
         let mut rules = Rules::new(registers.clone(), &cfg.limits);
-        let errors = rules
-            .load_dir(&cfg.rules_dir)
-            .map_err(|source| ManagerError::RulesDir {
-                dir: cfg.rules_dir.clone(),
-                source,
-            })?;
-        for e in &errors {
-            tracing::error!("rule not loaded: {e}");
-        }
-        for r in rules.rules() {
-            tracing::info!(rule = %r.name, globs = ?r.globs, "rule loaded");
-        }
+        let rules_dir_err = |source| ManagerError::RulesDir {
+            dir: cfg.rules_dir.clone(),
+            source,
+        };
+        // Watch before the first load, so a file dropped in meanwhile is not missed.
+        let watcher = if cfg.watch_rules {
+            Some(watch_rules(&cfg.rules_dir)?)
+        } else {
+            None
+        };
+        let changes = rules.load_dir(&cfg.rules_dir).map_err(rules_dir_err)?;
         let ep = &cfg.endpoints;
         let ingest = bus::sockets::bind(zmq::PULL, &ep.ingest)?;
         // The publisher binds the link; connecting first is fine: actions queue until it is up.
         let link = bus::sockets::connect(zmq::PUSH, &ep.link)?;
         let monitor = bus::sockets::bind(zmq::PUB, &ep.monitor)?;
         let control = bus::sockets::bind(zmq::REP, &ep.control)?;
-        let stats = Stats {
-            rules: rules.rules().iter().map(|r| r.name.clone()).collect(),
-            ..Stats::default()
-        };
-        tracing::info!(ingest = %ep.ingest, link = %ep.link, monitor = %ep.monitor, control = %ep.control, rules = stats.rules.len(), "manager up");
-        Ok(Manager {
+        tracing::info!(ingest = %ep.ingest, link = %ep.link, monitor = %ep.monitor, control = %ep.control, rules = %cfg.rules_dir.display(), "manager up");
+        let mut m = Manager {
             cfg,
             registers,
             rules,
@@ -116,30 +178,42 @@ impl Manager {
             link,
             monitor,
             control,
-            stats,
+            stats: Stats::default(),
             produced: Produced::default(),
-        })
+            internal: VecDeque::new(),
+            watcher,
+            pending: BTreeSet::new(),
+            last_change: Instant::now(),
+        };
+        for c in changes {
+            m.announce(c);
+        }
+        m.refresh_rule_stats();
+        Ok(m)
     }
 
     /// Run until `stop` is set (SIGINT/SIGTERM), then flush the registers.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), ManagerError> {
         let mut last_flush = Instant::now();
+        let mut last_purge = Instant::now();
         let mut frame = zmq::Message::new();
+        // Events about the initial load go out first.
+        self.drain_internal(stop)?;
         while !stop.load(Ordering::Relaxed) {
+            let timeout = if self.pending.is_empty() { 100 } else { 20 };
             let (ready_ingest, ready_control) = {
                 let mut items = [
                     self.ingest.as_poll_item(zmq::POLLIN),
                     self.control.as_poll_item(zmq::POLLIN),
                 ];
-                bus::sockets::poll(&mut items, 100)?;
+                bus::sockets::poll(&mut items, timeout)?;
                 (items[0].is_readable(), items[1].is_readable())
             };
             if ready_ingest {
                 for _ in 0..BATCH {
                     match self.ingest.recv(&mut frame, zmq::DONTWAIT) {
                         Ok(()) => self.handle_frame(&frame, stop)?,
-                        Err(zmq::Error::EAGAIN) => break,
-                        Err(zmq::Error::EINTR) => break,
+                        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -147,9 +221,23 @@ impl Manager {
             if ready_control {
                 self.handle_control()?;
             }
+            // Rule reloads happen here, between events: every event is run by either the old
+            // or the new rule set, whole.
+            self.collect_rule_changes();
+            if !self.pending.is_empty() && self.last_change.elapsed() >= DEBOUNCE {
+                self.apply_rule_changes();
+                self.drain_internal(stop)?;
+            }
+            let idle = !ready_ingest;
+            if idle && last_purge.elapsed() >= PURGE_EVERY {
+                let n = self.registers.purge_expired()?;
+                if n > 0 {
+                    tracing::debug!(purged = n, "expired registers purged");
+                }
+                last_purge = Instant::now();
+            }
             // Flush when idle, and at least every FLUSH_EVERY under load: a write the rules
             // made is on disk soon after the event, even if the process is killed.
-            let idle = !ready_ingest;
             if idle || last_flush.elapsed() >= FLUSH_EVERY {
                 self.registers.flush_if_dirty()?;
                 last_flush = Instant::now();
@@ -160,7 +248,87 @@ impl Manager {
         Ok(())
     }
 
+    fn collect_rule_changes(&mut self) {
+        let Some((_, rx)) = &self.watcher else { return };
+        let mut any = false;
+        while let Ok(p) = rx.try_recv() {
+            if rules::is_rule_file(&p) {
+                self.pending.insert(p);
+                any = true;
+            }
+        }
+        if any {
+            self.last_change = Instant::now();
+        }
+    }
+
+    fn apply_rule_changes(&mut self) {
+        for path in std::mem::take(&mut self.pending) {
+            if let Some(change) = self.rules.reload(&path) {
+                self.stats.reloads += 1;
+                self.announce(change);
+            }
+        }
+        self.refresh_rule_stats();
+    }
+
+    fn refresh_rule_stats(&mut self) {
+        self.stats.rules = self.rules.rules().iter().map(|r| r.name.clone()).collect();
+        self.stats.disabled = self
+            .rules
+            .rules()
+            .iter()
+            .filter(|r| r.disabled)
+            .map(|r| r.name.clone())
+            .collect();
+    }
+
+    /// Log a rule load change and queue its `manager/rules/...` event.
+    fn announce(&mut self, change: Change) {
+        let names: Vec<String> = self.rules.rules().iter().map(|r| r.name.clone()).collect();
+        let (tag, data) = match change {
+            Change::Loaded { file } => {
+                tracing::info!(file = %file.display(), rules = names.len(), "rule loaded");
+                (
+                    "manager/rules/loaded",
+                    json!({"file": file, "rules": names}),
+                )
+            }
+            Change::Removed { file } => {
+                tracing::info!(file = %file.display(), "rule removed");
+                (
+                    "manager/rules/removed",
+                    json!({"file": file, "rules": names}),
+                )
+            }
+            Change::Failed(e) => {
+                tracing::error!("rule not loaded: {e}");
+                (
+                    "manager/rules/error",
+                    json!({"file": e.file, "line": e.line, "column": e.column, "message": e.message}),
+                )
+            }
+        };
+        self.internal
+            .push_back(Event::new(tag, self.cfg.host.clone(), data));
+    }
+
     fn handle_frame(&mut self, frame: &[u8], stop: &AtomicBool) -> Result<(), ManagerError> {
+        let head: Head = match bus::decode_with_limit(frame, self.cfg.max_frame) {
+            Ok(h) => h,
+            Err(e) => {
+                self.malformed(&e);
+                return Ok(());
+            }
+        };
+        self.stats.events += 1;
+        self.publish_event(head.tag, frame)?;
+        if head.depth > MAX_DEPTH || !self.rules.wants(head.tag) {
+            if head.depth > MAX_DEPTH {
+                self.too_deep(head.tag, head.depth, &[]);
+            }
+            return self.drain_internal(stop);
+        }
         let event: Event = match bus::decode_with_limit(frame, self.cfg.max_frame) {
             Ok(e) => e,
             Err(e) => {
@@ -168,14 +336,36 @@ impl Manager {
                 return Ok(());
             }
         };
-        self.stats.events += 1;
-        let mut topic = String::with_capacity(monitor::EVENT.len() + event.tag.len());
-        topic.push_str(monitor::EVENT);
-        topic.push_str(&event.tag);
-        self.publish_monitor(&topic, frame)?;
+        self.process(&event, stop)?;
+        self.drain_internal(stop)
+    }
+
+    /// Run the events made inside the manager, each through the monitor and the rules.
+    fn drain_internal(&mut self, stop: &AtomicBool) -> Result<(), ManagerError> {
+        while let Some(ev) = self.internal.pop_front() {
+            self.stats.events += 1;
+            self.publish_event(&ev.tag, &bus::encode(&ev))?;
+            if self.rules.wants(&ev.tag) {
+                self.process(&ev, stop)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn too_deep(&mut self, tag: &str, depth: u32, chain: &[String]) {
+        self.stats.loops += 1;
+        tracing::warn!(tag, depth, chain = ?chain, "event chain deeper than {MAX_DEPTH}: dropped (rules emitting in a loop?)");
+        self.internal.push_back(Event::new(
+            "manager/loop",
+            self.cfg.host.clone(),
+            json!({"tag": tag, "depth": depth, "chain": chain, "max_depth": MAX_DEPTH}),
+        ));
+    }
+
+    fn process(&mut self, event: &Event, stop: &AtomicBool) -> Result<(), ManagerError> {
         let mut out = std::mem::take(&mut self.produced);
         out.clear();
-        self.rules.run(&event, &mut out);
+        self.rules.run(event, &mut out);
         for hit in &out.hits {
             self.stats.hits += 1;
             self.monitor_msg(monitor::HIT, &hit.rule, hit)?;
@@ -187,6 +377,35 @@ impl Manager {
         for action in &out.actions {
             self.stats.actions += 1;
             self.send_action(action, stop)?;
+        }
+        for (rule, file) in out.disabled.drain(..) {
+            self.internal.push_back(Event::new(
+                "manager/rules/disabled",
+                self.cfg.host.clone(),
+                json!({"rule": rule, "file": file, "failures": rules::DISABLE_AFTER}),
+            ));
+        }
+        if !self
+            .stats
+            .disabled
+            .len()
+            .eq(&self.rules.rules().iter().filter(|r| r.disabled).count())
+        {
+            self.refresh_rule_stats();
+        }
+        for em in out.emitted.drain(..) {
+            let mut chain = event.chain.clone();
+            chain.push(em.rule);
+            let depth = event.depth + 1;
+            if depth > MAX_DEPTH {
+                self.too_deep(&em.tag, depth, &chain);
+                continue;
+            }
+            let mut child = Event::new(em.tag, event.host.clone(), em.data);
+            child.depth = depth;
+            child.cause = Some(event.id.clone());
+            child.chain = chain;
+            self.internal.push_back(child);
         }
         self.produced = out;
         Ok(())
@@ -203,6 +422,13 @@ impl Manager {
                 "dropped a bad frame: {e} (further ones of this kind are only counted)"
             );
         }
+    }
+
+    fn publish_event(&self, tag: &str, frame: &[u8]) -> Result<(), ManagerError> {
+        let mut topic = String::with_capacity(monitor::EVENT.len() + tag.len());
+        topic.push_str(monitor::EVENT);
+        topic.push_str(tag);
+        self.publish_monitor(&topic, frame)
     }
 
     fn publish_monitor(&self, topic: &str, payload: &[u8]) -> Result<(), ManagerError> {
@@ -250,21 +476,45 @@ impl Manager {
 
     fn handle_control(&mut self) -> Result<(), ManagerError> {
         let req = self.control.recv_bytes(zmq::DONTWAIT)?;
-        let reply = match serde_json::from_slice::<serde_json::Value>(&req) {
-            Ok(v) => match v.get("cmd").and_then(|c| c.as_str()) {
-                Some("stats") => serde_json::to_value(&self.stats).unwrap_or_default(),
-                Some("flush") => match self.registers.flush() {
-                    Ok(()) => serde_json::json!({"ok": true}),
-                    Err(e) => serde_json::json!({"error": e.to_string()}),
-                },
-                other => {
-                    serde_json::json!({"error": format!("unknown command {other:?} (known: stats, flush)")})
-                }
-            },
-            Err(e) => serde_json::json!({"error": format!("request is not JSON: {e}")}),
+        let reply = match serde_json::from_slice::<Value>(&req) {
+            Ok(v) => self.control_reply(&v),
+            Err(e) => json!({"error": format!("request is not JSON: {e}")}),
         };
         self.control.send(reply.to_string().as_bytes(), 0)?;
         Ok(())
+    }
+
+    fn control_reply(&mut self, req: &Value) -> Value {
+        let str_arg = |k: &str| req.get(k).and_then(Value::as_str);
+        let answer = |r: Result<Value, registers::RegisterError>| match r {
+            Ok(v) => json!({"ok": v}),
+            Err(e) => json!({"error": e.to_string()}),
+        };
+        match (str_arg("cmd"), str_arg("op")) {
+            (Some("stats"), _) => serde_json::to_value(&self.stats).unwrap_or_default(),
+            (Some("flush"), _) => answer(self.registers.flush().map(|()| json!(true))),
+            (Some("registers"), Some("list")) => answer(
+                self.registers
+                    .entries(str_arg("prefix").unwrap_or(""))
+                    .map(|m| Value::Object(m.into_iter().collect())),
+            ),
+            (Some("registers"), Some(op @ ("get" | "set" | "del"))) => {
+                let Some(key) = str_arg("key") else {
+                    return json!({"error": format!("registers {op} needs a key")});
+                };
+                match op {
+                    "get" => answer(self.registers.get(key).map(|v| v.unwrap_or(Value::Null))),
+                    "del" => answer(self.registers.del(key).map(Value::from)),
+                    _ => match req.get("value") {
+                        Some(v) => answer(self.registers.set(key, v).map(|()| json!(true))),
+                        None => json!({"error": "registers set needs a value"}),
+                    },
+                }
+            }
+            (cmd, op) => {
+                json!({"error": format!("unknown command {cmd:?} {op:?} (known: stats, flush, registers list|get|set|del)")})
+            }
+        }
     }
 }
 

@@ -2,11 +2,18 @@
 //! they ask for.
 //!
 //! A rule declares `const MATCH = "glob";` (or an array of globs; none means every tag) and
-//! `fn react(event)`. Inside it, `registers::get/set/incr/del/keys` reach the register store and
-//! `act(target, graph [, #{name, expires}])` appends an action. The engine is set up for scripts
-//! we do not trust: operation, call-depth and size limits, no `eval`, no `import` (so no file
-//! access) and no network. A rule that throws or hits a limit is logged with its file name, what
-//! it appended is discarded, and the remaining rules still run.
+//! `fn react(event)`. Inside it:
+//!
+//! - `registers::get/set/incr/del/keys/expire`, `registers::window/mark/seen` and the throttles
+//!   `once_within(key, secs)` / `accumulate(key, threshold, secs)` reach the register store;
+//! - `act(target, graph [, #{name, expires}])` appends an action;
+//! - `emit(tag, data)` sends a new event back into the manager, carrying its cause;
+//! - `stop()` ends the processing of this event: later rules do not see it.
+//!
+//! The engine is set up for scripts we do not trust: operation, call-depth and size limits, no
+//! `eval`, no `import` (so no file access) and no network. A rule that throws or hits a limit is
+//! logged with its file name, what it appended is discarded, and the remaining rules still run;
+//! after [`DISABLE_AFTER`] failures in a row it is disabled until its file changes.
 
 use crate::glob::{Glob, TagIndex};
 use bus::monitor::{Hit, RuleError};
@@ -62,6 +69,9 @@ impl std::fmt::Display for LoadError {
     }
 }
 
+/// A rule that fails this many times in a row is disabled until its file changes.
+pub const DISABLE_AFTER: u32 = 100;
+
 /// One loaded rule.
 pub struct Rule {
     /// The file stem: `10-hello` for `10-hello.rhai`. Actions are named after it by default.
@@ -70,6 +80,28 @@ pub struct Rule {
     pub globs: Vec<String>,
     ast: AST,
     scope: Scope<'static>,
+    /// Failures in a row; reset by a success.
+    failures: u32,
+    pub disabled: bool,
+}
+
+/// An event a rule emitted with `emit(tag, data)`.
+#[derive(Debug, Clone)]
+pub struct Emitted {
+    pub rule: String,
+    pub tag: String,
+    pub data: Value,
+}
+
+/// What a reload of one rule file did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// The file compiled and now runs (new or replacing its old version).
+    Loaded { file: PathBuf },
+    /// The file failed to compile; its previous version (if any) keeps running.
+    Failed(LoadError),
+    /// The file is gone (deleted or renamed away); its rule no longer runs.
+    Removed { file: PathBuf },
 }
 
 /// What running the rules for one event produced.
@@ -78,6 +110,9 @@ pub struct Produced {
     pub actions: Vec<Action>,
     pub hits: Vec<Hit>,
     pub errors: Vec<RuleError>,
+    pub emitted: Vec<Emitted>,
+    /// Rules disabled by this event (name, file), for the `manager/rules/disabled` event.
+    pub disabled: Vec<(String, PathBuf)>,
 }
 
 impl Produced {
@@ -85,6 +120,8 @@ impl Produced {
         self.actions.clear();
         self.hits.clear();
         self.errors.clear();
+        self.emitted.clear();
+        self.disabled.clear();
     }
 }
 
@@ -95,6 +132,8 @@ struct CallCtx {
     rule: String,
     event: String,
     actions: Vec<Action>,
+    emitted: Vec<Emitted>,
+    stop: bool,
 }
 
 type Shared = Arc<Mutex<CallCtx>>;
@@ -151,12 +190,74 @@ fn registers_module(store: Registers) -> Module {
     m.set_native_fn("del", move |key: &str| -> FnResult<bool> {
         r.del(key).map_err(reg_err)
     });
-    let r = store;
+    let r = store.clone();
     m.set_native_fn("keys", move |prefix: &str| -> FnResult<rhai::Array> {
         let keys = r.keys(prefix).map_err(reg_err)?;
         Ok(keys.into_iter().map(Dynamic::from).collect())
     });
+    let r = store.clone();
+    m.set_native_fn(
+        "expire",
+        move |key: &str, secs: Dynamic| -> FnResult<bool> {
+            r.expire(key, seconds(&secs)?).map_err(reg_err)
+        },
+    );
+    let r = store.clone();
+    m.set_native_fn(
+        "window",
+        move |key: &str, value: Dynamic, secs: Dynamic| -> FnResult<Map> {
+            let v = number(&value, "window value")?;
+            let w = r.window(key, v, seconds(&secs)?).map_err(reg_err)?;
+            let mut out = Map::new();
+            out.insert("count".into(), (w.count as INT).into());
+            out.insert("sum".into(), w.sum.into());
+            out.insert("avg".into(), w.avg.into());
+            out.insert("min".into(), w.min.into());
+            out.insert("max".into(), w.max.into());
+            Ok(out)
+        },
+    );
+    let r = store.clone();
+    m.set_native_fn("mark", move |key: &str| -> FnResult<()> {
+        r.mark(key).map_err(reg_err)
+    });
+    let r = store.clone();
+    m.set_native_fn("seen", move |key: &str, secs: Dynamic| -> FnResult<bool> {
+        r.seen(key, seconds(&secs)?).map_err(reg_err)
+    });
+    m.set_native_fn("once_within", once_within_fn(store.clone()));
+    m.set_native_fn("accumulate", accumulate_fn(store));
     m
+}
+
+/// `once_within(key, secs)`: true at most once per window per key.
+fn once_within_fn(
+    r: Registers,
+) -> impl Fn(&str, Dynamic) -> FnResult<bool> + Send + Sync + Clone + 'static {
+    move |key: &str, secs: Dynamic| r.once_within(key, seconds(&secs)?).map_err(reg_err)
+}
+
+/// `accumulate(key, threshold, secs)`: true when `threshold` occurrences fall in the window.
+fn accumulate_fn(
+    r: Registers,
+) -> impl Fn(&str, INT, Dynamic) -> FnResult<bool> + Send + Sync + Clone + 'static {
+    move |key: &str, threshold: INT, secs: Dynamic| {
+        r.accumulate(key, threshold.max(1) as u64, seconds(&secs)?)
+            .map_err(reg_err)
+    }
+}
+
+/// Seconds given as an int or a float.
+fn seconds(d: &Dynamic) -> FnResult<f64> {
+    number(d, "seconds")
+}
+
+fn number(d: &Dynamic, what: &str) -> FnResult<f64> {
+    if let Ok(i) = d.as_int() {
+        return Ok(i as f64);
+    }
+    d.as_float()
+        .map_err(|t| format!("{what} must be a number, not {t}").into())
 }
 
 /// Build an action from `act(...)` arguments, validating the target and the graph now so the
@@ -219,7 +320,27 @@ fn build_engine(store: Registers, ctx: Shared, limits: &Limits) -> Engine {
     engine.on_print(move |s| tracing::info!(rule = %lock(&c).rule, "{s}"));
     let c = ctx.clone();
     engine.on_debug(move |s, _, pos| tracing::debug!(rule = %lock(&c).rule, %pos, "{s}"));
-    engine.register_static_module("registers", registers_module(store).into());
+    engine.register_static_module("registers", registers_module(store.clone()).into());
+    // The throttles read naturally without the module prefix too.
+    engine.register_fn("once_within", once_within_fn(store.clone()));
+    engine.register_fn("accumulate", accumulate_fn(store));
+    let c = ctx.clone();
+    engine.register_fn("stop", move || lock(&c).stop = true);
+    let c = ctx.clone();
+    engine.register_fn("emit", move |tag: &str, data: Dynamic| -> FnResult<()> {
+        if tag.is_empty() || tag.contains(char::is_whitespace) {
+            return Err(format!("emit: bad tag {tag:?}").into());
+        }
+        let data = to_json(&data)?;
+        let mut c = lock(&c);
+        let rule = c.rule.clone();
+        c.emitted.push(Emitted {
+            rule,
+            tag: tag.to_string(),
+            data,
+        });
+        Ok(())
+    });
     let c = ctx.clone();
     engine.register_fn("act", move |target: &str, graph: Dynamic| -> FnResult<()> {
         make_action(&c, target, &graph, &Map::new())
@@ -232,6 +353,14 @@ fn build_engine(store: Registers, ctx: Shared, limits: &Limits) -> Engine {
         },
     );
     engine
+}
+
+/// Rule files are `*.rhai`; editor temp and backup files are not.
+pub fn is_rule_file(p: &Path) -> bool {
+    p.extension().is_some_and(|x| x == "rhai")
+        && !p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
 fn position_of(err: &EvalAltResult) -> (Option<usize>, Option<usize>) {
@@ -321,38 +450,79 @@ impl Rules {
             globs,
             ast,
             scope,
+            failures: 0,
+            disabled: false,
         })
     }
 
-    /// Replace the rule set with the `*.rhai` files of `dir`, in file-name order. Files that
-    /// fail to load are skipped and returned as errors; the others are loaded.
-    pub fn load_dir(&mut self, dir: &Path) -> Result<Vec<LoadError>, std::io::Error> {
+    /// Read and compile one rule file.
+    pub fn compile_file(&self, file: &Path) -> Result<Rule, LoadError> {
+        let src = std::fs::read_to_string(file).map_err(|e| LoadError {
+            file: file.to_path_buf(),
+            line: None,
+            column: None,
+            message: e.to_string(),
+        })?;
+        self.compile(file, &src)
+    }
+
+    /// Replace the rule set with the `*.rhai` files of `dir`, in file-name order: what loaded
+    /// and what failed, per file.
+    pub fn load_dir(&mut self, dir: &Path) -> Result<Vec<Change>, std::io::Error> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "rhai") && p.is_file())
+            .filter(|p| is_rule_file(p) && p.is_file())
             .collect();
         files.sort();
         let mut rules = Vec::new();
-        let mut errors = Vec::new();
+        let mut changes = Vec::new();
         for file in files {
-            let loaded = std::fs::read_to_string(&file)
-                .map_err(|e| LoadError {
-                    file: file.clone(),
-                    line: None,
-                    column: None,
-                    message: e.to_string(),
-                })
-                .and_then(|src| self.compile(&file, &src));
-            match loaded {
-                Ok(rule) => rules.push(rule),
-                Err(e) => errors.push(e),
+            match self.compile_file(&file) {
+                Ok(rule) => {
+                    rules.push(rule);
+                    changes.push(Change::Loaded { file });
+                }
+                Err(e) => changes.push(Change::Failed(e)),
             }
         }
         self.set_rules(rules);
-        Ok(errors)
+        Ok(changes)
     }
 
-    /// Install a compiled rule set (already in order) and rebuild the index.
+    /// Pick up what happened to one rule file: (re)load it when it exists, drop its rule when
+    /// it does not. A file that fails to compile leaves its previous version running.
+    pub fn reload(&mut self, file: &Path) -> Option<Change> {
+        if !is_rule_file(file) {
+            return None;
+        }
+        let at = self.rules.iter().position(|r| r.file == file);
+        if !file.is_file() {
+            let at = at?;
+            let mut rules = std::mem::take(&mut self.rules);
+            rules.remove(at);
+            self.set_rules(rules);
+            return Some(Change::Removed {
+                file: file.to_path_buf(),
+            });
+        }
+        match self.compile_file(file) {
+            Ok(rule) => {
+                let mut rules = std::mem::take(&mut self.rules);
+                match at {
+                    Some(i) => rules[i] = rule,
+                    None => rules.push(rule),
+                }
+                rules.sort_by(|a, b| a.file.cmp(&b.file));
+                self.set_rules(rules);
+                Some(Change::Loaded {
+                    file: file.to_path_buf(),
+                })
+            }
+            Err(e) => Some(Change::Failed(e)),
+        }
+    }
+
+    /// Install a rule set and rebuild the index (rules run in the order given).
     pub fn set_rules(&mut self, rules: Vec<Rule>) {
         let mut index = TagIndex::default();
         for (i, r) in rules.iter().enumerate() {
@@ -393,15 +563,22 @@ impl Rules {
         map.insert("time".into(), (event.time as INT).into());
         map.insert("depth".into(), (event.depth as INT).into());
         map.insert("data".into(), data);
+        {
+            let mut c = lock(&self.ctx);
+            c.event.clone_from(&event.id);
+            c.stop = false;
+        }
         for &i in hits.iter() {
             let Some(rule) = self.rules.get_mut(i) else {
                 continue;
             };
-            let before = {
+            if rule.disabled {
+                continue;
+            }
+            let (actions_before, emitted_before) = {
                 let mut c = lock(&self.ctx);
                 c.rule.clone_from(&rule.name);
-                c.event.clone_from(&event.id);
-                c.actions.len()
+                (c.actions.len(), c.emitted.len())
             };
             let result = self.engine.call_fn_with_options::<Dynamic>(
                 rhai::CallFnOptions::new()
@@ -414,15 +591,21 @@ impl Rules {
             );
             let mut c = lock(&self.ctx);
             match result {
-                Ok(_) => out.hits.push(Hit {
-                    rule: rule.name.clone(),
-                    event: event.id.clone(),
-                    tag: event.tag.clone(),
-                    actions: (c.actions.len() - before) as u32,
-                }),
+                Ok(_) => {
+                    rule.failures = 0;
+                    out.hits.push(Hit {
+                        rule: rule.name.clone(),
+                        event: event.id.clone(),
+                        tag: event.tag.clone(),
+                        actions: (c.actions.len() - actions_before) as u32,
+                    });
+                }
                 Err(e) => {
                     // A failed rule produces nothing: drop what it appended before failing.
-                    c.actions.truncate(before);
+                    c.actions.truncate(actions_before);
+                    c.emitted.truncate(emitted_before);
+                    c.stop = false;
+                    rule.failures += 1;
                     let message = e.to_string();
                     tracing::warn!(rule = %rule.file.display(), event = %event.id, "rule failed: {message}");
                     out.errors.push(RuleError {
@@ -430,13 +613,22 @@ impl Rules {
                         event: event.id.clone(),
                         message,
                     });
+                    if rule.failures >= DISABLE_AFTER {
+                        rule.disabled = true;
+                        tracing::error!(rule = %rule.file.display(), "rule failed {DISABLE_AFTER} times in a row: disabled until its file changes");
+                        out.disabled.push((rule.name.clone(), rule.file.clone()));
+                    }
                 }
             }
+            if c.stop {
+                break;
+            }
         }
-        out.actions.append(&mut lock(&self.ctx).actions);
+        let mut c = lock(&self.ctx);
+        out.actions.append(&mut c.actions);
+        out.emitted.append(&mut c.emitted);
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,7 +640,15 @@ mod tests {
             std::fs::write(dir.path().join(name), src).unwrap();
         }
         let mut r = Rules::new(Registers::temporary().unwrap(), &Limits::default());
-        let errs = r.load_dir(dir.path()).unwrap();
+        let errs = r
+            .load_dir(dir.path())
+            .unwrap()
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::Failed(e) => Some(e),
+                _ => None,
+            })
+            .collect();
         (r, errs)
     }
 
@@ -536,5 +736,116 @@ mod tests {
             ("b.rhai", "import \"x\" as y; fn react(e) {}"),
         ]);
         assert_eq!(errs.len(), 2, "{errs:?}");
+    }
+
+    #[test]
+    fn stop_ends_the_event_and_emit_carries_data() {
+        let (mut r, _) = rules_with(&[
+            (
+                "10-first.rhai",
+                r#"fn react(e) { emit("derived/x", #{from: e.tag, n: 1}); stop(); }"#,
+            ),
+            ("20-never.rhai", r#"fn react(e) { act("all", []); }"#),
+        ]);
+        let mut out = Produced::default();
+        r.run(&Event::new("a/b", "h", json!(null)), &mut out);
+        assert!(out.actions.is_empty(), "the rule after stop() did not run");
+        assert_eq!(out.hits.len(), 1);
+        assert_eq!(out.emitted.len(), 1);
+        assert_eq!(out.emitted[0].rule, "10-first");
+        assert_eq!(out.emitted[0].data, json!({"from": "a/b", "n": 1}));
+    }
+
+    #[test]
+    fn a_rule_failing_100_times_in_a_row_is_disabled() {
+        let (mut r, _) = rules_with(&[(
+            "10-flaky.rhai",
+            r#"fn react(e) { if e.data.ok != true { throw "no"; } }"#,
+        )]);
+        let mut out = Produced::default();
+        for _ in 0..99 {
+            r.run(&Event::new("t", "h", json!({})), &mut out);
+        }
+        // A success resets the count.
+        r.run(&Event::new("t", "h", json!({"ok": true})), &mut out);
+        for _ in 0..99 {
+            r.run(&Event::new("t", "h", json!({})), &mut out);
+        }
+        assert!(out.disabled.is_empty());
+        assert!(!r.rules()[0].disabled);
+        r.run(&Event::new("t", "h", json!({})), &mut out);
+        assert_eq!(out.disabled.len(), 1);
+        assert!(r.rules()[0].disabled);
+        out.clear();
+        r.run(&Event::new("t", "h", json!({"ok": true})), &mut out);
+        assert!(out.hits.is_empty(), "a disabled rule does not run");
+    }
+
+    #[test]
+    fn reload_keeps_the_old_version_when_the_new_one_is_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("10-r.rhai");
+        std::fs::write(&file, r#"fn react(e) { act("all", [], #{name: "v1"}); }"#).unwrap();
+        let mut r = Rules::new(Registers::temporary().unwrap(), &Limits::default());
+        r.load_dir(dir.path()).unwrap();
+        std::fs::write(&file, "fn react(e) { act(").unwrap();
+        assert!(matches!(r.reload(&file), Some(Change::Failed(_))));
+        let mut out = Produced::default();
+        r.run(&Event::new("t", "h", json!(null)), &mut out);
+        assert_eq!(out.actions[0].name, "v1", "old version still runs");
+        std::fs::write(&file, r#"fn react(e) { act("all", [], #{name: "v2"}); }"#).unwrap();
+        assert_eq!(r.reload(&file), Some(Change::Loaded { file: file.clone() }));
+        let second = dir.path().join("05-early.rhai");
+        std::fs::write(
+            &second,
+            r#"fn react(e) { act("all", [], #{name: "early"}); }"#,
+        )
+        .unwrap();
+        r.reload(&second);
+        out.clear();
+        r.run(&Event::new("t", "h", json!(null)), &mut out);
+        let names: Vec<&str> = out.actions.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["early", "v2"],
+            "file-name order kept across reloads"
+        );
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(r.reload(&file), Some(Change::Removed { file }));
+        assert_eq!(r.rules().len(), 1);
+    }
+
+    #[test]
+    fn register_helpers_are_reachable_from_rules() {
+        let (mut r, errs) = rules_with(&[(
+            "10-reg.rhai",
+            r#"fn react(e) {
+                registers::set("s", #{a: [1, 2.5, "x", true]});
+                let w = registers::window("w", e.data.v, 60);
+                registers::mark("m");
+                let first = once_within("t", 60);
+                let again = registers::once_within("t", 60);
+                let acc = accumulate("acc", 2, 60);
+                registers::expire("s", 3600);
+                emit("out", #{w: w, seen: registers::seen("m", 10), first: first, again: again, acc: acc, keys: registers::keys("")});
+            }"#,
+        )]);
+        assert!(errs.is_empty(), "{errs:?}");
+        let mut out = Produced::default();
+        r.run(&Event::new("t", "h", json!({"v": 4})), &mut out);
+        r.run(&Event::new("t", "h", json!({"v": 2.0})), &mut out);
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        let last = &out.emitted[1].data;
+        assert_eq!(
+            last["w"],
+            json!({"count": 2, "sum": 6.0, "avg": 3.0, "min": 2.0, "max": 4.0})
+        );
+        assert_eq!(last["seen"], json!(true));
+        assert_eq!(out.emitted[0].data["first"], json!(true));
+        assert_eq!(out.emitted[0].data["again"], json!(false));
+        assert_eq!(last["first"], json!(false));
+        assert_eq!(out.emitted[0].data["acc"], json!(false));
+        assert_eq!(last["acc"], json!(true));
+        assert_eq!(last["keys"], json!(["s"]));
     }
 }

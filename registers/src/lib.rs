@@ -1,16 +1,30 @@
-//! Registers: the persistent key/value state rules read and write.
+//! Registers: the persistent state rules read and write, so events can be correlated over time.
 //!
 //! Values are JSON-shaped ([`serde_json::Value`]: int, float, string, bool, array, map) stored as
-//! msgpack in a sled tree under the state dir. `incr` is atomic (a compare-and-swap loop inside
-//! sled), so concurrent writers never lose an increment.
+//! msgpack in sled under the state dir. On top of plain keys the store keeps, each in its own
+//! sled tree so they never collide with user keys:
 //!
-//! Durability: sled makes a write durable when it is flushed. The store records that it has
-//! unflushed writes, and its owner calls [`Registers::flush_if_dirty`] whenever it goes idle (the
-//! manager does so after each burst of events), so a write that was acted on is on disk moments
-//! later even if the process is then killed with SIGKILL. sled also flushes by itself every
-//! 500 ms as a backstop.
+//! - expiry times ([`Registers::expire`]): an expired key reads as absent and is purged;
+//! - time windows of samples ([`Registers::window`]) with count/sum/avg/min/max;
+//! - marks for correlation ([`Registers::mark`], [`Registers::seen`]);
+//! - throttles ([`Registers::once_within`], [`Registers::accumulate`]).
+//!
+//! Every read-modify-write is atomic (sled's compare-and-swap loop), so concurrent writers never
+//! lose an update.
+//!
+//! Durability: sled makes writes durable when it flushes. The store records that it has
+//! unflushed writes, and its owner calls [`Registers::flush_if_dirty`] whenever it goes idle
+//! (the manager does so after each burst of events, and at least every 100 ms under load), so a
+//! write that was acted on is on disk moments later, even if the process is then killed with
+//! SIGKILL. sled also flushes by itself every 500 ms as a backstop. What a crash can lose is
+//! the writes of the last few milliseconds before it, never a torn or half-written value.
+//!
+//! Every operation that depends on time has an `_at` form taking "now" in Unix milliseconds,
+//! so its semantics are tested without sleeping.
 
+use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,13 +40,40 @@ pub enum RegisterError {
     NotInteger { key: String, found: &'static str },
     #[error("register {key:?} would overflow")]
     Overflow { key: String },
+    #[error("{what} must be a finite number of seconds >= 0, not {secs}")]
+    BadSeconds { what: &'static str, secs: f64 },
 }
+
+/// Statistics over the samples of a time window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct WindowStats {
+    pub count: u64,
+    pub sum: f64,
+    pub avg: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Most samples one window keeps (the oldest go first): bounds memory under event floods.
+pub const MAX_WINDOW_SAMPLES: usize = 100_000;
 
 /// A handle on the register store; cheap to clone.
 #[derive(Clone)]
 pub struct Registers {
     db: sled::Db,
+    values: sled::Tree,
+    windows: sled::Tree,
+    marks: sled::Tree,
+    throttles: sled::Tree,
     dirty: Arc<AtomicBool>,
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -47,16 +88,92 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn to_bytes(v: &Value) -> Vec<u8> {
-    // A serde_json::Value always serializes (string keys, no foreign types).
-    rmp_serde::to_vec(v).expect("JSON values always encode")
+fn millis(what: &'static str, secs: f64) -> Result<u64, RegisterError> {
+    if secs.is_finite() && secs >= 0.0 {
+        Ok((secs * 1000.0).round() as u64)
+    } else {
+        Err(RegisterError::BadSeconds { what, secs })
+    }
 }
 
-fn from_bytes(key: &str, bytes: &[u8]) -> Result<Value, RegisterError> {
+/// A stored value: a header byte (0 = no expiry, 1 = an 8-byte expiry time follows), then the
+/// value as msgpack. Keeping the expiry inline makes a read one look-up.
+struct Stored {
+    expires: Option<u64>,
+    value: Value,
+}
+
+fn pack<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our stored types (JSON values, numbers, pairs of them) always serialize.
+    rmp_serde::to_vec(v).expect("register types always encode")
+}
+
+fn unpack<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, RegisterError> {
     rmp_serde::from_slice(bytes).map_err(|e| RegisterError::Corrupt {
         key: key.to_string(),
         message: e.to_string(),
     })
+}
+
+impl Stored {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        match self.expires {
+            None => out.push(0),
+            Some(t) => {
+                out.push(1);
+                out.extend_from_slice(&t.to_be_bytes());
+            }
+        }
+        rmp_serde::encode::write(&mut out, &self.value).expect("JSON values always encode");
+        out
+    }
+
+    fn decode(key: &str, bytes: &[u8]) -> Result<Stored, RegisterError> {
+        let corrupt = |m: &str| RegisterError::Corrupt {
+            key: key.to_string(),
+            message: m.to_string(),
+        };
+        match bytes.split_first() {
+            Some((0, rest)) => Ok(Stored {
+                expires: None,
+                value: unpack(key, rest)?,
+            }),
+            Some((1, rest)) if rest.len() >= 8 => {
+                let (t, v) = rest.split_at(8);
+                let mut b = [0u8; 8];
+                b.copy_from_slice(t);
+                Ok(Stored {
+                    expires: Some(u64::from_be_bytes(b)),
+                    value: unpack(key, v)?,
+                })
+            }
+            Some((h, _)) => Err(corrupt(&format!("unknown header byte {h}"))),
+            None => Err(corrupt("empty")),
+        }
+    }
+
+    fn live(&self, now: u64) -> bool {
+        self.expires.is_none_or(|t| t > now)
+    }
+}
+
+/// Run a read-modify-write atomically on `tree[key]`; `f` gets the current bytes and returns the
+/// new bytes (None = remove) and a result. It may run several times under contention, so it must
+/// decide from its input alone.
+fn update<R>(
+    tree: &sled::Tree,
+    key: &str,
+    mut f: impl FnMut(Option<&[u8]>) -> Result<(Option<Vec<u8>>, R), RegisterError>,
+) -> Result<R, RegisterError> {
+    loop {
+        let old = tree.get(key.as_bytes())?;
+        let (new, result) = f(old.as_deref())?;
+        match tree.compare_and_swap(key.as_bytes(), old, new)? {
+            Ok(()) => return Ok(result),
+            Err(_) => continue,
+        }
+    }
 }
 
 impl Registers {
@@ -66,16 +183,20 @@ impl Registers {
             .path(dir)
             .flush_every_ms(Some(500))
             .open()?;
-        Ok(Registers {
-            db,
-            dirty: Arc::new(AtomicBool::new(false)),
-        })
+        Registers::with_db(db)
     }
 
     /// A throwaway store that lives in memory and vanishes on drop (for `reflex rules test`).
     pub fn temporary() -> Result<Registers, RegisterError> {
-        let db = sled::Config::new().temporary(true).open()?;
+        Registers::with_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn with_db(db: sled::Db) -> Result<Registers, RegisterError> {
         Ok(Registers {
+            values: db.open_tree("values")?,
+            windows: db.open_tree("windows")?,
+            marks: db.open_tree("marks")?,
+            throttles: db.open_tree("throttles")?,
             db,
             dirty: Arc::new(AtomicBool::new(false)),
         })
@@ -86,77 +207,272 @@ impl Registers {
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Value>, RegisterError> {
-        match self.db.get(key.as_bytes())? {
-            Some(b) => Ok(Some(from_bytes(key, &b)?)),
-            None => Ok(None),
+        self.get_at(key, now_ms())
+    }
+
+    pub fn get_at(&self, key: &str, now: u64) -> Result<Option<Value>, RegisterError> {
+        let Some(bytes) = self.values.get(key.as_bytes())? else {
+            return Ok(None);
+        };
+        let stored = Stored::decode(key, &bytes)?;
+        if stored.live(now) {
+            Ok(Some(stored.value))
+        } else {
+            // Expired: purge it now (only if nobody rewrote it meanwhile).
+            let _ = self
+                .values
+                .compare_and_swap(key.as_bytes(), Some(bytes), None::<&[u8]>)?;
+            self.touched();
+            Ok(None)
         }
     }
 
+    /// Set a value; like Redis' SET, this clears any expiry the key had.
     pub fn set(&self, key: &str, value: &Value) -> Result<(), RegisterError> {
-        self.db.insert(key.as_bytes(), to_bytes(value))?;
+        let stored = Stored {
+            expires: None,
+            value: value.clone(),
+        };
+        self.values.insert(key.as_bytes(), stored.encode())?;
         self.touched();
         Ok(())
     }
 
-    /// Remove a key; true when it existed.
+    /// Remove a key (and its window, mark and throttles); true when it held a live value.
     pub fn del(&self, key: &str) -> Result<bool, RegisterError> {
-        let old = self.db.remove(key.as_bytes())?;
+        let old = self.values.remove(key.as_bytes())?;
+        for tree in [&self.windows, &self.marks, &self.throttles] {
+            tree.remove(key.as_bytes())?;
+        }
         self.touched();
-        Ok(old.is_some())
+        Ok(match old {
+            Some(b) => Stored::decode(key, &b)
+                .map(|s| s.live(now_ms()))
+                .unwrap_or(true),
+            None => false,
+        })
     }
 
     /// Atomically add `by` to an integer register (absent counts as 0) and return the new value.
+    /// An expiry the key has is kept.
     pub fn incr(&self, key: &str, by: i64) -> Result<i64, RegisterError> {
-        let mut failure: Option<RegisterError> = None;
-        let mut result = 0i64;
-        // The closure may run several times under contention; it must decide from `old` alone.
-        self.db.update_and_fetch(key.as_bytes(), |old| {
-            failure = None;
-            let current = match old {
-                None => 0,
-                Some(bytes) => match from_bytes(key, bytes) {
-                    Ok(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().unwrap_or(0),
-                    Ok(other) => {
-                        failure = Some(RegisterError::NotInteger {
-                            key: key.to_string(),
-                            found: type_name(&other),
-                        });
-                        return Some(bytes.to_vec());
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        return Some(bytes.to_vec());
-                    }
-                },
-            };
-            match current.checked_add(by) {
-                Some(n) => {
-                    result = n;
-                    Some(to_bytes(&Value::from(n)))
-                }
-                None => {
-                    failure = Some(RegisterError::Overflow {
-                        key: key.to_string(),
-                    });
-                    Some(old.map(|b| b.to_vec()).unwrap_or_default())
-                }
-            }
-        })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        self.touched();
-        Ok(result)
+        self.incr_at(key, by, now_ms())
     }
 
-    /// Keys starting with `prefix`, in order.
+    pub fn incr_at(&self, key: &str, by: i64, now: u64) -> Result<i64, RegisterError> {
+        let n = update(&self.values, key, |old| {
+            let (current, expires) = match old.map(|b| Stored::decode(key, b)).transpose()? {
+                Some(s) if s.live(now) => match s.value.as_i64() {
+                    Some(n) => (n, s.expires),
+                    None => {
+                        return Err(RegisterError::NotInteger {
+                            key: key.to_string(),
+                            found: type_name(&s.value),
+                        })
+                    }
+                },
+                _ => (0, None),
+            };
+            let n = current
+                .checked_add(by)
+                .ok_or_else(|| RegisterError::Overflow {
+                    key: key.to_string(),
+                })?;
+            let stored = Stored {
+                expires,
+                value: Value::from(n),
+            };
+            Ok((Some(stored.encode()), n))
+        })?;
+        self.touched();
+        Ok(n)
+    }
+
+    /// Make `key` expire `secs` from now; false when the key does not exist.
+    pub fn expire(&self, key: &str, secs: f64) -> Result<bool, RegisterError> {
+        self.expire_at(key, secs, now_ms())
+    }
+
+    pub fn expire_at(&self, key: &str, secs: f64, now: u64) -> Result<bool, RegisterError> {
+        let ms = millis("expire", secs)?;
+        let found = update(&self.values, key, |old| {
+            match old.map(|b| Stored::decode(key, b)).transpose()? {
+                Some(s) if s.live(now) => {
+                    let stored = Stored {
+                        expires: Some(now.saturating_add(ms)),
+                        value: s.value,
+                    };
+                    Ok((Some(stored.encode()), true))
+                }
+                _ => Ok((old.map(<[u8]>::to_vec), false)),
+            }
+        })?;
+        self.touched();
+        Ok(found)
+    }
+
+    /// Remove every expired key; how many were removed.
+    pub fn purge_expired(&self) -> Result<usize, RegisterError> {
+        self.purge_expired_at(now_ms())
+    }
+
+    pub fn purge_expired_at(&self, now: u64) -> Result<usize, RegisterError> {
+        let mut n = 0;
+        for item in self.values.iter() {
+            let (k, v) = item?;
+            // Header 1 = has an expiry; only those can be due.
+            if v.first() != Some(&1) {
+                continue;
+            }
+            let key = String::from_utf8_lossy(&k);
+            if let Ok(s) = Stored::decode(&key, &v) {
+                if !s.live(now)
+                    && self
+                        .values
+                        .compare_and_swap(&k, Some(v), None::<&[u8]>)?
+                        .is_ok()
+                {
+                    n += 1;
+                }
+            }
+        }
+        if n > 0 {
+            self.touched();
+        }
+        Ok(n)
+    }
+
+    /// Live keys starting with `prefix`, in order.
     pub fn keys(&self, prefix: &str) -> Result<Vec<String>, RegisterError> {
-        let mut out = Vec::new();
-        for item in self.db.scan_prefix(prefix.as_bytes()) {
-            let (k, _) = item?;
-            out.push(String::from_utf8_lossy(&k).into_owned());
+        Ok(self.entries(prefix)?.into_keys().collect())
+    }
+
+    /// Live keys and values starting with `prefix`.
+    pub fn entries(&self, prefix: &str) -> Result<BTreeMap<String, Value>, RegisterError> {
+        let now = now_ms();
+        let mut out = BTreeMap::new();
+        for item in self.values.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            let s = Stored::decode(&key, &v)?;
+            if s.live(now) {
+                out.insert(key, s.value);
+            }
         }
         Ok(out)
+    }
+
+    /// Append a sample to the time window `key` and return statistics over the samples of the
+    /// last `secs` (older ones are dropped).
+    pub fn window(&self, key: &str, value: f64, secs: f64) -> Result<WindowStats, RegisterError> {
+        self.window_at(key, value, secs, now_ms())
+    }
+
+    pub fn window_at(
+        &self,
+        key: &str,
+        value: f64,
+        secs: f64,
+        now: u64,
+    ) -> Result<WindowStats, RegisterError> {
+        let span = millis("window", secs)?;
+        let stats = update(&self.windows, key, |old| {
+            let mut samples: Vec<(u64, f64)> = match old {
+                Some(b) => unpack(key, b)?,
+                None => Vec::new(),
+            };
+            samples.retain(|(t, _)| now.saturating_sub(*t) <= span);
+            samples.push((now, value));
+            if samples.len() > MAX_WINDOW_SAMPLES {
+                samples.drain(..samples.len() - MAX_WINDOW_SAMPLES);
+            }
+            let stats = window_stats(&samples);
+            Ok((Some(pack(&samples)), stats))
+        })?;
+        self.touched();
+        Ok(stats)
+    }
+
+    /// Record that `key` happened now.
+    pub fn mark(&self, key: &str) -> Result<(), RegisterError> {
+        self.mark_at(key, now_ms())
+    }
+
+    pub fn mark_at(&self, key: &str, now: u64) -> Result<(), RegisterError> {
+        self.marks.insert(key.as_bytes(), &now.to_be_bytes())?;
+        self.touched();
+        Ok(())
+    }
+
+    /// True when `key` was marked within the last `secs`.
+    pub fn seen(&self, key: &str, secs: f64) -> Result<bool, RegisterError> {
+        self.seen_at(key, secs, now_ms())
+    }
+
+    pub fn seen_at(&self, key: &str, secs: f64, now: u64) -> Result<bool, RegisterError> {
+        let span = millis("seen", secs)?;
+        Ok(match self.marks.get(key.as_bytes())? {
+            Some(b) => read_u64(&b).is_some_and(|t| now.saturating_sub(t) <= span),
+            None => false,
+        })
+    }
+
+    /// True at most once per `secs` for `key`: the first call in a window says yes and opens
+    /// the window; later calls inside it say no.
+    pub fn once_within(&self, key: &str, secs: f64) -> Result<bool, RegisterError> {
+        self.once_within_at(key, secs, now_ms())
+    }
+
+    pub fn once_within_at(&self, key: &str, secs: f64, now: u64) -> Result<bool, RegisterError> {
+        let span = millis("once_within", secs)?;
+        let tkey = format!("once/{key}");
+        let fire = update(&self.throttles, &tkey, |old| {
+            let last = old.and_then(read_u64);
+            match last {
+                Some(t) if now.saturating_sub(t) < span => Ok((old.map(<[u8]>::to_vec), false)),
+                _ => Ok((Some(now.to_be_bytes().to_vec()), true)),
+            }
+        })?;
+        if fire {
+            self.touched();
+        }
+        Ok(fire)
+    }
+
+    /// Count an occurrence of `key`; true when `threshold` occurrences fall inside the last
+    /// `secs`, and the count then starts again from zero.
+    pub fn accumulate(&self, key: &str, threshold: u64, secs: f64) -> Result<bool, RegisterError> {
+        self.accumulate_at(key, threshold, secs, now_ms())
+    }
+
+    pub fn accumulate_at(
+        &self,
+        key: &str,
+        threshold: u64,
+        secs: f64,
+        now: u64,
+    ) -> Result<bool, RegisterError> {
+        let span = millis("accumulate", secs)?;
+        let tkey = format!("accumulate/{key}");
+        let limit = threshold.max(1) as usize;
+        let reached = update(&self.throttles, &tkey, |old| {
+            let mut times: Vec<u64> = match old {
+                Some(b) => unpack(&tkey, b)?,
+                None => Vec::new(),
+            };
+            times.retain(|t| now.saturating_sub(*t) <= span);
+            times.push(now);
+            if times.len() > MAX_WINDOW_SAMPLES {
+                times.drain(..times.len() - MAX_WINDOW_SAMPLES);
+            }
+            if times.len() >= limit {
+                Ok((None, true))
+            } else {
+                Ok((Some(pack(&times)), false))
+            }
+        })?;
+        self.touched();
+        Ok(reached)
     }
 
     /// Make every write so far durable.
@@ -175,6 +491,31 @@ impl Registers {
     }
 }
 
+fn read_u64(b: &[u8]) -> Option<u64> {
+    let arr: [u8; 8] = b.try_into().ok()?;
+    Some(u64::from_be_bytes(arr))
+}
+
+fn window_stats(samples: &[(u64, f64)]) -> WindowStats {
+    let count = samples.len() as u64;
+    let sum: f64 = samples.iter().map(|(_, v)| v).sum();
+    let min = samples
+        .iter()
+        .map(|(_, v)| *v)
+        .fold(f64::INFINITY, f64::min);
+    let max = samples
+        .iter()
+        .map(|(_, v)| *v)
+        .fold(f64::NEG_INFINITY, f64::max);
+    WindowStats {
+        count,
+        sum,
+        avg: if count > 0 { sum / count as f64 } else { 0.0 },
+        min: if count > 0 { min } else { 0.0 },
+        max: if count > 0 { max } else { 0.0 },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,15 +527,19 @@ mod tests {
         {
             let r = Registers::open(dir.path()).unwrap();
             r.set("a", &json!({"x": [1, 2.5, "s", true]})).unwrap();
+            r.set("f", &json!(1.5)).unwrap();
+            r.set("b", &json!(false)).unwrap();
             assert_eq!(r.incr("n", 5).unwrap(), 5);
             assert_eq!(r.incr("n", -2).unwrap(), 3);
             r.flush().unwrap();
         }
         let r = Registers::open(dir.path()).unwrap();
         assert_eq!(r.get("a").unwrap(), Some(json!({"x": [1, 2.5, "s", true]})));
+        assert_eq!(r.get("f").unwrap(), Some(json!(1.5)));
+        assert_eq!(r.get("b").unwrap(), Some(json!(false)));
         assert_eq!(r.get("n").unwrap(), Some(json!(3)));
         assert_eq!(r.get("missing").unwrap(), None);
-        assert_eq!(r.keys("").unwrap(), vec!["a".to_string(), "n".to_string()]);
+        assert_eq!(r.keys("").unwrap(), vec!["a", "b", "f", "n"]);
         assert!(r.del("a").unwrap());
         assert!(!r.del("a").unwrap());
     }
@@ -220,15 +565,99 @@ mod tests {
             .map(|_| {
                 let r = r.clone();
                 std::thread::spawn(move || {
+                    let mut fired = 0;
                     for _ in 0..2_000 {
                         r.incr("c", 1).unwrap();
+                        fired += r.accumulate("acc", 50, 600.0).unwrap() as u32;
                     }
+                    fired
                 })
             })
             .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
+        let fired: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
         assert_eq!(r.get("c").unwrap(), Some(json!(8_000)));
+        assert_eq!(
+            fired,
+            8_000 / 50,
+            "every 50th occurrence fires, none lost or doubled"
+        );
+    }
+
+    #[test]
+    fn expiry_hides_then_purges_and_set_clears_it() {
+        let r = Registers::temporary().unwrap();
+        let t0 = 1_000_000;
+        r.set("k", &json!("v")).unwrap();
+        assert!(r.expire_at("k", 2.0, t0).unwrap());
+        assert!(!r.expire_at("absent", 2.0, t0).unwrap());
+        assert_eq!(r.get_at("k", t0 + 1_999).unwrap(), Some(json!("v")));
+        // incr keeps the expiry
+        r.set("n", &json!(1)).unwrap();
+        r.expire_at("n", 1.0, t0).unwrap();
+        assert_eq!(r.incr_at("n", 1, t0 + 500).unwrap(), 2);
+        assert_eq!(r.get_at("n", t0 + 1_001).unwrap(), None);
+        // set clears it
+        r.set("s", &json!(1)).unwrap();
+        r.expire_at("s", 1.0, t0).unwrap();
+        r.set("s", &json!(2)).unwrap();
+        assert_eq!(r.get_at("s", t0 + 10_000).unwrap(), Some(json!(2)));
+        // purge removes what is due, only that
+        assert_eq!(r.purge_expired_at(t0 + 2_001).unwrap(), 1);
+        assert_eq!(r.values.len(), 1);
+        assert_eq!(r.get_at("k", t0).unwrap(), None, "purged for good");
+        assert!(r.expire_at("k", -1.0, t0).is_err());
+    }
+
+    #[test]
+    fn window_keeps_only_recent_samples() {
+        let r = Registers::temporary().unwrap();
+        let t = 5_000_000;
+        r.window_at("w", 1.0, 10.0, t).unwrap();
+        r.window_at("w", 5.0, 10.0, t + 4_000).unwrap();
+        let s = r.window_at("w", 3.0, 10.0, t + 8_000).unwrap();
+        assert_eq!(
+            s,
+            WindowStats {
+                count: 3,
+                sum: 9.0,
+                avg: 3.0,
+                min: 1.0,
+                max: 5.0
+            }
+        );
+        // 11 s after the first sample, it falls out of a 10 s window.
+        let s = r.window_at("w", 7.0, 10.0, t + 11_000).unwrap();
+        assert_eq!((s.count, s.min, s.max), (3, 3.0, 7.0));
+        assert_eq!(s.avg, 5.0);
+    }
+
+    #[test]
+    fn marks_and_throttles_follow_their_windows() {
+        let r = Registers::temporary().unwrap();
+        let t = 9_000_000;
+        assert!(!r.seen_at("m", 30.0, t).unwrap());
+        r.mark_at("m", t).unwrap();
+        assert!(r.seen_at("m", 30.0, t + 30_000).unwrap());
+        assert!(!r.seen_at("m", 30.0, t + 30_001).unwrap());
+
+        assert!(r.once_within_at("flap", 10.0, t).unwrap());
+        assert!(!r.once_within_at("flap", 10.0, t + 9_999).unwrap());
+        assert!(r.once_within_at("flap", 10.0, t + 10_000).unwrap());
+        assert!(
+            r.once_within_at("other", 10.0, t + 1).unwrap(),
+            "keys are independent"
+        );
+
+        // 3 within 5 s fires, then counting restarts.
+        assert!(!r.accumulate_at("a", 3, 5.0, t).unwrap());
+        assert!(!r.accumulate_at("a", 3, 5.0, t + 1_000).unwrap());
+        assert!(r.accumulate_at("a", 3, 5.0, t + 2_000).unwrap());
+        assert!(!r.accumulate_at("a", 3, 5.0, t + 2_100).unwrap());
+        assert!(!r.accumulate_at("a", 3, 5.0, t + 2_200).unwrap());
+        // the first of those two has left the window by now: still only 2 inside
+        assert!(!r.accumulate_at("a", 3, 5.0, t + 7_150).unwrap());
+        assert!(r.accumulate_at("a", 3, 5.0, t + 7_190).unwrap());
+        // internal trees never show up as user keys
+        assert!(r.keys("").unwrap().is_empty());
     }
 }

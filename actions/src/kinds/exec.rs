@@ -6,20 +6,23 @@
 //! (a dependency changed).
 
 use std::any::Any;
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 
 use crate::error::{GraphError, ResourceError};
-use crate::fields::Fields;
-use crate::resource::{Outcome, Poke, Resource, WatchCtx, WatchGuard};
+use crate::fields::{type_name, Fields};
+use crate::resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
 
 /// The kind name.
 pub const KIND: &str = "exec";
@@ -36,11 +39,32 @@ const PIPE_GRACE: Duration = Duration::from_millis(200);
 #[derive(Debug)]
 pub struct Exec {
     id: String,
+    spec: Spec,
+    /// Set once the command succeeded (or, in noop mode, was reported as WouldChange).
+    done: AtomicBool,
+    /// Set by the `watchcmd` watch: its output asked for another run.
+    rerun: Arc<AtomicBool>,
+    /// Stdout of the last successful run (what `exec` sends).
+    last_stdout: Mutex<Option<String>>,
+}
+
+/// Everything that defines an exec's desired behaviour (what `compare` compares).
+#[derive(Debug, Clone, PartialEq)]
+struct Spec {
     cmd: String,
     /// Seconds, as written (kept for the error message).
     timeout: Option<f64>,
-    /// Set once the command succeeded (or, in noop mode, was reported as WouldChange).
-    done: AtomicBool,
+    /// Run `cmd` only when this exits 0.
+    ifcmd: Option<String>,
+    /// Skip `cmd` when this path exists (and let users of the path run after us).
+    creates: Option<PathBuf>,
+    /// Run only when a refresh arrives.
+    refresh_only: bool,
+    /// A long-running command; each line it prints asks for another run.
+    watchcmd: Option<String>,
+    user: Option<String>,
+    env: BTreeMap<String, String>,
+    cwd: Option<PathBuf>,
 }
 
 pub(crate) fn build(
@@ -61,12 +85,78 @@ pub(crate) fn build(
             ));
         }
     }
-    Ok(Arc::new(Exec {
+    let ifcmd = fields.opt_str("ifcmd")?;
+    let watchcmd = fields.opt_str("watchcmd")?;
+    for (field, value) in [("ifcmd", &ifcmd), ("watchcmd", &watchcmd)] {
+        if value.as_ref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(fields.invalid(field, "must not be empty"));
+        }
+    }
+    let absolute = |fields: &mut Fields, field: &str| -> Result<Option<PathBuf>, GraphError> {
+        match fields.opt_str(field)? {
+            None => Ok(None),
+            Some(p) if Path::new(&p).is_absolute() => Ok(Some(PathBuf::from(p))),
+            Some(p) => Err(fields.invalid(field, format!("`{p}` is not an absolute path"))),
+        }
+    };
+    let creates = absolute(fields, "creates")?;
+    let cwd = absolute(fields, "cwd")?;
+    let refresh_only = match fields.opt_value("refresh_only") {
+        None => false,
+        Some(Value::Bool(b)) => b,
+        Some(other) => {
+            return Err(fields.invalid(
+                "refresh_only",
+                format!("expected true or false, got {}", type_name(&other)),
+            ))
+        }
+    };
+    let user = fields.opt_str("user")?;
+    if user
+        .as_ref()
+        .is_some_and(|u| u.is_empty() || u.contains('\0'))
+    {
+        return Err(fields.invalid("user", "must be a user name"));
+    }
+    let env = match fields.opt_value("env") {
+        None => BTreeMap::new(),
+        Some(Value::Object(map)) => {
+            let mut env = BTreeMap::new();
+            for (k, v) in map {
+                let Value::String(v) = v else {
+                    return Err(fields.invalid(
+                        "env",
+                        format!("`{k}`: expected a string, got {}", type_name(&v)),
+                    ));
+                };
+                if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                    return Err(fields.invalid("env", format!("`{k}` is not a valid variable")));
+                }
+                env.insert(k, v);
+            }
+            env
+        }
+        Some(other) => {
+            return Err(fields.invalid(
+                "env",
+                format!("expected a map of strings, got {}", type_name(&other)),
+            ))
+        }
+    };
+    Ok(Arc::new(Exec::new(
         id,
-        cmd,
-        timeout,
-        done: AtomicBool::new(false),
-    }))
+        Spec {
+            cmd,
+            timeout,
+            ifcmd,
+            creates,
+            refresh_only,
+            watchcmd,
+            user,
+            env,
+            cwd,
+        },
+    )))
 }
 
 #[async_trait]
@@ -75,19 +165,69 @@ impl Resource for Exec {
         &self.id
     }
 
-    fn watch(&self, _ctx: &WatchCtx, _poke: Poke) -> Result<Option<WatchGuard>, ResourceError> {
-        Ok(None)
+    fn watch(&self, _ctx: &WatchCtx, poke: Poke) -> Result<Option<WatchGuard>, ResourceError> {
+        let Some(watchcmd) = &self.spec.watchcmd else {
+            return Ok(None);
+        };
+        let mut child = self
+            .command(watchcmd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| ResourceError::io("spawn watchcmd", e))?;
+        let group = child
+            .id()
+            .and_then(|pid| i32::try_from(pid).ok())
+            .map(GroupKiller);
+        let stdout = child.stdout.take();
+        let rerun = Arc::clone(&self.rerun);
+        let id = self.id.clone();
+        let task = tokio::spawn(async move {
+            // Owned here so the child is killed (kill_on_drop) when the watch is dropped.
+            let _child = child;
+            let Some(stdout) = stdout else { return };
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(_)) = lines.next_line().await {
+                rerun.store(true, Ordering::SeqCst);
+                poke.poke();
+            }
+            tracing::warn!(%id, "watchcmd ended; no more watch events");
+        });
+        Ok(Some(WatchGuard::new(WatchCmd {
+            task,
+            _group: group,
+        })))
     }
 
-    async fn check_apply(&self, apply: bool) -> Result<Outcome, ResourceError> {
-        if self.done.load(Ordering::SeqCst) {
+    async fn check_apply(&self, ctx: &ApplyCtx) -> Result<Outcome, ResourceError> {
+        let rerun = self.rerun.swap(false, Ordering::SeqCst);
+        let asked = ctx.refresh || rerun;
+        if self.spec.refresh_only && !asked {
             return Ok(Outcome::Converged);
         }
-        if !apply {
+        if self.done.load(Ordering::SeqCst) && !asked {
+            return Ok(Outcome::Converged);
+        }
+        if let Some(path) = &self.spec.creates {
+            if tokio::fs::symlink_metadata(path).await.is_ok() {
+                self.done.store(true, Ordering::SeqCst);
+                return Ok(Outcome::Converged);
+            }
+        }
+        if let Some(ifcmd) = &self.spec.ifcmd {
+            if self.run(ifcmd).await.is_err() {
+                return Ok(Outcome::Converged);
+            }
+        }
+        if !ctx.apply {
             self.done.store(true, Ordering::SeqCst);
             return Ok(Outcome::WouldChange);
         }
-        self.run().await?;
+        let out = self.run(&self.spec.cmd).await?;
+        *self
+            .last_stdout
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(out);
         self.done.store(true, Ordering::SeqCst);
         Ok(Outcome::Changed)
     }
@@ -96,24 +236,82 @@ impl Resource for Exec {
         other
             .as_any()
             .downcast_ref::<Exec>()
-            .is_some_and(|o| o.id == self.id && o.cmd == self.cmd && o.timeout == self.timeout)
+            .is_some_and(|o| o.id == self.id && o.spec == self.spec)
     }
 
     fn as_any(&self) -> &dyn Any {
         self
     }
+
+    fn manages(&self) -> Vec<PathBuf> {
+        self.spec.creates.iter().cloned().collect()
+    }
+
+    fn needs(&self) -> Vec<PathBuf> {
+        self.spec.cwd.iter().cloned().collect()
+    }
+}
+
+/// The running `watchcmd`: dropping it ends the reader and kills the command's group.
+struct WatchCmd {
+    task: JoinHandle<()>,
+    _group: Option<GroupKiller>,
+}
+
+impl Drop for WatchCmd {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Exec {
-    async fn run(&self) -> Result<(), ResourceError> {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(&self.cmd)
+    fn new(id: String, spec: Spec) -> Exec {
+        Exec {
+            id,
+            spec,
+            done: AtomicBool::new(false),
+            rerun: Arc::new(AtomicBool::new(false)),
+            last_stdout: Mutex::new(None),
+        }
+    }
+
+    /// Stdout of the last successful run, if any.
+    pub fn last_stdout(&self) -> Option<String> {
+        self.last_stdout
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// `sh -c line` with this exec's user, env and cwd, in its own process group.
+    fn command(&self, line: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(line)
             .stdin(Stdio::null())
+            .envs(&self.spec.env)
+            .kill_on_drop(true)
+            .process_group(0);
+        if let Some(cwd) = &self.spec.cwd {
+            cmd.current_dir(cwd);
+        }
+        if let Some((uid, gid)) = self.spec.user.as_deref().and_then(lookup_user) {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    /// Run one command line; its stdout on exit 0.
+    async fn run(&self, line: &str) -> Result<String, ResourceError> {
+        if let Some(user) = &self.spec.user {
+            if lookup_user(user).is_none() {
+                return Err(ResourceError::Failed(format!("no such user `{user}`")));
+            }
+        }
+        let mut child = self
+            .command(line)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .process_group(0)
             .spawn()
             .map_err(|e| ResourceError::io("spawn sh", e))?;
         // Armed until the shell exits on its own: a timeout, or this future being dropped
@@ -125,7 +323,7 @@ impl Exec {
         let stdout = Tail::spawn(child.stdout.take());
         let stderr = Tail::spawn(child.stderr.take());
 
-        let waited = match self.timeout {
+        let waited = match self.spec.timeout {
             None => child.wait().await,
             Some(secs) => {
                 let limit = Duration::from_secs_f64(secs);
@@ -149,11 +347,31 @@ impl Exec {
         let err = stderr.finish().await;
         if status.success() {
             tracing::debug!(id = %self.id, stdout = %out, "exec succeeded");
-            Ok(())
+            Ok(out)
         } else {
             Err(ResourceError::Failed(describe(status, &err)))
         }
     }
+}
+
+/// uid and primary gid of `user`, from the system's user database.
+fn lookup_user(user: &str) -> Option<(u32, u32)> {
+    let name = std::ffi::CString::new(user).ok()?;
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; getpwnam_r writes only into `pwd` and
+    // `buf` (whose length it is told) and sets `result` to null or to `&mut pwd`.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
 }
 
 fn describe(status: ExitStatus, stderr: &str) -> String {
@@ -253,20 +471,35 @@ mod tests {
     use super::*;
 
     fn exec(cmd: &str, timeout: Option<f64>) -> Exec {
-        Exec {
-            id: format!("exec:{cmd}"),
-            cmd: cmd.to_string(),
-            timeout,
-            done: AtomicBool::new(false),
-        }
+        Exec::new(
+            format!("exec:{cmd}"),
+            Spec {
+                cmd: cmd.to_string(),
+                timeout,
+                ifcmd: None,
+                creates: None,
+                refresh_only: false,
+                watchcmd: None,
+                user: None,
+                env: BTreeMap::new(),
+                cwd: None,
+            },
+        )
+    }
+
+    fn ctx(apply: bool) -> ApplyCtx {
+        ApplyCtx::new(apply)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn runs_once_then_converged() {
         let e = exec("true", None);
-        assert_eq!(e.check_apply(true).await.expect("run"), Outcome::Changed);
         assert_eq!(
-            e.check_apply(true).await.expect("again"),
+            e.check_apply(&ctx(true)).await.expect("run"),
+            Outcome::Changed
+        );
+        assert_eq!(
+            e.check_apply(&ctx(true)).await.expect("again"),
             Outcome::Converged
         );
     }
@@ -275,7 +508,7 @@ mod tests {
     async fn failure_names_code_and_stderr_tail() {
         let e = exec("echo first >&2; echo boom >&2; exit 3", None);
         let err = e
-            .check_apply(true)
+            .check_apply(&ctx(true))
             .await
             .expect_err("must fail")
             .to_string();
@@ -292,7 +525,7 @@ mod tests {
         let e = exec(&cmd, Some(0.3));
         let start = std::time::Instant::now();
         let err = e
-            .check_apply(true)
+            .check_apply(&ctx(true))
             .await
             .expect_err("must time out")
             .to_string();
@@ -306,7 +539,10 @@ mod tests {
     async fn background_child_holding_the_pipe_does_not_block() {
         let e = exec("sleep 5 & echo started", None);
         let start = std::time::Instant::now();
-        assert_eq!(e.check_apply(true).await.expect("run"), Outcome::Changed);
+        assert_eq!(
+            e.check_apply(&ctx(true)).await.expect("run"),
+            Outcome::Changed
+        );
         assert!(start.elapsed() < Duration::from_secs(3));
     }
 
@@ -316,7 +552,7 @@ mod tests {
         let marker = dir.path().join("ran");
         let e = exec(&format!("touch {}", marker.display()), None);
         assert_eq!(
-            e.check_apply(false).await.expect("noop"),
+            e.check_apply(&ctx(false)).await.expect("noop"),
             Outcome::WouldChange
         );
         assert!(!marker.exists());

@@ -19,7 +19,7 @@ use crate::error::{GraphError, ResourceError};
 use serde_json::Value;
 
 use crate::fields::{type_name, Fields};
-use crate::resource::{Outcome, Poke, Resource, WatchCtx, WatchGuard};
+use crate::resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
 
 /// The kind name.
 pub const KIND: &str = "file";
@@ -141,8 +141,9 @@ impl Resource for File {
         ctx.files().subscribe(&self.spec.path, poke).map(Some)
     }
 
-    async fn check_apply(&self, apply: bool) -> Result<Outcome, ResourceError> {
+    async fn check_apply(&self, ctx: &ApplyCtx) -> Result<Outcome, ResourceError> {
         let spec = Arc::clone(&self.spec);
+        let apply = ctx.apply;
         tokio::task::spawn_blocking(move || check_apply(&spec, apply))
             .await
             .map_err(|e| ResourceError::Failed(format!("file check panicked: {e}")))?
@@ -157,6 +158,19 @@ impl Resource for File {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+
+    fn manages(&self) -> Vec<PathBuf> {
+        vec![self.spec.path.clone()]
+    }
+
+    fn needs(&self) -> Vec<PathBuf> {
+        self.spec
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .into_iter()
+            .collect()
     }
 }
 

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use crate::error::{GraphError, ResourceError};
 use crate::fields::Fields;
-use crate::resource::{Outcome, Poke, Resource, WatchCtx, WatchGuard};
+use crate::resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
 
 /// The kind name.
 pub const KIND: &str = "noop";
@@ -36,7 +36,7 @@ impl Resource for Noop {
         Ok(None)
     }
 
-    async fn check_apply(&self, _apply: bool) -> Result<Outcome, ResourceError> {
+    async fn check_apply(&self, _ctx: &ApplyCtx) -> Result<Outcome, ResourceError> {
         Ok(Outcome::Converged)
     }
 

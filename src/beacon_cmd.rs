@@ -1,0 +1,107 @@
+//! `reflex beacon`: run beacons from a config file, or the single load beacon from flags.
+
+use crate::cli::{hostname, stop_flag, Exit, StackArgs};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct BeaconArgs {
+    #[command(flatten)]
+    pub stack: StackArgs,
+    /// Beacon config (TOML, `[[beacon]]` tables). Without it, only the load beacon runs,
+    /// sending every sample.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Run the shipped default config (the one `reflex up` uses).
+    #[arg(long, conflicts_with = "config")]
+    pub defaults: bool,
+    /// Seconds between samples: the load beacon's (default 5), or, with a config, every
+    /// beacon's instead of its own.
+    #[arg(long)]
+    pub interval: Option<f64>,
+    /// Host name events carry (default: the config's `host`, else this machine's).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Manager ingest endpoint (default: from --addr and --port-base).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Check the config, list its beacons and exit (0 when it is valid, 2 when not).
+    #[arg(long)]
+    pub check: bool,
+    /// Print the shipped default config and exit.
+    #[arg(long)]
+    pub print_defaults: bool,
+}
+
+/// The config the flags ask for.
+fn config(a: &BeaconArgs) -> anyhow::Result<beacons::Config> {
+    let mut cfg = match (&a.config, a.defaults) {
+        (Some(path), _) => beacons::Config::load(path).map_err(|e| Exit::usage(e.to_string()))?,
+        (None, true) => beacons::Config::parse(beacons::DEFAULT_CONFIG, "<shipped default>")
+            .map_err(|e| Exit::usage(e.to_string()))?,
+        (None, false) => {
+            // The single load beacon, every sample, as before configs existed.
+            let mut cfg = beacons::Config::parse(
+                "[[beacon]]\nkind = \"load\"\nmode = \"every\"\ninterval = \"5s\"\n",
+                "<flags>",
+            )
+            .map_err(|e| Exit::usage(e.to_string()))?;
+            cfg.host = None;
+            cfg
+        }
+    };
+    if let Some(secs) = a.interval {
+        if !(secs.is_finite() && secs > 0.0) {
+            return Err(Exit::usage(format!(
+                "--interval must be a positive number of seconds, not {secs}"
+            )));
+        }
+        cfg.override_interval(Duration::from_secs_f64(secs));
+    }
+    Ok(cfg)
+}
+
+pub fn beacon(a: BeaconArgs) -> anyhow::Result<ExitCode> {
+    if a.print_defaults {
+        print!("{}", beacons::DEFAULT_CONFIG);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cfg = config(&a)?;
+    if a.check {
+        for s in &cfg.beacons {
+            let mode = match &s.gate.field {
+                Some(f) => format!("mode {} on {f}", s.gate.mode.as_str()),
+                None => "sends what happens".to_string(),
+            };
+            println!(
+                "line {:>3}: {:<9} every {:>6.1}s  {mode}",
+                s.line,
+                s.beacon.kind(),
+                s.interval.as_secs_f64(),
+            );
+        }
+        println!("ok: {} beacons", cfg.beacons.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let stop = stop_flag()?;
+    let host = a.host.clone().or(cfg.host.clone()).unwrap_or_else(hostname);
+    let to = a.to.clone().unwrap_or(a.stack.endpoints().ingest);
+    let emitter = Arc::new(beacons::Emitter::connect(&to, &host)?);
+    let kinds: Vec<&str> = cfg.beacons.iter().map(|s| s.beacon.kind()).collect();
+    tracing::info!(to = %to, host = %host, beacons = %kinds.join(","), "beacons up");
+    let running = beacons::run(cfg, emitter.clone());
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    running.stop();
+    tracing::info!(
+        sent = emitter.sent(),
+        dropped = emitter.dropped(),
+        "beacons stopped"
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,195 @@
+//! `reflex bench beacons`: what the beacons cost their host, and how fast the emitter sends.
+//!
+//! A real `reflex beacon` child runs the shipped default config with every beacon at one
+//! interval (1 s) against a real manager for `--secs` (60): its CPU (as % of one core, from
+//! utime + stime in /proc/<pid>/stat over the run) and its peak RSS (VmHWM in
+//! /proc/<pid>/status). Then an in-process `Emitter` pushes `--events` events into the running
+//! manager as fast as it takes them: the rate at which events are handed to the socket, the
+//! drops, and how long the manager took to count them all.
+
+use crate::bench_util::{daemon, events_seen, free_port_base};
+use crate::cli::Exit;
+use clap::Args;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct BeaconsArgs {
+    /// Seconds the beacon process is measured.
+    #[arg(long, default_value_t = 60.0)]
+    pub secs: f64,
+    /// Interval every beacon of the default config is run at, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub interval: f64,
+    /// Events the emitter pushes for its rate.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub events: u64,
+}
+
+/// (utime + stime in seconds, peak RSS in bytes) of a process.
+fn usage(pid: u32) -> anyhow::Result<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3; utime and stime are fields 14 and 15.
+    let ticks: u64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM in /proc/{pid}/status"))?;
+    Ok((ticks as f64 / hz, hwm_kb * 1024))
+}
+
+fn wait_manager(control: &str) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match events_seen(control) {
+            Ok(n) => return Ok(n),
+            Err(e) if Instant::now() > deadline => {
+                return Err(Exit::unreachable(format!(
+                    "the bench manager did not answer: {e}"
+                )))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+pub fn run(a: BeaconsArgs) -> anyhow::Result<ExitCode> {
+    if !(a.secs.is_finite() && a.secs > 0.0) || !(a.interval.is_finite() && a.interval > 0.0) {
+        return Err(Exit::usage("--secs and --interval must be positive"));
+    }
+    if a.events == 0 {
+        return Err(Exit::usage("--events must be at least 1"));
+    }
+    let tmp = tempfile::tempdir()?;
+    let state: PathBuf = tmp.path().join("state");
+    let rules = tmp.path().join("rules");
+    std::fs::create_dir_all(&state)?;
+    std::fs::create_dir_all(&rules)?;
+    for (name, text) in crate::up::SHIPPED_RULES {
+        std::fs::write(rules.join(name), text)?;
+    }
+    let base = free_port_base()?;
+    let ep = bus::Endpoints::local(base, &state);
+    let exe = std::env::current_exe()?;
+    let common = |sub: &str| -> Vec<String> {
+        vec![
+            sub.into(),
+            "--state".into(),
+            state.display().to_string(),
+            "--port-base".into(),
+            base.to_string(),
+        ]
+    };
+    let _publisher = daemon(&exe, &common("publisher"))?;
+    let mut margs = common("manager");
+    margs.extend(["--rules".into(), rules.display().to_string()]);
+    let _manager = daemon(&exe, &margs)?;
+    let before_beacon = wait_manager(&ep.control)?;
+
+    eprintln!(
+        "beacon: the shipped default config, every beacon at {}s, for {}s...",
+        a.interval, a.secs
+    );
+    let mut bargs = common("beacon");
+    bargs.extend([
+        "--defaults".into(),
+        "--interval".into(),
+        a.interval.to_string(),
+        "--host".into(),
+        "bench-beacon".into(),
+    ]);
+    let beacon = daemon(&exe, &bargs)?;
+    let pid = beacon.0.id();
+    let t0 = Instant::now();
+    let mut peak_rss = 0;
+    let mut cpu_s = 0.0;
+    while t0.elapsed().as_secs_f64() < a.secs {
+        std::thread::sleep(Duration::from_millis(250).min(Duration::from_secs_f64(a.secs)));
+        let (c, r) = usage(pid).map_err(|e| anyhow::anyhow!("the beacon process: {e}"))?;
+        cpu_s = c;
+        peak_rss = peak_rss.max(r);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    drop(beacon);
+    let cpu_pct = cpu_s / wall * 100.0;
+    let rss_mb = peak_rss as f64 / 1e6;
+    let beacon_events = events_seen(&ep.control)?.saturating_sub(before_beacon);
+
+    eprintln!("emitter: {} events into the manager...", a.events);
+    // A queue as deep as the run, so the rate is the emitter's, not the manager's back-pressure.
+    let queue = i32::try_from(a.events).unwrap_or(i32::MAX);
+    let em = beacons::Emitter::with_queue(&ep.ingest, "bench-emitter", queue)?;
+    // One event through first, so the connection is up before the clock starts.
+    let seen = events_seen(&ep.control)?;
+    em.emit("bench/warmup", json!({}));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while events_seen(&ep.control)? <= seen {
+        if Instant::now() > deadline {
+            return Err(Exit::unreachable(
+                "the manager took no event from the emitter",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = events_seen(&ep.control)?;
+    let start = Instant::now();
+    for i in 0..a.events {
+        em.emit("bench/emit", json!({"seq": i, "kind": "bench"}));
+    }
+    let emit_secs = start.elapsed().as_secs_f64();
+    let emit_per_s = em.sent() as f64 / emit_secs;
+    let want = before + em.sent();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while events_seen(&ep.control)? < want {
+        if Instant::now() > deadline {
+            return Err(anyhow::anyhow!(
+                "the manager did not take the emitted events within 10 minutes"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let manager_per_s = em.sent() as f64 / start.elapsed().as_secs_f64();
+
+    println!("reflex bench beacons");
+    println!("  {:<44} {:>14}  {}", "measure", "value", "target");
+    println!(
+        "  {:<44} {:>14.3}  < 0.5",
+        format!("beacon CPU, % of one core ({wall:.0} s)"),
+        cpu_pct
+    );
+    println!(
+        "  {:<44} {:>14.2}  < 10",
+        "beacon peak RSS, MB (VmHWM)", rss_mb
+    );
+    println!(
+        "  {:<44} {:>14}",
+        "beacon events the manager took", beacon_events
+    );
+    println!(
+        "  {:<44} {:>14.0}  >= 1000000",
+        "emitter events/s handed to the socket", emit_per_s
+    );
+    println!(
+        "  {:<44} {:>14}",
+        "emitter events sent / dropped",
+        format!("{} / {}", em.sent(), em.dropped())
+    );
+    println!(
+        "  {:<44} {:>14.0}",
+        "manager events/s until it took them all", manager_per_s
+    );
+    println!("summary: cpu_pct={cpu_pct:.3} rss_mb={rss_mb:.2} emit_per_s={emit_per_s:.0}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,216 @@
+//! Beacons through the real `reflex` binary: a file beacon event makes a shipped rule act on a
+//! real actor; configs are checked at start; a beacon process sends kinds, identity and its
+//! own failures.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_file_beacon_event_makes_the_shipped_rule_act() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = free_port_base();
+    let state = tmp.path().join("state");
+    let watched = tmp.path().join("watched");
+    std::fs::create_dir_all(&watched).unwrap();
+    let cfg = tmp.path().join("beacons.toml");
+    write(
+        &cfg,
+        &format!(
+            "[[beacon]]\nkind = \"file\"\npaths = [\"{}\"]\n",
+            watched.display()
+        ),
+    );
+    let mut args = vec!["up".to_string()];
+    args.extend(stack_args(&state, base));
+    args.extend([
+        "--rules".into(),
+        repo().join("rules").display().to_string(),
+        "--name".into(),
+        "filehost".into(),
+        "--beacons".into(),
+        cfg.display().to_string(),
+    ]);
+    let mut up = Proc::start("up", &args_ref(&args));
+    up.wait_line("reflex is up", T);
+    let mut mon = Monitor::connect(base);
+
+    // The beacon watches once it has started: poke until a creation is reported.
+    let deadline = Instant::now() + T;
+    let mut n = 0;
+    loop {
+        n += 1;
+        let probe = watched.join(format!("probe-{n}"));
+        write(&probe, "p");
+        let p = probe.display().to_string();
+        let seen = mon.all_within(Duration::from_millis(300), |e| {
+            e.tag == "beacon/file" && e.data["path"] == p.as_str()
+        });
+        if let Some(e) = seen.first() {
+            assert_eq!(e.host, "filehost");
+            assert_eq!(e.data["kind"], "file");
+            assert_eq!(e.data["op"], "created");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the file beacon never reported");
+    }
+
+    // Delete a watched file: the shipped rule 30-file leaves a tombstone through the actor.
+    let conf = watched.join("app.conf");
+    write(&conf, "setting=1\n");
+    mon.wait("app.conf created", T, |e| {
+        e.tag == "beacon/file" && e.data["path"] == conf.display().to_string().as_str()
+    });
+    std::fs::remove_file(&conf).unwrap();
+    let ev = mon.wait("the deletion event", T, |e| {
+        e.tag == "beacon/file"
+            && e.data["op"] == "deleted"
+            && e.data["path"] == conf.display().to_string().as_str()
+    });
+    let tomb = watched.join("app.conf.deleted");
+    let text = wait_for("the tombstone", T, || read(&tomb));
+    assert!(text.contains("app.conf was deleted"), "{text}");
+    assert!(text.contains(&ev.id), "the tombstone names the event: {text}");
+
+    // The file comes back: the tombstone goes.
+    write(&conf, "setting=2\n");
+    wait_for("the tombstone to go", T, || (!tomb.exists()).then_some(()));
+    assert_eq!(up.terminate(T), Some(0));
+}
+
+#[test]
+fn bad_configs_are_rejected_at_start_naming_line_and_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    write(
+        &bad,
+        "[[beacon]]\nkind = \"disk\"\nintervall = \"10s\"\n",
+    );
+    let (code, _, err) = run(&["beacon", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("bad.toml:3: field `intervall`: unknown field"),
+        "{err}"
+    );
+
+    write(&bad, "[[beacon]]\nkind = \"http\"\nurl = \"ftp://x\"\n");
+    let (code, _, err) = run(&["beacon", "--config", bad.to_str().unwrap(), "--check"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad.toml:3: field `url`"), "{err}");
+
+    // `up` checks it before starting anything.
+    let state = tmp.path().join("state");
+    let (code, _, err) = run(&[
+        "up",
+        "--state",
+        state.to_str().unwrap(),
+        "--port-base",
+        &free_port_base().to_string(),
+        "--beacons",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad.toml:3"), "{err}");
+
+    let (code, out, err) = run(&["beacon", "--defaults", "--check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("heartbeat") && out.contains("ok: "), "{out}");
+    let (code, out, _) = run(&["beacon", "--print-defaults"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("[[beacon]]"));
+}
+
+/// A PULL socket standing in for a manager, and its endpoint.
+fn pull() -> (zmq::Socket, String) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ep = format!("tcp://127.0.0.1:{}", l.local_addr().unwrap().port());
+    drop(l);
+    let s = bus::sockets::bind(zmq::PULL, &ep).unwrap();
+    s.set_rcvtimeo(500).unwrap();
+    (s, ep)
+}
+
+fn collect_until(
+    s: &zmq::Socket,
+    what: &str,
+    done: impl Fn(&[bus::Event]) -> bool,
+) -> Vec<bus::Event> {
+    let deadline = Instant::now() + T;
+    let mut got = Vec::new();
+    while !done(&got) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; got {:?}",
+            got.iter().map(|e: &bus::Event| &e.tag).collect::<Vec<_>>()
+        );
+        if let Ok(b) = s.recv_bytes(0) {
+            got.push(bus::decode(&b).unwrap());
+        }
+    }
+    got
+}
+
+#[test]
+fn a_beacon_process_sends_identity_kinds_and_its_own_failures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s, ep) = pull();
+    let cfg = tmp.path().join("b.toml");
+    write(
+        &cfg,
+        &format!(
+            "host = \"from-config\"\n\n[[beacon]]\nkind = \"heartbeat\"\ninterval = \"1s\"\n\n[[beacon]]\nkind = \"mem\"\nmode = \"every\"\ninterval = \"1s\"\nlabel = \"ram\"\n\n[[beacon]]\nkind = \"log\"\npath = \"{}\"\nmatch = \"x\"\n",
+            tmp.path().join("missing.log").display()
+        ),
+    );
+    let mut b = Proc::start(
+        "beacon",
+        &["beacon", "--config", cfg.to_str().unwrap(), "--to", &ep],
+    );
+    let got = collect_until(&s, "heartbeat, mem and the log failure", |g| {
+        ["beacon/heartbeat", "beacon/mem", "beacon/log/error"]
+            .iter()
+            .all(|t| g.iter().any(|e| e.tag == *t))
+    });
+    let find = |t: &str| got.iter().find(|e| e.tag == t).unwrap();
+    assert!(got.iter().all(|e| e.host == "from-config"));
+    assert_eq!(find("beacon/heartbeat").data["kind"], "heartbeat");
+    assert_eq!(
+        find("beacon/heartbeat").data["version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(find("beacon/mem").data["label"], "ram");
+    let err = find("beacon/log/error");
+    assert_eq!(err.data["kind"], "log");
+    assert!(
+        err.data["error"].as_str().unwrap().contains("missing.log"),
+        "{}",
+        err.data
+    );
+    // The failure is said once, not every second.
+    let more = collect_until(&s, "two more mem samples", |g| {
+        g.iter().filter(|e| e.tag == "beacon/mem").count() >= 2
+    });
+    assert!(!more.iter().any(|e| e.tag == "beacon/log/error"));
+    assert_eq!(b.terminate(T), Some(0));
+
+    // --host wins over the config; without a config, flags run the load beacon every sample.
+    let mut b = Proc::start(
+        "load beacon",
+        &["beacon", "--interval", "0.2", "--to", &ep, "--host", "flags"],
+    );
+    let got = collect_until(&s, "three load samples", |g| {
+        g.iter().filter(|e| e.tag == "beacon/load").count() >= 3
+    });
+    let load = got.iter().find(|e| e.tag == "beacon/load").unwrap();
+    assert_eq!(load.host, "flags");
+    assert!(load.data["load1"].as_f64().is_some());
+    assert_eq!(b.terminate(T), Some(0));
+}

@@ -1,0 +1,261 @@
+//! The actor's engine features on a real `reflex actor` process, fed by a publisher and
+//! read by a manager that this test plays itself (real ZeroMQ sockets): graph swap by diff,
+//! invalid graphs rejected with the old one kept, empty graphs removing a name,
+//! `actor/converged`/`actor/diverged`, graphviz output, and graphs plus a pending refresh
+//! surviving a kill -9.
+
+mod common;
+
+use bus::{Action, Event, Origin, Target};
+use common::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Only for waiting; never a bound on how long something took.
+const T: Duration = Duration::from_secs(20);
+
+/// The publisher and manager ends the actor talks to.
+struct Fake {
+    publish: zmq::Socket,
+    ingest: zmq::Socket,
+    base: u16,
+    seq: u64,
+}
+
+impl Fake {
+    fn new() -> Fake {
+        let base = free_port_base();
+        let ingest =
+            bus::sockets::bind(zmq::PULL, &format!("tcp://127.0.0.1:{base}")).expect("pull");
+        let publish =
+            bus::sockets::bind(zmq::PUB, &format!("tcp://127.0.0.1:{}", base + 1)).expect("pub");
+        Fake {
+            publish,
+            ingest,
+            base,
+            seq: 0,
+        }
+    }
+
+    fn start_actor(&self, state: &Path, graphviz: &Path) -> Proc {
+        let p = |x: &Path| x.display().to_string();
+        let actor = Proc::start(
+            "actor",
+            &[
+                "actor",
+                "--name",
+                "t",
+                "--state",
+                &p(state),
+                "--publisher",
+                &format!("tcp://127.0.0.1:{}", self.base + 1),
+                "--manager",
+                &format!("tcp://127.0.0.1:{}", self.base),
+                "--converged-timeout",
+                "0.3",
+                "--graphviz",
+                &p(graphviz),
+            ],
+        );
+        self.wait("actor/up", |e| e.tag == "actor/up");
+        actor
+    }
+
+    fn act(&mut self, name: &str, graph: Value) -> String {
+        self.seq += 1;
+        let action = Action {
+            id: bus::new_id(),
+            name: name.to_string(),
+            seq: self.seq,
+            target: "host/t".into(),
+            graph,
+            origin: Origin::default(),
+            expires: None,
+        };
+        let topic = Target::parse("host/t").expect("target").topic();
+        self.publish
+            .send_multipart([topic.as_bytes(), &bus::encode(&action)], 0)
+            .expect("publish");
+        action.id
+    }
+
+    /// The next event matching `pred`; others are skipped.
+    fn wait(&self, what: &str, mut pred: impl FnMut(&Event) -> bool) -> Event {
+        let deadline = Instant::now() + T;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for {what}");
+            let mut items = [self.ingest.as_poll_item(zmq::POLLIN)];
+            zmq::poll(&mut items, left.as_millis().min(500) as i64).expect("poll");
+            if !items[0].is_readable() {
+                continue;
+            }
+            let frame = self.ingest.recv_bytes(0).expect("recv");
+            let ev: Event = bus::decode(&frame).expect("event");
+            if pred(&ev) {
+                return ev;
+            }
+        }
+    }
+
+    fn result(&self, action: &str) -> Value {
+        self.wait(&format!("actor/result for {action}"), |e| {
+            e.tag == "actor/result" && e.data["action"] == action
+        })
+        .data
+    }
+}
+
+fn p(path: &Path) -> String {
+    path.to_str().expect("utf-8 temp path").to_string()
+}
+
+fn file(path: &Path, content: &str) -> Value {
+    json!({"kind": "file", "name": p(path), "content": content})
+}
+
+#[test]
+fn swap_reject_remove_and_convergence_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+    );
+    let dots = tmp.path().join("dots");
+    let mut fake = Fake::new();
+    let _actor = fake.start_actor(&tmp.path().join("state"), &dots);
+
+    let id = fake.act("web", json!([file(&a, "a"), file(&b, "b")]));
+    let r = fake.result(&id);
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(
+        r["changed"],
+        json!([format!("file:{}", p(&a)), format!("file:{}", p(&b))])
+    );
+    fake.wait("actor/converged", |e| e.tag == "actor/converged");
+    assert!(read(&dots.join("web.dot")).is_some_and(|d| d.contains("digraph")));
+
+    // Swap: `b` is unchanged and keeps running, `a` goes, `c` comes.
+    let id = fake.act("web", json!([file(&b, "b"), file(&c, "c")]));
+    fake.wait("actor/diverged on the new action", |e| {
+        e.tag == "actor/diverged"
+    });
+    let r = fake.result(&id);
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(
+        r["changed"],
+        json!([format!("file:{}", p(&c))]),
+        "only the new resource changes"
+    );
+    fake.wait("actor/converged after the swap", |e| {
+        e.tag == "actor/converged"
+    });
+
+    // Drift: `b` (kept) is repaired with a diverged/converged pair; `a` is no longer managed.
+    std::fs::write(&a, "mine").unwrap();
+    std::fs::write(&b, "tampered").unwrap();
+    let rep = fake.wait("b repaired", |e| e.tag == "actor/repaired");
+    assert_eq!(rep.data["resource"], format!("file:{}", p(&b)));
+    fake.wait("actor/diverged on drift", |e| e.tag == "actor/diverged");
+    fake.wait("actor/converged after repair", |e| {
+        e.tag == "actor/converged"
+    });
+    assert_eq!(read(&b).as_deref(), Some("b"));
+    assert_eq!(read(&a).as_deref(), Some("mine"));
+
+    // An invalid graph is rejected; the graph in force keeps running.
+    let id = fake.act(
+        "web",
+        json!([{"kind": "file", "name": p(&b), "contents": "typo"}]),
+    );
+    let r = fake.result(&id);
+    assert_eq!(r["status"], "error");
+    assert!(
+        r["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `contents`"),
+        "{r}"
+    );
+    std::fs::remove_file(&c).unwrap();
+    wait_for("c repaired by the old graph", T, || {
+        read(&c).filter(|s| s == "c")
+    });
+
+    // An empty graph removes the name: nothing is repaired any more.
+    let id = fake.act("web", json!([]));
+    assert_eq!(fake.result(&id)["status"], "ok");
+    std::fs::write(&c, "free").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(read(&c).as_deref(), Some("free"));
+}
+
+#[test]
+fn graphs_and_a_pending_refresh_survive_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let dots = tmp.path().join("dots");
+    let (conf, gate, log) = (
+        tmp.path().join("app.conf"),
+        tmp.path().join("gate"),
+        tmp.path().join("reloads"),
+    );
+    let mut fake = Fake::new();
+    let mut actor = fake.start_actor(&state, &dots);
+    // A config file that notifies a reload; the reload fails until the gate exists.
+    let id = fake.act(
+        "app",
+        json!({
+            "resources": [
+                file(&conf, "v1\n"),
+                {"kind": "exec", "name": "reload", "refresh_only": true,
+                 "cmd": format!("test -f '{}' && echo reloaded >> '{}'", p(&gate), p(&log))},
+            ],
+            "edges": [{"from": format!("file:{}", p(&conf)), "to": "exec:reload", "notify": true}],
+        }),
+    );
+    let r = fake.result(&id);
+    assert_eq!(r["status"], "error", "{r}");
+    assert!(read(&dots.join("app.dot")).is_some_and(|d| d.contains("notify")));
+    let pending = state.join("actor-t/engine");
+    let refreshes = || -> usize {
+        walk(&pending)
+            .iter()
+            .filter(|f| f.parent().is_some_and(|d| d.ends_with("refresh")))
+            .count()
+    };
+    assert_eq!(refreshes(), 1, "the unconsumed refresh must be on disk");
+
+    actor.kill9();
+    std::fs::write(&gate, "").unwrap();
+    // The file is right by now, so the restored graph sends no new refresh: only the kept one
+    // can make the reload run.
+    let _actor = fake.start_actor(&state, &dots);
+    wait_for("the pending reload applied after restart", T, || {
+        read(&log).filter(|l| l == "reloaded\n")
+    });
+    assert_eq!(refreshes(), 0);
+    // The restored graph is in force: drift is repaired, and refreshes the reload again.
+    std::fs::write(&conf, "tampered\n").unwrap();
+    wait_for("repaired and reloaded", T, || {
+        read(&log).filter(|l| l.lines().count() == 2)
+    });
+    assert_eq!(read(&conf).as_deref(), Some("v1\n"));
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
