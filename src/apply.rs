@@ -92,6 +92,9 @@ pub fn run(a: ApplyArgs) -> anyhow::Result<ExitCode> {
                     eprintln!("drifted (would repair) {id}")
                 }
                 Ok(Some(actions::EngineEvent::Changed { id })) => eprintln!("repaired {id}"),
+                Ok(Some(actions::EngineEvent::Message { id, text })) => {
+                    eprintln!("msg {id}: {text}")
+                }
                 Ok(Some(actions::EngineEvent::Failed { id, error })) => {
                     failed = true;
                     eprintln!("error: {id}: {error}");

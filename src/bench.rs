@@ -7,13 +7,19 @@ use std::process::ExitCode;
 pub enum BenchCmd {
     /// Events through a real manager and publisher, against a raw ZeroMQ floor.
     Bus(crate::bench_bus::BusArgs),
+    /// The rule engine: 50 rules, 1 matching vs none, against a raw ZeroMQ floor.
+    Rules(crate::bench_rules::RulesArgs),
     /// The beacons' CPU and memory with the default config, and the emitter's rate.
     Beacons(crate::bench_beacons::BeaconsArgs),
+    /// The resource-graph engine: 100k noops wide and deep, 10k files, a 10k swap, drift repair.
+    Engine(crate::bench_engine::EngineArgs),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCmd::Bus(a) => crate::bench_bus::run(a),
+        BenchCmd::Rules(a) => crate::bench_rules::run(a),
         BenchCmd::Beacons(a) => crate::bench_beacons::run(a),
+        BenchCmd::Engine(a) => crate::bench_engine::run(a),
     }
 }

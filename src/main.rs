@@ -8,6 +8,8 @@ mod beacon_cmd;
 mod bench;
 mod bench_beacons;
 mod bench_bus;
+mod bench_engine;
+mod bench_rules;
 mod bench_util;
 mod cli;
 mod daemons;

@@ -35,12 +35,9 @@ pub struct UpArgs {
     pub beacon_interval: Option<f64>,
 }
 
-/// The rules shipped with reflex, embedded so `reflex up` works from any folder.
-pub const SHIPPED_RULES: &[(&str, &str)] = &[
-    ("10-hello.rhai", include_str!("../rules/10-hello.rhai")),
-    ("20-load.rhai", include_str!("../rules/20-load.rhai")),
-    ("30-file.rhai", include_str!("../rules/30-file.rhai")),
-];
+/// The rules shipped with reflex (every `rules/*.rhai`, embedded by build.rs), so `reflex up`
+/// works from any folder.
+pub const SHIPPED_RULES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/shipped_rules.rs"));
 
 fn rules_dir(a: &UpArgs) -> anyhow::Result<PathBuf> {
     if let Some(dir) = &a.rules {

@@ -202,3 +202,55 @@ fn failed_resource_exits_1() {
         "stderr does not give the exit code: {err}"
     );
 }
+
+#[test]
+fn metaparams_notify_recv_and_graphviz_through_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = p(dir.path());
+    let dot = dir.path().join("g.dot");
+    let yaml = format!(
+        r#"resources:
+  - {{kind: exec, name: flaky, cmd: "echo x >> '{d}/tries'; test $(wc -l < '{d}/tries') -ge 2", meta: {{retry: 3, delay: 50}}}}
+  - {{kind: exec, name: gen, cmd: "echo generated"}}
+  - {{kind: file, name: "{d}/out", recv: {{content: "exec:gen.stdout"}}}}
+  - {{kind: exec, name: reload, cmd: "echo reloaded >> '{d}/reloads'", refresh_only: true}}
+  - {{kind: file, name: "{d}/skipped", content: "x", meta: {{noop: true}}}}
+edges:
+  - {{from: "file:{d}/out", to: "exec:reload", notify: true}}
+"#
+    );
+    let g = write_graph(dir.path(), &yaml);
+    let dot_arg = p(&dot);
+    let (code, _out, err) = run(&[
+        "apply",
+        &g,
+        "--converged-timeout",
+        "0.3",
+        "--graphviz",
+        &dot_arg,
+    ]);
+    assert_eq!(code, 0, "apply failed: {err}");
+    assert_eq!(read(&dir.path().join("tries")).as_deref(), Some("x\nx\n"));
+    assert_eq!(read(&dir.path().join("out")).as_deref(), Some("generated\n"));
+    assert_eq!(read(&dir.path().join("reloads")).as_deref(), Some("reloaded\n"));
+    assert!(!dir.path().join("skipped").exists(), "meta.noop resource was changed");
+    let dot = read(&dot).expect("dot file written");
+    assert!(dot.starts_with("digraph"), "{dot}");
+    assert!(dot.contains("label=\"notify\""), "{dot}");
+    assert!(dot.contains("converged"), "{dot}");
+}
+
+#[test]
+fn a_bad_metaparam_names_resource_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = write_graph(
+        dir.path(),
+        "resources:\n  - {kind: noop, name: a, meta: {retry: many}}\n",
+    );
+    let (code, _out, err) = run(&["apply", &g]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("noop:a: field `meta.retry`: expected a number"),
+        "{err}"
+    );
+}

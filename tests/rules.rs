@@ -471,3 +471,59 @@ fn every_shipped_rule_has_a_test_case() {
         json!([])
     );
 }
+
+#[test]
+fn shipped_correlation_and_flapping_rules_on_a_live_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shipped = |f: &str| std::fs::read_to_string(repo().join("rules").join(f)).unwrap();
+    let (corr, flap) = (shipped("80-correlate.rhai"), shipped("85-flapping.rhai"));
+    let stack = Stack::start(
+        tmp.path(),
+        &[("80-correlate.rhai", &corr), ("85-flapping.rhai", &flap)],
+    );
+    let mut mon = Monitor::connect(stack.base);
+
+    // A failing HTTP check alone: nothing. A deploy, then a failing check within 30 s: rollback.
+    stack.send(
+        "beacon/http",
+        &["ok=false", "url=http://web1/", "--host", "web1"],
+    );
+    stack.send("deploy/finished", &["version=1.2.3", "--host", "web1"]);
+    stack.send(
+        "beacon/http",
+        &["ok=false", "url=http://web1/", "--host", "web1"],
+    );
+    let alert = mon.wait("the correlated alert", T, |e| {
+        e.tag == "alert/deploy/broke-http"
+    });
+    assert_eq!(alert.data["version"], "1.2.3");
+    let alerts = mon.all_within(Duration::from_millis(300), |e| {
+        e.tag == "alert/deploy/broke-http"
+    });
+    assert_eq!(
+        alerts.len(),
+        1,
+        "only the check after the deploy correlates"
+    );
+
+    // A unit changing state 12 times in a burst: one flapping alert, not twelve.
+    let push =
+        bus::sockets::connect(zmq::PUSH, &format!("tcp://127.0.0.1:{}", stack.base)).unwrap();
+    for i in 0..12 {
+        let state = if i % 2 == 0 { "failed" } else { "active" };
+        push.send(
+            bus::encode(&bus::Event::new(
+                "beacon/svc",
+                "web1",
+                json!({"unit": "app.service", "state": state}),
+            )),
+            0,
+        )
+        .unwrap();
+    }
+    mon.wait("the flapping alert", T, |e| e.tag == "alert/svc/flapping");
+    let flaps = mon.all_within(Duration::from_millis(500), |e| {
+        e.tag == "alert/svc/flapping"
+    });
+    assert_eq!(flaps.len(), 1, "throttled to one alert");
+}

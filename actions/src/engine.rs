@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle};
 
 use crate::error::EngineError;
-use crate::graph::{Edge, Graph};
+use crate::graph::{Edge, Graph, Recv};
 use crate::hub::FileHub;
 use crate::meta::Meta;
 use crate::resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
@@ -72,6 +72,13 @@ pub enum EngineEvent {
         /// Why.
         error: String,
     },
+    /// A resource (`msg`) has something to say, after a change (the first one included).
+    Message {
+        /// The resource id.
+        id: String,
+        /// What it says.
+        text: String,
+    },
 }
 
 /// What a swap did.
@@ -108,6 +115,8 @@ struct Node {
     id: String,
     res: Arc<dyn Resource>,
     meta: Meta,
+    /// Received fields as `(field, sender id, key)`: part of what a swap compares.
+    recv_spec: Vec<(String, String, String)>,
     poke: Poke,
     /// Taken by the node's task when it is spawned.
     poke_rx: Mutex<Option<mpsc::Receiver<()>>>,
@@ -127,6 +136,8 @@ struct Links {
     deps: Vec<Arc<Node>>,
     /// Weak: a dependency must not keep a removed dependent alive. `bool`: notify edge.
     dependents: Vec<(Weak<Node>, bool)>,
+    /// Received fields: `(field, sender, key)`.
+    recv: Vec<(String, Arc<Node>, String)>,
 }
 
 /// State shared by all tasks of one run.
@@ -337,15 +348,16 @@ impl Running {
         let mut nodes = Vec::with_capacity(graph.nodes.len());
         let mut added = Vec::new();
         let mut kept = 0;
-        for (res, meta) in graph.nodes.into_iter().zip(graph.metas) {
+        let specs = recv_specs(&graph);
+        for ((res, meta), spec) in graph.nodes.into_iter().zip(graph.metas).zip(specs) {
             match old.remove(res.id()) {
-                Some(o) if o.meta == meta && o.res.compare(&*res) => {
+                Some(o) if o.meta == meta && o.recv_spec == spec && o.res.compare(&*res) => {
                     kept += 1;
                     nodes.push(o);
                 }
                 other => {
                     removed.extend(other);
-                    let node = self.new_node(res, meta);
+                    let node = self.new_node(res, meta, spec);
                     added.push(Arc::clone(&node));
                     nodes.push(node);
                 }
@@ -394,7 +406,7 @@ impl Running {
             s.pending = s.pending + added.len() - unreported;
             s.last_activity = now;
         });
-        let rewired = self.link(&nodes, graph.edges.clone());
+        let rewired = self.link(&nodes, graph.edges.clone(), &graph.recvs);
         self.nodes = nodes;
         self.edges = graph.edges;
         for n in &added {
@@ -413,11 +425,13 @@ impl Running {
 
     /// First install: every node is new.
     fn install(&mut self, graph: Graph, now: Instant) {
+        let specs = recv_specs(&graph);
         let nodes: Vec<Arc<Node>> = graph
             .nodes
             .into_iter()
             .zip(graph.metas)
-            .map(|(res, meta)| self.new_node(res, meta))
+            .zip(specs)
+            .map(|((res, meta), spec)| self.new_node(res, meta, spec))
             .collect();
         self.firsts = nodes
             .iter()
@@ -429,7 +443,7 @@ impl Running {
             s.pending += nodes.len();
             s.last_activity = now;
         });
-        self.link(&nodes, graph.edges.clone());
+        self.link(&nodes, graph.edges.clone(), &graph.recvs);
         self.edges = graph.edges;
         for n in &nodes {
             self.spawn(Arc::clone(n));
@@ -437,7 +451,12 @@ impl Running {
         self.nodes = nodes;
     }
 
-    fn new_node(&self, res: Arc<dyn Resource>, meta: Meta) -> Arc<Node> {
+    fn new_node(
+        &self,
+        res: Arc<dyn Resource>,
+        meta: Meta,
+        recv_spec: Vec<(String, String, String)>,
+    ) -> Arc<Node> {
         let (poke, poke_rx) = Poke::channel();
         let id = res.id().to_string();
         let refresh = self.shared.refresh_pending_on_disk(&id);
@@ -446,6 +465,7 @@ impl Running {
             id,
             res,
             meta,
+            recv_spec,
             poke,
             poke_rx: Mutex::new(Some(poke_rx)),
             state: AtomicU8::new(PENDING),
@@ -459,7 +479,7 @@ impl Running {
     }
 
     /// Set every node's links from `edges`; returns the nodes whose dependencies changed.
-    fn link(&self, nodes: &[Arc<Node>], edges: Vec<Edge>) -> Vec<Arc<Node>> {
+    fn link(&self, nodes: &[Arc<Node>], edges: Vec<Edge>, recvs: &[Vec<Recv>]) -> Vec<Arc<Node>> {
         let mut deps: Vec<Vec<Arc<Node>>> = vec![Vec::new(); nodes.len()];
         let mut dependents: Vec<Vec<(Weak<Node>, bool)>> = vec![Vec::new(); nodes.len()];
         for e in edges {
@@ -467,14 +487,26 @@ impl Running {
             dependents[e.from].push((Arc::downgrade(&nodes[e.to]), e.notify));
         }
         let mut changed = Vec::new();
-        for ((node, deps), dependents) in nodes.iter().zip(deps).zip(dependents) {
+        for (i, ((node, deps), dependents)) in nodes.iter().zip(deps).zip(dependents).enumerate() {
+            let recv = recvs
+                .get(i)
+                .map(|r| {
+                    r.iter()
+                        .map(|r| (r.field.clone(), Arc::clone(&nodes[r.from]), r.key.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
             let mut links = lock(&node.links);
             let same = links.deps.len() == deps.len()
                 && links.deps.iter().zip(&deps).all(|(a, b)| Arc::ptr_eq(a, b));
             if !same && node.reported.load(Ordering::SeqCst) {
                 changed.push(Arc::clone(node));
             }
-            *links = Links { deps, dependents };
+            *links = Links {
+                deps,
+                dependents,
+                recv,
+            };
         }
         changed
     }
@@ -560,6 +592,25 @@ impl Drop for Running {
             handle.abort();
         }
     }
+}
+
+/// Each node's received fields as comparable `(field, sender id, key)`.
+fn recv_specs(graph: &Graph) -> Vec<Vec<(String, String, String)>> {
+    graph
+        .recvs
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|r| {
+                    (
+                        r.field.clone(),
+                        graph.nodes[r.from].id().to_string(),
+                        r.key.clone(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn state_name(state: u8) -> &'static str {
@@ -850,7 +901,15 @@ impl NodeTask {
                 }
             }
             let refresh = self.node.refresh.load(Ordering::SeqCst);
-            let ctx = ApplyCtx { apply, refresh };
+            let recv = match self.received() {
+                Ok(recv) => recv,
+                Err(e) => return Some(Err(e)),
+            };
+            let ctx = ApplyCtx {
+                apply,
+                refresh,
+                recv,
+            };
             self.shared.checks.fetch_add(1, Ordering::Relaxed);
             self.node.checks.fetch_add(1, Ordering::Relaxed);
             let result = self.check(ctx, meta.timeout).await?;
@@ -874,6 +933,21 @@ impl NodeTask {
                 Err(e) => return Some(Err(e)),
             }
         }
+    }
+
+    /// The values this node receives, read from its senders now.
+    fn received(&self) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+        let links = lock(&self.node.links);
+        let mut recv = serde_json::Map::new();
+        for (field, from, key) in &links.recv {
+            let value = from
+                .res
+                .sent()
+                .and_then(|mut sent| sent.remove(key))
+                .ok_or_else(|| format!("recv.{field}: {} has not sent `{key}` yet", from.id))?;
+            recv.insert(field.clone(), value);
+        }
+        Ok(recv)
     }
 
     /// One check-apply in its own task, so a panic becomes this resource's error, a timeout
@@ -937,8 +1011,8 @@ impl NodeTask {
         });
         match &result {
             Ok(Outcome::Converged) => tracing::debug!(%id, "converged"),
-            Ok(Outcome::Changed) => tracing::info!(%id, "changed"),
-            Ok(Outcome::WouldChange) => tracing::info!(%id, "would change (noop)"),
+            Ok(Outcome::Changed) => tracing::debug!(%id, "changed"),
+            Ok(Outcome::WouldChange) => tracing::debug!(%id, "would change (noop)"),
             Err(error) => tracing::warn!(%id, %error, "failed"),
         }
         *lock(&node.last_error) = result.as_ref().err().cloned();
@@ -977,9 +1051,16 @@ impl NodeTask {
                 })),
             }
         };
+        let said = changed.then(|| node.res.message()).flatten();
+        // The receiver is gone only when the Running was dropped; nobody to tell.
         if let Some(msg) = msg {
-            // The receiver is gone only when the Running was dropped; nobody to tell.
             let _ = self.shared.events.send(msg);
+        }
+        if let Some(text) = said {
+            let _ = self.shared.events.send(Msg::Event(EngineEvent::Message {
+                id: id.clone(),
+                text,
+            }));
         }
     }
 }

@@ -25,6 +25,8 @@ pub struct Graph {
     pub(crate) metas: Vec<Meta>,
     /// Every edge once (explicit and implied), in the order they were added.
     pub(crate) edges: Vec<Edge>,
+    /// Each node's received fields: `(field, sender index, key)`.
+    pub(crate) recvs: Vec<Vec<Recv>>,
     /// For each node, the nodes it waits for (edge sources).
     pub(crate) deps: Vec<Vec<usize>>,
     /// For each node, the nodes waiting for it (edge targets).
@@ -45,24 +47,40 @@ pub(crate) struct Edge {
 /// An edge as written: `(from, to, notify)` ids.
 pub(crate) type EdgeSpec = (String, String, bool);
 
+/// One received field: `field` takes sender `from`'s value `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Recv {
+    pub field: String,
+    pub from: usize,
+    pub key: String,
+}
+
+/// A `recv:` entry as written: `(field, "kind:name", key)`.
+type RecvSpec = (String, String, String);
+
+/// One resource as parsed: the resource, its metaparams, its `recv:` entries.
+type ParsedResource = (Arc<dyn Resource>, Meta, Vec<RecvSpec>);
+
 impl Graph {
     /// Parse and validate a graph: `{resources: [...], edges: [...]}` or a bare list of
     /// resources.
     pub fn from_value(v: &Value) -> Result<Graph, GraphError> {
         let (resources, edges) = split_top(v)?;
-        let (nodes, metas): (Vec<_>, Vec<_>) = resources
-            .iter()
-            .enumerate()
-            .map(|(i, item)| parse_resource(i + 1, item))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .unzip();
+        let mut nodes = Vec::with_capacity(resources.len());
+        let mut metas = Vec::with_capacity(resources.len());
+        let mut recv_specs = Vec::with_capacity(resources.len());
+        for (i, item) in resources.iter().enumerate() {
+            let (node, meta, recv) = parse_resource(i + 1, item)?;
+            nodes.push(node);
+            metas.push(meta);
+            recv_specs.push(recv);
+        }
         let edges = edges
             .iter()
             .enumerate()
             .map(|(i, item)| parse_edge(i + 1, item))
             .collect::<Result<Vec<_>, _>>()?;
-        Graph::assemble_with(nodes, metas, &edges)
+        Graph::assemble_full(nodes, metas, recv_specs, edges)
     }
 
     /// The same schema, as YAML.
@@ -86,6 +104,69 @@ impl Graph {
     }
 
     pub(crate) fn assemble_with(
+        nodes: Vec<Arc<dyn Resource>>,
+        metas: Vec<Meta>,
+        edges: &[EdgeSpec],
+    ) -> Result<Graph, GraphError> {
+        let recvs = vec![Vec::new(); nodes.len()];
+        Graph::assemble_full(nodes, metas, recvs, edges.to_vec())
+    }
+
+    /// Resolve and type-check send/recv (each implies an edge sender -> receiver), then
+    /// assemble.
+    fn assemble_full(
+        nodes: Vec<Arc<dyn Resource>>,
+        metas: Vec<Meta>,
+        recv_specs: Vec<Vec<RecvSpec>>,
+        mut edges: Vec<EdgeSpec>,
+    ) -> Result<Graph, GraphError> {
+        let index: HashMap<&str, usize> =
+            nodes.iter().enumerate().map(|(i, n)| (n.id(), i)).collect();
+        let mut recvs = Vec::with_capacity(nodes.len());
+        for (to, specs) in recv_specs.into_iter().enumerate() {
+            let receiver = &nodes[to];
+            let mut resolved = Vec::with_capacity(specs.len());
+            for (field, from_id, key) in specs {
+                let bad = |reason: String| GraphError::InvalidField {
+                    resource: receiver.id().to_string(),
+                    field: format!("recv.{field}"),
+                    reason,
+                };
+                let Some(&(_, want)) = receiver.receives().iter().find(|(f, _)| *f == field) else {
+                    let can: Vec<&str> = receiver.receives().iter().map(|(f, _)| *f).collect();
+                    return Err(bad(format!(
+                        "cannot be received (receivable: {})",
+                        list(&can)
+                    )));
+                };
+                let Some(&from) = index.get(from_id.as_str()) else {
+                    return Err(bad(format!("`{from_id}` is not in the graph")));
+                };
+                let sender = &nodes[from];
+                let Some(&(_, got)) = sender.sends().iter().find(|(k, _)| *k == key) else {
+                    let can: Vec<&str> = sender.sends().iter().map(|(k, _)| *k).collect();
+                    return Err(bad(format!(
+                        "`{from_id}` does not send `{key}` (it sends: {})",
+                        list(&can)
+                    )));
+                };
+                if got != want {
+                    return Err(bad(format!(
+                        "`{from_id}.{key}` is a {got}, the field needs a {want}"
+                    )));
+                }
+                edges.push((from_id.clone(), receiver.id().to_string(), false));
+                resolved.push(Recv { field, from, key });
+            }
+            recvs.push(resolved);
+        }
+        drop(index);
+        let mut graph = Graph::assemble_edges(nodes, metas, &edges)?;
+        graph.recvs = recvs;
+        Ok(graph)
+    }
+
+    fn assemble_edges(
         nodes: Vec<Arc<dyn Resource>>,
         metas: Vec<Meta>,
         edges: &[EdgeSpec],
@@ -135,9 +216,11 @@ impl Graph {
                 path: cycle.iter().map(|&i| nodes[i].id().to_string()).collect(),
             });
         }
+        let n = nodes.len();
         let mut graph = Graph {
             nodes,
             metas,
+            recvs: vec![Vec::new(); n],
             edges: all,
             deps,
             dependents,
@@ -258,7 +341,7 @@ fn split_top(v: &Value) -> Result<(&[Value], &[Value]), GraphError> {
 }
 
 /// `n` is the 1-based position, used to name a resource that has no usable name yet.
-fn parse_resource(n: usize, item: &Value) -> Result<(Arc<dyn Resource>, Meta), GraphError> {
+fn parse_resource(n: usize, item: &Value) -> Result<ParsedResource, GraphError> {
     let anonymous = format!("resource #{n}");
     let Value::Object(map) = item else {
         return Err(GraphError::NotAMap {
@@ -277,10 +360,53 @@ fn parse_resource(n: usize, item: &Value) -> Result<(Arc<dyn Resource>, Meta), G
         });
     };
     let meta = Meta::parse(&resource, map.remove("meta"))?;
+    let recv = parse_recv(&resource, map.remove("recv"))?;
     let mut fields = Fields::new(resource.clone(), map);
     let built = (def.build)(resource, &name, &mut fields)?;
     fields.finish()?;
-    Ok((built, meta))
+    Ok((built, meta, recv))
+}
+
+/// `recv: {field: "kind:name.key"}`; the key is after the last dot.
+fn parse_recv(resource: &str, v: Option<Value>) -> Result<Vec<RecvSpec>, GraphError> {
+    let map = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(map)) => map,
+        Some(other) => {
+            return Err(GraphError::InvalidField {
+                resource: resource.to_string(),
+                field: "recv".into(),
+                reason: format!(
+                    "expected a map of field: \"kind:name.key\", got {}",
+                    type_name(&other)
+                ),
+            })
+        }
+    };
+    map.into_iter()
+        .map(|(field, source)| {
+            let parsed = source
+                .as_str()
+                .and_then(|s| s.rsplit_once('.'))
+                .filter(|(id, key)| id.contains(':') && !key.is_empty());
+            match parsed {
+                Some((id, key)) => Ok((field, id.to_string(), key.to_string())),
+                None => Err(GraphError::InvalidField {
+                    resource: resource.to_string(),
+                    field: format!("recv.{field}"),
+                    reason: format!("expected \"kind:name.key\", got {source}"),
+                }),
+            }
+        })
+        .collect()
+}
+
+fn list(items: &[&str]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
 }
 
 fn required_name(

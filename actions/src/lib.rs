@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod compliance;
 mod dot;
 mod engine;
 mod error;
@@ -38,4 +39,4 @@ pub use error::{EngineError, GraphError, ResourceError};
 pub use graph::Graph;
 pub use hub::FileHub;
 pub use meta::Meta;
-pub use resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
+pub use resource::{ApplyCtx, Outcome, Poke, Resource, ValueType, WatchCtx, WatchGuard};

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 use crate::error::ResourceError;
@@ -51,24 +52,66 @@ pub trait Resource: Send + Sync + 'static {
     fn needs(&self) -> Vec<PathBuf> {
         Vec::new()
     }
+
+    /// Values this kind can send (`recv: {field: "kind:name.key"}` on a receiver), with
+    /// their types, checked before a graph runs.
+    fn sends(&self) -> &'static [(&'static str, ValueType)] {
+        &[]
+    }
+
+    /// The values it sends now; read by the engine after this resource succeeded.
+    fn sent(&self) -> Option<Map<String, Value>> {
+        None
+    }
+
+    /// Fields this kind can receive from another resource, with their types.
+    fn receives(&self) -> &'static [(&'static str, ValueType)] {
+        &[]
+    }
+
+    /// After a change: a message for whoever runs the engine (`msg` uses it).
+    fn message(&self) -> Option<String> {
+        None
+    }
+}
+
+/// The type of a sent or received value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueType {
+    /// A string.
+    Str,
+    /// An integer.
+    Int,
+}
+
+impl std::fmt::Display for ValueType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ValueType::Str => "string",
+            ValueType::Int => "integer",
+        })
+    }
 }
 
 /// What the engine hands one check-apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyCtx {
     /// False in noop mode (`--noop` or `meta.noop`): check only, change nothing.
     pub apply: bool,
     /// An upstream resource changed something along a `notify: true` edge and that refresh
     /// was not consumed yet. The engine clears it once a check-apply with `apply` succeeds.
     pub refresh: bool,
+    /// Received values by field (send/recv); they take the place of the field's own value.
+    pub recv: Map<String, Value>,
 }
 
 impl ApplyCtx {
-    /// A plain check (no refresh pending).
+    /// A plain check (no refresh pending, nothing received).
     pub fn new(apply: bool) -> ApplyCtx {
         ApplyCtx {
             apply,
             refresh: false,
+            recv: Map::new(),
         }
     }
 }

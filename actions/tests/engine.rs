@@ -48,6 +48,7 @@ async fn expect_changed(running: &mut Running, want: &[String]) {
                 seen.insert(id);
             }
             Ok(Some(EngineEvent::Failed { id, error })) => panic!("{id} failed: {error}"),
+            Ok(Some(EngineEvent::Message { .. })) => {}
             Ok(None) => panic!("event stream ended"),
             Err(_) => panic!("no Changed event for all of {want:?}; saw {seen:?}"),
         }

@@ -78,3 +78,57 @@ async fn dot_shows_states_notify_and_renders() {
         eprintln!("graphviz `dot` not installed; DOT syntax not rendered");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_stdout_is_received_as_file_content_with_an_implied_edge() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = dir.path().join("out");
+    // No explicit edge: recv implies exec -> file, so the file waits for the output.
+    let g = graph(json!([
+        {"kind": "file", "name": p(&f), "recv": {"content": "exec:gen.stdout"}},
+        {"kind": "exec", "name": "gen", "cmd": "sleep 0.2; echo generated"},
+    ]));
+    assert!(g.to_dot("g").contains("n1 -> n0;"), "{}", g.to_dot("g"));
+    let engine = Engine::new().expect("engine");
+    let mut running = engine.run(g, RunOptions::default());
+    let report = running.first_report().await;
+    assert!(report.ok, "{report:?}");
+    assert_eq!(read(&f), "generated\n");
+    // Drift is repaired to the received value.
+    std::fs::write(&f, "x").expect("drift");
+    eventually("received content restored", || read(&f) == "generated\n").await;
+    running.stop().await;
+}
+
+#[test]
+fn send_recv_ends_and_types_are_checked_before_running() {
+    let err = |v: serde_json::Value| {
+        actions::Graph::from_value(&v)
+            .expect_err("must fail")
+            .to_string()
+    };
+    let e =
+        err(json!([{"kind": "file", "name": "/tmp/x", "recv": {"content": "exec:nope.stdout"}}]));
+    assert_eq!(
+        e,
+        "file:/tmp/x: field `recv.content`: `exec:nope` is not in the graph"
+    );
+    let e = err(json!([
+        {"kind": "file", "name": "/tmp/x", "recv": {"content": "exec:e.stderr"}},
+        {"kind": "exec", "name": "e", "cmd": "true"},
+    ]));
+    assert!(
+        e.contains("`exec:e` does not send `stderr` (it sends: stdout)"),
+        "{e}"
+    );
+    let e = err(json!([
+        {"kind": "file", "name": "/tmp/x", "recv": {"mode": "exec:e.stdout"}},
+        {"kind": "exec", "name": "e", "cmd": "true"},
+    ]));
+    assert!(
+        e.contains("field `recv.mode`: cannot be received (receivable: content)"),
+        "{e}"
+    );
+    let e = err(json!([{"kind": "file", "name": "/tmp/x", "recv": {"content": "nodot"}}]));
+    assert!(e.contains("expected \"kind:name.key\""), "{e}");
+}

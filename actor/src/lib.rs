@@ -4,7 +4,8 @@
 //! receives through the resource-graph engine ([`actions`]) and reports back to the manager as
 //! events: `actor/result` once an action's graph first converged (or failed), `actor/repaired`
 //! each time the engine repairs drift afterwards, `actor/error` when a later check fails, and
-//! `actor/up` each time its subscription reaches a publisher, and `actor/converged` /
+//! `actor/msg` for what a `msg` resource says, `actor/up` each time its subscription reaches a
+//! publisher, and `actor/converged` /
 //! `actor/diverged` each time the actor as a whole (every graph idle and converged for
 //! `converged_timeout`) crosses over.
 //!
@@ -587,6 +588,9 @@ async fn graph_task(
                     Some(actions::EngineEvent::Failed { id, error }) => {
                         tracing::warn!(name = %name, resource = %id, "check failed: {error}");
                         ctx.emit("actor/error", json!({"name": name, "action": action.id, "resource": id, "error": error}));
+                    }
+                    Some(actions::EngineEvent::Message { id, text }) => {
+                        ctx.emit("actor/msg", json!({"name": name, "action": action.id, "resource": id, "text": text}));
                     }
                     None => break None,
                 },

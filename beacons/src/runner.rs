@@ -117,8 +117,9 @@ pub fn run(config: Config, emitter: Arc<Emitter>) -> Running {
             let name = format!("beacon-{}", spec.beacon.kind());
             let t = std::thread::Builder::new()
                 .name(name)
-                // Beacons keep little on the stack; a small one keeps the process small.
-                .stack_size(256 * 1024)
+                // Only the pages a thread touches count; 1 MiB leaves room for a TLS
+                // handshake while keeping the reservation modest.
+                .stack_size(1024 * 1024)
                 .spawn(move || {
                     let mut r = Runner::new(spec.beacon, spec.gate, spec.label, &em);
                     r.run(spec.interval, &w);

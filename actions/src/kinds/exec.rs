@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{GraphError, ResourceError};
 use crate::fields::{type_name, Fields};
-use crate::resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
+use crate::resource::{ApplyCtx, Outcome, Poke, Resource, ValueType, WatchCtx, WatchGuard};
 
 /// The kind name.
 pub const KIND: &str = "exec";
@@ -245,6 +245,17 @@ impl Resource for Exec {
 
     fn manages(&self) -> Vec<PathBuf> {
         self.spec.creates.iter().cloned().collect()
+    }
+
+    fn sends(&self) -> &'static [(&'static str, ValueType)] {
+        &[("stdout", ValueType::Str)]
+    }
+
+    fn sent(&self) -> Option<serde_json::Map<String, Value>> {
+        let out = self.last_stdout()?;
+        let mut sent = serde_json::Map::new();
+        sent.insert("stdout".into(), Value::String(out));
+        Some(sent)
     }
 
     fn needs(&self) -> Vec<PathBuf> {

@@ -19,7 +19,7 @@ use crate::error::{GraphError, ResourceError};
 use serde_json::Value;
 
 use crate::fields::{type_name, Fields};
-use crate::resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
+use crate::resource::{ApplyCtx, Outcome, Poke, Resource, ValueType, WatchCtx, WatchGuard};
 
 /// The kind name.
 pub const KIND: &str = "file";
@@ -33,7 +33,7 @@ pub enum State {
     Absent,
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Spec {
     path: PathBuf,
     /// None: content is not managed.
@@ -142,8 +142,21 @@ impl Resource for File {
     }
 
     async fn check_apply(&self, ctx: &ApplyCtx) -> Result<Outcome, ResourceError> {
-        let spec = Arc::clone(&self.spec);
         let apply = ctx.apply;
+        // A received content takes the place of the written one.
+        let spec = match ctx.recv.get("content") {
+            Some(Value::String(content)) => Arc::new(Spec {
+                content: Some(content.clone().into_bytes()),
+                ..(*self.spec).clone()
+            }),
+            Some(other) => {
+                return Err(ResourceError::Failed(format!(
+                    "received content is {}, not a string",
+                    type_name(other)
+                )))
+            }
+            None => Arc::clone(&self.spec),
+        };
         tokio::task::spawn_blocking(move || check_apply(&spec, apply))
             .await
             .map_err(|e| ResourceError::Failed(format!("file check panicked: {e}")))?
@@ -162,6 +175,10 @@ impl Resource for File {
 
     fn manages(&self) -> Vec<PathBuf> {
         vec![self.spec.path.clone()]
+    }
+
+    fn receives(&self) -> &'static [(&'static str, ValueType)] {
+        &[("content", ValueType::Str)]
     }
 
     fn needs(&self) -> Vec<PathBuf> {

@@ -9,7 +9,9 @@ use crate::resource::Resource;
 
 pub mod exec;
 pub mod file;
+pub mod msg;
 pub mod noop;
+pub mod timer;
 
 /// Builds a resource from its `name` and the rest of its fields. `id` is `kind:name`.
 /// Leftover fields are rejected by the caller, so a builder only takes what it knows.
@@ -33,6 +35,14 @@ const KINDS: &[KindDef] = &[
     KindDef {
         name: noop::KIND,
         build: noop::build,
+    },
+    KindDef {
+        name: msg::KIND,
+        build: msg::build,
+    },
+    KindDef {
+        name: timer::KIND,
+        build: timer::build,
     },
 ];
 

@@ -47,6 +47,7 @@ pub async fn expect_changed(running: &mut Running, want: &[String]) {
                 seen.insert(id);
             }
             Ok(Some(EngineEvent::Failed { id, error })) => panic!("{id} failed: {error}"),
+            Ok(Some(EngineEvent::Message { .. })) => {}
             Ok(None) => panic!("event stream ended"),
             Err(_) => panic!("no Changed event for all of {want:?}; saw {seen:?}"),
         }

@@ -102,7 +102,7 @@ pub fn build(kind: &str, f: &mut Fields) -> Result<Box<dyn Beacon>, ConfigError>
         "http" => Box::new(http::Http::from_config(f)?),
         "cert" => Box::new(cert::Cert::from_config(f)?),
         "heartbeat" => Box::new(heartbeat::Heartbeat::new()),
-        other => unreachable!("kind {other:?} passed `defaults` but has no builder"),
+        other => return Err(f.error("kind", format!("unknown kind {other:?}"))),
     })
 }
 
