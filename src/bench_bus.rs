@@ -7,11 +7,11 @@
 //! host, and ten rules that match other tags. Latency is send -> `actor/result` for events sent
 //! one at a time through a real actor.
 
-use crate::bench_util::{daemon, events_seen, floor, free_port_base, stats};
+use crate::bench_util::{floor, padded_frames, stats, BenchStack};
 use crate::cli::Exit;
 use clap::Args;
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -54,22 +54,6 @@ fn write_rules(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Bench events, encoded ahead so the sender measures the manager, not its own encoding.
-fn bench_frames(hosts: usize) -> Vec<Vec<u8>> {
-    (0..hosts.max(1))
-        .map(|h| {
-            let mut ev = bus::Event::new(
-                "bench/event",
-                format!("host-{h:03}"),
-                json!({"seq": h, "pad": ""}),
-            );
-            let base = bus::encode(&ev).len();
-            ev.data["pad"] = json!("x".repeat(EVENT_BYTES.saturating_sub(base)));
-            bus::encode(&ev)
-        })
-        .collect()
-}
-
 fn wait_actor_up(sub: &zmq::Socket, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -98,27 +82,8 @@ pub fn run(a: BusArgs) -> anyhow::Result<ExitCode> {
     if a.events == 0 {
         return Err(Exit::usage("--events must be at least 1"));
     }
-    let tmp = tempfile::tempdir()?;
-    let state: PathBuf = tmp.path().join("state");
-    let rules = tmp.path().join("rules");
-    write_rules(&rules)?;
-    std::fs::create_dir_all(&state)?;
-    let base = free_port_base()?;
-    let ep = bus::Endpoints::local(base, &state);
-    let exe = std::env::current_exe()?;
-    let common = |sub: &str| -> Vec<String> {
-        vec![
-            sub.into(),
-            "--state".into(),
-            state.display().to_string(),
-            "--port-base".into(),
-            base.to_string(),
-        ]
-    };
-    let _publisher = daemon(&exe, &common("publisher"))?;
-    let mut margs = common("manager");
-    margs.extend(["--rules".into(), rules.display().to_string()]);
-    let _manager = daemon(&exe, &margs)?;
+    let mut stack = BenchStack::start(write_rules)?;
+    let ep = stack.endpoints.clone();
 
     // Monitor first, so the actor's announcement cannot be missed.
     let (mon, watch) = bus::sockets::connect_watched(zmq::SUB, &ep.monitor)?;
@@ -129,12 +94,10 @@ pub fn run(a: BusArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     std::thread::sleep(Duration::from_millis(100));
-    let mut aargs = common("actor");
-    aargs.extend(["--name".into(), ACTOR.into()]);
-    let _actor = daemon(&exe, &aargs)?;
+    stack.spawn("actor", &["--name".into(), ACTOR.into()])?;
     wait_actor_up(&mon, Duration::from_secs(20))?;
 
-    let frames = bench_frames(a.hosts);
+    let frames = padded_frames("bench/event", a.hosts, EVENT_BYTES);
     let size = frames[0].len();
     eprintln!(
         "floor: raw PUSH->PULL, {} messages of {size} bytes...",
@@ -147,24 +110,7 @@ pub fn run(a: BusArgs) -> anyhow::Result<ExitCode> {
         a.events, a.hosts
     );
     let push = bus::sockets::connect(zmq::PUSH, &ep.ingest)?;
-    let before = events_seen(&ep.control)?;
-    let start = Instant::now();
-    for i in 0..a.events {
-        push.send(&frames[(i % frames.len() as u64) as usize][..], 0)?;
-    }
-    let sent = start.elapsed();
-    let want = before + a.events;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while events_seen(&ep.control)? < want {
-        if Instant::now() > deadline {
-            return Err(anyhow::anyhow!(
-                "the manager did not take all events within 10 minutes"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let took = start.elapsed();
-    let events_per_s = a.events as f64 / took.as_secs_f64();
+    let (events_per_s, sent) = stack.push_through(&push, &frames, a.events)?;
     let st = stats(&ep.control)?;
 
     eprintln!(
@@ -213,11 +159,7 @@ pub fn run(a: BusArgs) -> anyhow::Result<ExitCode> {
         "through the manager (events/s)", events_per_s
     );
     println!("{:<44} {:>14.3}", "ratio manager / floor", ratio);
-    println!(
-        "{:<44} {:>14.3}",
-        "sender done after (s)",
-        sent.as_secs_f64()
-    );
+    println!("{:<44} {:>14.3}", "sender done after (s)", sent);
     println!(
         "{:<44} {:>14}",
         "rule hits",

@@ -3,13 +3,13 @@
 //! events no rule matches (the index must make those cost nothing). Both against a raw ZeroMQ
 //! floor measured in the same run.
 
-use crate::bench_util::{daemon, events_seen, floor, free_port_base};
+use crate::bench_util::{floor, padded_frames, BenchStack};
 use crate::cli::Exit;
 use clap::Args;
 use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct RulesArgs {
@@ -46,83 +46,24 @@ fn write_rules(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn frames(tag: &str, hosts: usize) -> Vec<Vec<u8>> {
-    (0..hosts.max(1))
-        .map(|h| {
-            let mut ev = bus::Event::new(tag, format!("host-{h:03}"), json!({"seq": h, "pad": ""}));
-            let base = bus::encode(&ev).len();
-            ev.data["pad"] = json!("x".repeat(EVENT_BYTES.saturating_sub(base)));
-            bus::encode(&ev)
-        })
-        .collect()
-}
-
-/// Push `n` events (cycling through `frames`) and wait until the manager counted them all.
-fn run_through(
-    push: &zmq::Socket,
-    control: &str,
-    frames: &[Vec<u8>],
-    n: u64,
-) -> anyhow::Result<f64> {
-    let before = events_seen(control)?;
-    let start = Instant::now();
-    for i in 0..n {
-        push.send(&frames[(i % frames.len() as u64) as usize][..], 0)?;
-    }
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while events_seen(control)? < before + n {
-        if Instant::now() > deadline {
-            return Err(anyhow::anyhow!(
-                "the manager did not take all events within 10 minutes"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
-}
-
 pub fn run(a: RulesArgs) -> anyhow::Result<ExitCode> {
     if a.events == 0 {
         return Err(Exit::usage("--events must be at least 1"));
     }
-    let tmp = tempfile::tempdir()?;
-    let state = tmp.path().join("state");
-    let rules = tmp.path().join("rules");
-    write_rules(&rules)?;
-    std::fs::create_dir_all(&state)?;
-    let base = free_port_base()?;
-    let ep = bus::Endpoints::local(base, &state);
-    let exe = std::env::current_exe()?;
-    let common = |sub: &str| -> Vec<String> {
-        vec![
-            sub.into(),
-            "--state".into(),
-            state.display().to_string(),
-            "--port-base".into(),
-            base.to_string(),
-        ]
-    };
-    let _publisher = daemon(&exe, &common("publisher"))?;
-    let mut margs = common("manager");
-    margs.extend(["--rules".into(), rules.display().to_string()]);
-    let _manager = daemon(&exe, &margs)?;
-    // The manager is ready once its control socket answers.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let loaded = loop {
-        match crate::bench_util::stats(&ep.control) {
-            Ok(s) => break s["rules"].as_array().map(Vec::len).unwrap_or(0),
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(e),
-        }
-    };
+    let stack = BenchStack::start(write_rules)?;
+    let ep = &stack.endpoints;
+    let loaded = crate::bench_util::stats(&ep.control)?["rules"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
     if loaded != RULES {
         return Err(anyhow::anyhow!(
             "the bench manager loaded {loaded} rules, not {RULES}"
         ));
     }
 
-    let matching = frames("bench/event", a.hosts);
-    let nomatch = frames("bench/nomatch", a.hosts);
+    let matching = padded_frames("bench/event", a.hosts, EVENT_BYTES);
+    let nomatch = padded_frames("bench/nomatch", a.hosts, EVENT_BYTES);
     let size = matching[0].len();
     eprintln!(
         "floor: raw PUSH->PULL, {} messages of {size} bytes...",
@@ -134,9 +75,9 @@ pub fn run(a: RulesArgs) -> anyhow::Result<ExitCode> {
         "manager, 1 of {RULES} rules matching: {} events...",
         a.events
     );
-    let match_per_s = run_through(&push, &ep.control, &matching, a.events)?;
+    let (match_per_s, _) = stack.push_through(&push, &matching, a.events)?;
     eprintln!("manager, no rule matching: {} events...", a.events);
-    let nomatch_per_s = run_through(&push, &ep.control, &nomatch, a.events)?;
+    let (nomatch_per_s, _) = stack.push_through(&push, &nomatch, a.events)?;
     let us_per_rule = (1e6 / match_per_s - 1e6 / nomatch_per_s).max(0.0);
     let counted: u64 = (0..a.hosts)
         .filter_map(|h| {

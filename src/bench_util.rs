@@ -86,3 +86,103 @@ pub fn events_seen(control: &str) -> anyhow::Result<u64> {
         .as_u64()
         .ok_or_else(|| anyhow::anyhow!("manager stats lack an event count"))
 }
+
+/// A manager and publisher (and whatever else a bench adds) as child processes of this one, on
+/// free ports with a throwaway state dir; everything is stopped and removed when dropped.
+pub struct BenchStack {
+    pub endpoints: bus::Endpoints,
+    state: std::path::PathBuf,
+    base: u16,
+    exe: std::path::PathBuf,
+    daemons: Vec<Daemon>,
+    // Last, so the daemons are stopped before their state dir goes away.
+    _tmp: tempfile::TempDir,
+}
+
+impl BenchStack {
+    /// Start a publisher and a manager whose rules folder `write_rules` fills; returns once
+    /// the manager's control socket answers.
+    pub fn start(
+        write_rules: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<BenchStack> {
+        let tmp = tempfile::tempdir()?;
+        let state = tmp.path().join("state");
+        let rules = tmp.path().join("rules");
+        std::fs::create_dir_all(&state)?;
+        std::fs::create_dir_all(&rules)?;
+        write_rules(&rules)?;
+        let base = free_port_base()?;
+        let mut s = BenchStack {
+            endpoints: bus::Endpoints::local(base, &state),
+            state,
+            base,
+            exe: std::env::current_exe()?,
+            daemons: Vec::new(),
+            _tmp: tmp,
+        };
+        s.spawn("publisher", &[])?;
+        s.spawn("manager", &["--rules".into(), rules.display().to_string()])?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while stats(&s.endpoints.control).is_err() {
+            if Instant::now() > deadline {
+                return Err(anyhow::anyhow!("the bench manager did not come up"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(s)
+    }
+
+    /// Start `reflex SUB --state .. --port-base .. EXTRA...` as part of the stack.
+    pub fn spawn(&mut self, sub: &str, extra: &[String]) -> anyhow::Result<()> {
+        let mut args = vec![
+            sub.to_string(),
+            "--state".into(),
+            self.state.display().to_string(),
+            "--port-base".into(),
+            self.base.to_string(),
+        ];
+        args.extend_from_slice(extra);
+        let d = daemon(&self.exe, &args)?;
+        self.daemons.push(d);
+        Ok(())
+    }
+
+    /// Push `n` frames (cycling through `frames`) into the manager and wait until it counted
+    /// them all: (events per second through the manager, seconds the sender took).
+    pub fn push_through(
+        &self,
+        push: &zmq::Socket,
+        frames: &[Vec<u8>],
+        n: u64,
+    ) -> anyhow::Result<(f64, f64)> {
+        let before = events_seen(&self.endpoints.control)?;
+        let start = Instant::now();
+        for i in 0..n {
+            push.send(&frames[(i % frames.len() as u64) as usize][..], 0)?;
+        }
+        let sent = start.elapsed().as_secs_f64();
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while events_seen(&self.endpoints.control)? < before + n {
+            if Instant::now() > deadline {
+                return Err(anyhow::anyhow!(
+                    "the manager did not take all events within 10 minutes"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok((n as f64 / start.elapsed().as_secs_f64(), sent))
+    }
+}
+
+/// Events with tag `tag` from `hosts` hosts, padded to about `bytes` encoded, encoded ahead so
+/// a sender measures the receiver, not its own encoding.
+pub fn padded_frames(tag: &str, hosts: usize, bytes: usize) -> Vec<Vec<u8>> {
+    (0..hosts.max(1))
+        .map(|h| {
+            let mut ev = bus::Event::new(tag, format!("host-{h:03}"), json!({"seq": h, "pad": ""}));
+            let base = bus::encode(&ev).len();
+            ev.data["pad"] = json!("x".repeat(bytes.saturating_sub(base)));
+            bus::encode(&ev)
+        })
+        .collect()
+}

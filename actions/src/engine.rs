@@ -148,6 +148,7 @@ struct Shared {
     events: mpsc::UnboundedSender<Msg>,
     semas: Mutex<HashMap<(String, usize), Arc<Semaphore>>>,
     refresh_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     watch_starts: AtomicU64,
     checks: AtomicU64,
     next_serial: AtomicU64,
@@ -189,7 +190,8 @@ impl Engine {
             noop: opts.noop,
             events: events_tx,
             semas: Mutex::default(),
-            refresh_dir: opts.state_dir.map(|d| d.join("refresh")),
+            refresh_dir: opts.state_dir.as_ref().map(|d| d.join("refresh")),
+            state_dir: opts.state_dir,
             watch_starts: AtomicU64::new(0),
             checks: AtomicU64::new(0),
             next_serial: AtomicU64::new(0),
@@ -909,6 +911,7 @@ impl NodeTask {
                 apply,
                 refresh,
                 recv,
+                state_dir: self.shared.state_dir.clone(),
             };
             self.shared.checks.fetch_add(1, Ordering::Relaxed);
             self.node.checks.fetch_add(1, Ordering::Relaxed);

@@ -7,7 +7,7 @@
 //! the file itself is what lets us see a file being created, deleted or replaced by rename.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -68,6 +68,32 @@ impl FileHub {
                 )))
             }
         };
+        self.add(dir, name, poke)
+    }
+
+    /// Poke `poke` whenever anything directly inside directory `dir` (which must exist) is
+    /// created, written, chmodded, deleted or renamed.
+    pub fn subscribe_dir(
+        self: &Arc<Self>,
+        dir: &Path,
+        poke: Poke,
+    ) -> Result<WatchGuard, ResourceError> {
+        if !dir.is_absolute() {
+            return Err(ResourceError::Failed(format!(
+                "cannot watch {}: not an absolute path",
+                dir.display()
+            )));
+        }
+        // The empty name is the wildcard: every event in `dir`.
+        self.add(dir.to_path_buf(), OsString::new(), poke)
+    }
+
+    fn add(
+        self: &Arc<Self>,
+        dir: PathBuf,
+        name: OsString,
+        poke: Poke,
+    ) -> Result<WatchGuard, ResourceError> {
         {
             let mut guard = lock(&self.watches);
             let watches = &mut *guard;
@@ -169,8 +195,12 @@ fn dispatch(subs: &Mutex<Subscribers>, res: notify::Result<Event>) {
     );
     for path in &event.paths {
         if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
-            if let Some(list) = subs.get(dir).and_then(|files| files.get(name)) {
-                list.iter().for_each(|(_, poke)| poke.poke());
+            if let Some(files) = subs.get(dir) {
+                for key in [name, OsStr::new("")] {
+                    if let Some(list) = files.get(key) {
+                        list.iter().for_each(|(_, poke)| poke.poke());
+                    }
+                }
             }
         }
         // A watched directory itself was deleted or moved: all files in it are affected.

@@ -103,6 +103,8 @@ pub struct ApplyCtx {
     pub refresh: bool,
     /// Received values by field (send/recv); they take the place of the field's own value.
     pub recv: Map<String, Value>,
+    /// Where the graph keeps state across restarts (`RunOptions::state_dir`), if anywhere.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl ApplyCtx {
@@ -112,6 +114,7 @@ impl ApplyCtx {
             apply,
             refresh: false,
             recv: Map::new(),
+            state_dir: None,
         }
     }
 }

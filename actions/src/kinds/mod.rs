@@ -11,6 +11,7 @@ pub mod exec;
 pub mod file;
 pub mod msg;
 pub mod noop;
+pub mod password;
 pub mod timer;
 
 /// Builds a resource from its `name` and the rest of its fields. `id` is `kind:name`.
@@ -43,6 +44,10 @@ const KINDS: &[KindDef] = &[
     KindDef {
         name: timer::KIND,
         build: timer::build,
+    },
+    KindDef {
+        name: password::KIND,
+        build: password::build,
     },
 ];
 
