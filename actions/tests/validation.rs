@@ -116,8 +116,16 @@ fn file_specific_values() {
     let e = one(json!({"kind": "file", "name": "tmp/x"}));
     assert!(e.starts_with("file:tmp/x: field `name`"), "{e}");
     assert!(e.contains("absolute"), "{e}");
-    let e = one(json!({"kind": "file", "name": "/tmp/x/"}));
-    assert!(e.starts_with("file:/tmp/x/: field `name`"), "{e}");
+    let e = one(json!({"kind": "file", "name": "/"}));
+    assert!(e.starts_with("file:/: field `name`"), "{e}");
+    let e = one(json!({"kind": "file", "name": "/tmp/x/", "content": "x"}));
+    assert!(e.starts_with("file:/tmp/x/: field `content`"), "{e}");
+    let e = one(json!({"kind": "file", "name": "/tmp/x", "recurse": true}));
+    assert!(e.starts_with("file:/tmp/x: field `recurse`"), "{e}");
+    let e = one(json!({"kind": "file", "name": "/tmp/x/", "purge": true}));
+    assert!(e.contains("needs a `source`"), "{e}");
+    let e = one(json!({"kind": "file", "name": "/tmp/x", "content": "a", "source": "/etc/hosts"}));
+    assert!(e.starts_with("file:/tmp/x: field `source`"), "{e}");
     let e = one(json!({"kind": "file", "name": "/tmp/x", "mode": "0999"}));
     assert!(e.starts_with("file:/tmp/x: field `mode`"), "{e}");
     assert!(e.contains("0999"), "{e}");

@@ -288,6 +288,13 @@ fn make_action(ctx: &Shared, target: &str, graph: &Dynamic, opts: &Map) -> FnRes
             }
         }
     }
+    if let Some(n) = &name {
+        if n.is_empty() || n.len() > 256 || n.contains(char::is_control) {
+            return Err(
+                format!("act: bad name {n:?}: 1 to 256 characters, no control characters").into(),
+            );
+        }
+    }
     let mut c = lock(ctx);
     let action = Action {
         id: bus::new_id(),

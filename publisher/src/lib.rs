@@ -4,6 +4,13 @@
 //! PULLs each action, gives it the next sequence number (strictly increasing, across restarts),
 //! appends it to a durable log in sled, and PUBlishes it under the topic frame of its target
 //! (`all/`, `host/<name>/`, `group/<name>/`). The log keeps the last [`Config::keep`] actions.
+//!
+//! A REP socket (the replay endpoint) serves the log to actors that were away: a JSON request
+//! `{"since": SEQ, "topics": ["all/", "host/web1/"], "latest_only": bool, "limit": N}` is
+//! answered with a JSON header frame `{"count", "last_seq", "oldest", "gap"}` followed by one
+//! frame per action (oldest first). `latest_only` keeps only the newest action of each name: what
+//! is in force, for an actor starting from nothing. `gap` is true when actions after `since` were
+//! already pruned from the log.
 
 use bus::{Action, Endpoints, Target};
 use std::path::PathBuf;
@@ -39,7 +46,11 @@ pub struct Config {
 pub struct Publisher {
     link: zmq::Socket,
     publish: zmq::Socket,
+    replay: zmq::Socket,
     log: sled::Tree,
+    /// Action name -> the sequence number of its newest action: pruning keeps those, so the
+    /// actions in force can always be replayed.
+    latest: sled::Tree,
     db: sled::Db,
     next_seq: u64,
     keep: u64,
@@ -59,17 +70,21 @@ impl Publisher {
             .open()
             .map_err(|source| PublisherError::Log { path, source })?;
         let log = db.open_tree("actions")?;
+        let latest = db.open_tree("latest")?;
         let next_seq = match log.last()? {
             Some((k, _)) => seq_of(&k) + 1,
             None => 1,
         };
         let link = bus::sockets::bind(zmq::PULL, &cfg.endpoints.link)?;
         let publish = bus::sockets::bind(zmq::PUB, &cfg.endpoints.publish)?;
-        tracing::info!(link = %cfg.endpoints.link, publish = %cfg.endpoints.publish, next_seq, "publisher up");
+        let replay = bus::sockets::bind(zmq::REP, &cfg.endpoints.replay)?;
+        tracing::info!(link = %cfg.endpoints.link, publish = %cfg.endpoints.publish, replay = %cfg.endpoints.replay, next_seq, "publisher up");
         Ok(Publisher {
             link,
             publish,
+            replay,
             log,
+            latest,
             db,
             next_seq,
             keep: cfg.keep.max(1),
@@ -84,11 +99,17 @@ impl Publisher {
         let mut last_flush = Instant::now();
         let mut dirty = false;
         while !stop.load(Ordering::Relaxed) {
-            let readable = {
-                let mut items = [self.link.as_poll_item(zmq::POLLIN)];
+            let (readable, replay) = {
+                let mut items = [
+                    self.link.as_poll_item(zmq::POLLIN),
+                    self.replay.as_poll_item(zmq::POLLIN),
+                ];
                 bus::sockets::poll(&mut items, 100)?;
-                items[0].is_readable()
+                (items[0].is_readable(), items[1].is_readable())
             };
+            if replay {
+                self.handle_replay()?;
+            }
             if readable {
                 loop {
                     match self.link.recv(&mut frame, zmq::DONTWAIT) {
@@ -111,6 +132,69 @@ impl Publisher {
         Ok(())
     }
 
+    fn handle_replay(&mut self) -> Result<(), PublisherError> {
+        let req = self.replay.recv_bytes(zmq::DONTWAIT)?;
+        let frames = match serde_json::from_slice::<ReplayRequest>(&req) {
+            Ok(r) => self.replay_frames(&r)?,
+            Err(e) => vec![
+                serde_json::json!({"error": format!("bad replay request: {e}")})
+                    .to_string()
+                    .into_bytes(),
+            ],
+        };
+        self.replay.send_multipart(frames, 0)?;
+        Ok(())
+    }
+
+    /// The header frame and the matching actions after `since`, oldest first.
+    fn replay_frames(&self, r: &ReplayRequest) -> Result<Vec<Vec<u8>>, PublisherError> {
+        let oldest = match self.log.first()? {
+            Some((k, _)) => seq_of(&k),
+            None => self.next_seq,
+        };
+        let pruned_through = self
+            .latest
+            .get(PRUNED_KEY)?
+            .map(|v| seq_of(&v))
+            .unwrap_or(0);
+        let mut picked: Vec<(u64, String, Vec<u8>)> = Vec::new();
+        for item in self.log.range((r.since.saturating_add(1)).to_be_bytes()..) {
+            let (k, v) = item?;
+            let Ok(action) = bus::decode::<Action>(&v) else {
+                continue;
+            };
+            let Ok(target) = Target::parse(&action.target) else {
+                continue;
+            };
+            if r.topics.contains(&target.topic()) {
+                picked.push((seq_of(&k), action.name, v.to_vec()));
+            }
+        }
+        if r.latest_only {
+            let mut seen = std::collections::HashSet::new();
+            let mut newest_first: Vec<_> = picked
+                .into_iter()
+                .rev()
+                .filter(|(_, name, _)| seen.insert(name.clone()))
+                .collect();
+            newest_first.reverse();
+            picked = newest_first;
+        }
+        let limit = r.limit.unwrap_or(10_000);
+        if picked.len() > limit {
+            picked.drain(..picked.len() - limit);
+        }
+        let header = serde_json::json!({
+            "count": picked.len(),
+            "last_seq": self.next_seq - 1,
+            "oldest": oldest,
+            "gap": r.since < pruned_through,
+        });
+        let mut frames = vec![header.to_string().into_bytes()];
+        frames.extend(picked.into_iter().map(|(_, _, f)| f));
+        Ok(frames)
+    }
+
     /// Number, log and publish one action frame; false when the frame was bad and dropped.
     fn handle(&mut self, frame: &[u8]) -> Result<bool, PublisherError> {
         let mut action: Action = match bus::decode_with_limit(frame, self.max_frame) {
@@ -127,10 +211,16 @@ impl Publisher {
                 return Ok(false);
             }
         };
+        if action.name.is_empty() || action.name.contains(char::is_control) {
+            self.count_bad(3, &format!("bad action name {:?}", action.name));
+            return Ok(false);
+        }
         action.seq = self.next_seq;
         self.next_seq += 1;
         let out = bus::encode(&action);
         self.log.insert(action.seq.to_be_bytes(), out.as_slice())?;
+        self.latest
+            .insert(action.name.as_bytes(), &action.seq.to_be_bytes())?;
         if action.seq > self.keep && action.seq.is_multiple_of(1024) {
             self.prune(action.seq - self.keep)?;
         }
@@ -151,14 +241,38 @@ impl Publisher {
         }
     }
 
-    /// Drop log entries with a sequence number below `below`.
+    /// Drop log entries with a sequence number below `below`, except the newest action of each
+    /// name (still in force on the actors).
     fn prune(&self, below: u64) -> Result<(), PublisherError> {
         for item in self.log.range(..below.to_be_bytes()) {
-            let (k, _) = item?;
-            self.log.remove(k)?;
+            let (k, v) = item?;
+            let in_force = bus::decode::<Action>(&v)
+                .ok()
+                .and_then(|a| self.latest.get(a.name.as_bytes()).ok().flatten())
+                .is_some_and(|s| s.as_ref() == k.as_ref());
+            if !in_force {
+                self.log.remove(&k)?;
+                self.latest.insert(PRUNED_KEY, &k)?;
+            }
         }
         Ok(())
     }
+}
+
+/// Key in the `latest` tree holding the highest pruned sequence number (action names cannot
+/// hold control characters, so it cannot collide with one).
+const PRUNED_KEY: &[u8] = b"\0pruned";
+
+/// What an actor asks the replay socket for.
+#[derive(Debug, serde::Deserialize)]
+struct ReplayRequest {
+    #[serde(default)]
+    since: u64,
+    topics: Vec<String>,
+    #[serde(default)]
+    latest_only: bool,
+    #[serde(default)]
+    limit: Option<usize>,
 }
 
 fn seq_of(key: &[u8]) -> u64 {
@@ -171,4 +285,114 @@ fn seq_of(key: &[u8]) -> u64 {
 pub fn run(cfg: Config, stop: &AtomicBool) -> Result<(), PublisherError> {
     let mut p = Publisher::new(&cfg)?;
     p.run(stop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn action(name: &str, target: &str) -> Action {
+        Action {
+            id: bus::new_id(),
+            name: name.into(),
+            seq: 0,
+            target: target.into(),
+            graph: json!([]),
+            origin: Default::default(),
+            expires: None,
+        }
+    }
+
+    fn replay(ep: &str, req: Value) -> (Value, Vec<Action>) {
+        let s = bus::sockets::connect(zmq::REQ, ep).unwrap();
+        s.set_rcvtimeo(5_000).unwrap();
+        s.send(req.to_string().as_bytes(), 0).unwrap();
+        let parts = s.recv_multipart(0).unwrap();
+        let header = serde_json::from_slice(&parts[0]).unwrap();
+        (
+            header,
+            parts[1..].iter().map(|p| bus::decode(p).unwrap()).collect(),
+        )
+    }
+
+    #[test]
+    fn numbers_logs_prunes_and_replays_by_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let cfg = Config {
+            endpoints: bus::Endpoints::local(base, dir.path()),
+            state_dir: dir.path().to_path_buf(),
+            max_frame: bus::MAX_FRAME,
+            keep: 1_000,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let run = {
+            let (cfg, stop) = (cfg.clone(), stop.clone());
+            std::thread::spawn(move || run(cfg, &stop))
+        };
+        let link = bus::sockets::connect(zmq::PUSH, &cfg.endpoints.link).unwrap();
+        // "pinned" goes out first and is never replaced: pruning must keep it.
+        link.send(bus::encode(&action("pinned", "host/a")), 0)
+            .unwrap();
+        for i in 0..3_000 {
+            let target = if i % 2 == 0 { "host/a" } else { "host/ab" };
+            link.send(bus::encode(&action(&format!("n{}", i % 10), target)), 0)
+                .unwrap();
+        }
+        link.send(b"garbage".as_slice(), 0).unwrap();
+        link.send(bus::encode(&action("last", "all")), 0).unwrap();
+        let ep = cfg.endpoints.replay.clone();
+        let mut tries = 0;
+        let (header, all) = loop {
+            let (h, a) = replay(&ep, json!({"since": 0, "topics": ["all/", "host/a/"]}));
+            if h["last_seq"] == json!(3_002) || tries > 100 {
+                break (h, a);
+            }
+            tries += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(header["last_seq"], json!(3_002), "garbage was not numbered");
+        assert_eq!(header["gap"], json!(true), "older actions were pruned");
+        assert!(
+            all.windows(2).all(|w| w[0].seq < w[1].seq),
+            "oldest first, strictly increasing"
+        );
+        assert!(
+            all.iter()
+                .all(|a| a.target == "host/a" || a.target == "all"),
+            "host/ab is not host/a"
+        );
+        assert_eq!(
+            all[0].name, "pinned",
+            "the newest action of a name survives pruning"
+        );
+        assert_eq!(all.last().unwrap().name, "last");
+
+        let (_, latest) = replay(
+            &ep,
+            json!({"since": 0, "topics": ["all/", "host/a/"], "latest_only": true}),
+        );
+        let names: Vec<&str> = latest.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["pinned", "n0", "n2", "n4", "n6", "n8", "last"]);
+        let (h, recent) = replay(&ep, json!({"since": 3_000, "topics": ["host/ab/"]}));
+        assert_eq!((h["gap"].clone(), recent.len()), (json!(false), 1));
+        let s = bus::sockets::connect(zmq::REQ, &ep).unwrap();
+        s.set_rcvtimeo(5_000).unwrap();
+        s.send("not json", 0).unwrap();
+        assert!(String::from_utf8(s.recv_bytes(0).unwrap())
+            .unwrap()
+            .contains("bad replay request"));
+
+        stop.store(true, Ordering::Relaxed);
+        run.join().unwrap().unwrap();
+        // Numbering continues across a restart.
+        let p = Publisher::new(&cfg).unwrap();
+        assert_eq!(p.next_seq, 3_003);
+    }
 }

@@ -9,6 +9,7 @@ use crate::resource::Resource;
 
 pub mod exec;
 pub mod file;
+pub mod http;
 pub mod msg;
 pub mod noop;
 pub mod password;
@@ -48,6 +49,10 @@ const KINDS: &[KindDef] = &[
     KindDef {
         name: password::KIND,
         build: password::build,
+    },
+    KindDef {
+        name: http::KIND,
+        build: http::build,
     },
 ];
 

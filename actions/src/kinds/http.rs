@@ -1,0 +1,220 @@
+//! `http`: one request to a URL — a webhook, an alert, a deploy hook — with method, headers,
+//! body and the expected status. Sent once per graph run and again on each refresh, so a
+//! `notify` edge into an `http` is "call this when that changed". Sends the response's
+//! `status` and `body`; can receive its `body`.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::error::{GraphError, ResourceError};
+use crate::fields::{type_name, Fields};
+use crate::resource::{ApplyCtx, Outcome, Poke, Resource, ValueType, WatchCtx, WatchGuard};
+
+/// The kind name.
+pub const KIND: &str = "http";
+
+/// Bytes of a response body kept (and sent).
+const KEEP: u64 = 64 * 1024;
+/// Per-request bound unless `meta.timeout` cuts it shorter.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A request to make.
+#[derive(Debug)]
+pub struct Http {
+    id: String,
+    spec: Arc<Spec>,
+    done: AtomicBool,
+    last: Mutex<Option<(u16, String)>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Spec {
+    url: String,
+    method: String,
+    headers: BTreeMap<String, String>,
+    body: Option<String>,
+    /// Exact status wanted; None: any 2xx.
+    status: Option<u16>,
+}
+
+pub(crate) fn build(
+    id: String,
+    name: &str,
+    fields: &mut Fields,
+) -> Result<Arc<dyn Resource>, GraphError> {
+    // The name is the URL unless `url` is given.
+    let url = fields.opt_str("url")?.unwrap_or_else(|| name.to_string());
+    let field = if url == name { "name" } else { "url" };
+    match url.parse::<ureq::http::Uri>() {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
+        _ => return Err(fields.invalid(field, format!("`{url}` is not an http(s) URL"))),
+    }
+    let method = fields
+        .opt_str("method")?
+        .unwrap_or_else(|| "GET".into())
+        .to_ascii_uppercase();
+    if method.parse::<ureq::http::Method>().is_err() || method.is_empty() {
+        return Err(fields.invalid("method", format!("`{method}` is not an HTTP method")));
+    }
+    let headers = match fields.opt_value("headers") {
+        None => BTreeMap::new(),
+        Some(Value::Object(map)) => {
+            let mut headers = BTreeMap::new();
+            for (k, v) in map {
+                let Value::String(v) = v else {
+                    return Err(fields.invalid(
+                        "headers",
+                        format!("`{k}`: expected a string, got {}", type_name(&v)),
+                    ));
+                };
+                if ureq::http::HeaderName::try_from(k.as_str()).is_err()
+                    || ureq::http::HeaderValue::try_from(v.as_str()).is_err()
+                {
+                    return Err(fields.invalid("headers", format!("`{k}` is not a valid header")));
+                }
+                headers.insert(k, v);
+            }
+            headers
+        }
+        Some(other) => {
+            return Err(fields.invalid(
+                "headers",
+                format!("expected a map of strings, got {}", type_name(&other)),
+            ))
+        }
+    };
+    let body = fields.opt_str("body")?;
+    let status = match fields.opt_number("status")? {
+        None => None,
+        Some(n) if n.fract() == 0.0 && (100.0..=599.0).contains(&n) => Some(n as u16),
+        Some(n) => return Err(fields.invalid("status", format!("{n} is not an HTTP status"))),
+    };
+    Ok(Arc::new(Http {
+        id,
+        spec: Arc::new(Spec {
+            url,
+            method,
+            headers,
+            body,
+            status,
+        }),
+        done: AtomicBool::new(false),
+        last: Mutex::new(None),
+    }))
+}
+
+#[async_trait]
+impl Resource for Http {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn watch(&self, _ctx: &WatchCtx, _poke: Poke) -> Result<Option<WatchGuard>, ResourceError> {
+        Ok(None)
+    }
+
+    async fn check_apply(&self, ctx: &ApplyCtx) -> Result<Outcome, ResourceError> {
+        if self.done.load(Ordering::SeqCst) && !ctx.refresh {
+            return Ok(Outcome::Converged);
+        }
+        if !ctx.apply {
+            self.done.store(true, Ordering::SeqCst);
+            return Ok(Outcome::WouldChange);
+        }
+        let spec = Arc::clone(&self.spec);
+        let body = match ctx.recv.get("body") {
+            Some(Value::String(b)) => Some(b.clone()),
+            _ => spec.body.clone(),
+        };
+        let (status, text) = tokio::task::spawn_blocking(move || request(&spec, body))
+            .await
+            .map_err(|e| ResourceError::Failed(format!("http request panicked: {e}")))??;
+        let ok = match self.spec.status {
+            Some(want) => status == want,
+            None => (200..300).contains(&status),
+        };
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some((status, text.clone()));
+        if !ok {
+            let want = self
+                .spec
+                .status
+                .map_or("a 2xx".to_string(), |s| s.to_string());
+            let quoted: String = text.chars().take(200).collect();
+            return Err(ResourceError::Failed(format!(
+                "{} {} answered {status}, expected {want}: {quoted}",
+                self.spec.method, self.spec.url
+            )));
+        }
+        self.done.store(true, Ordering::SeqCst);
+        Ok(Outcome::Changed)
+    }
+
+    fn compare(&self, other: &dyn Resource) -> bool {
+        other
+            .as_any()
+            .downcast_ref::<Http>()
+            .is_some_and(|o| o.id == self.id && o.spec == self.spec)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn sends(&self) -> &'static [(&'static str, ValueType)] {
+        &[("status", ValueType::Int), ("body", ValueType::Str)]
+    }
+
+    fn sent(&self) -> Option<Map<String, Value>> {
+        let (status, body) = self
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()?;
+        let mut sent = Map::new();
+        sent.insert("status".into(), Value::from(status));
+        sent.insert("body".into(), Value::String(body));
+        Some(sent)
+    }
+
+    fn receives(&self) -> &'static [(&'static str, ValueType)] {
+        &[("body", ValueType::Str)]
+    }
+}
+
+/// Make the request; (status, body text up to KEEP bytes).
+fn request(spec: &Spec, body: Option<String>) -> Result<(u16, String), ResourceError> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        // A 4xx/5xx is an answer to compare with `status`, not a transport error.
+        .http_status_as_error(false)
+        .timeout_global(Some(REQUEST_TIMEOUT))
+        .build()
+        .into();
+    let mut builder = ureq::http::Request::builder()
+        .method(spec.method.as_str())
+        .uri(spec.url.as_str());
+    for (k, v) in &spec.headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    let failed = |e: &dyn std::fmt::Display| {
+        ResourceError::Failed(format!("{} {}: {e}", spec.method, spec.url))
+    };
+    let result = match body {
+        Some(body) => agent.run(builder.body(body).map_err(|e| failed(&e))?),
+        None => agent.run(builder.body(()).map_err(|e| failed(&e))?),
+    };
+    let mut response = result.map_err(|e| failed(&e))?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(KEEP)
+        .read_to_string()
+        .unwrap_or_default();
+    Ok((status, text))
+}
