@@ -97,7 +97,7 @@ pub fn beacon(a: BeaconArgs) -> anyhow::Result<ExitCode> {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
     }
-    running.stop();
+    running.stop(Duration::from_secs(3));
     tracing::info!(
         sent = emitter.sent(),
         dropped = emitter.dropped(),

@@ -71,7 +71,7 @@ impl StackArgs {
 
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// The whole stack on this machine: publisher, manager, an actor and the load beacon.
+    /// The whole stack on this machine: publisher, manager, an actor and the beacons.
     Up(crate::up::UpArgs),
     /// Run the manager: event ingest, rules, registers.
     Manager(crate::daemons::ManagerArgs),

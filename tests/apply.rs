@@ -117,8 +117,8 @@ fn bad_graphs_are_rejected_before_anything_runs() {
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
         (
             "unknown kind",
-            format!("resources:\n{marker}  - {{kind: svc, name: web}}\n"),
-            vec!["svc:web", "unknown kind"],
+            format!("resources:\n{marker}  - {{kind: frobnicate, name: web}}\n"),
+            vec!["frobnicate:web", "unknown kind"],
         ),
         (
             "exec without cmd",
@@ -231,9 +231,18 @@ edges:
     ]);
     assert_eq!(code, 0, "apply failed: {err}");
     assert_eq!(read(&dir.path().join("tries")).as_deref(), Some("x\nx\n"));
-    assert_eq!(read(&dir.path().join("out")).as_deref(), Some("generated\n"));
-    assert_eq!(read(&dir.path().join("reloads")).as_deref(), Some("reloaded\n"));
-    assert!(!dir.path().join("skipped").exists(), "meta.noop resource was changed");
+    assert_eq!(
+        read(&dir.path().join("out")).as_deref(),
+        Some("generated\n")
+    );
+    assert_eq!(
+        read(&dir.path().join("reloads")).as_deref(),
+        Some("reloaded\n")
+    );
+    assert!(
+        !dir.path().join("skipped").exists(),
+        "meta.noop resource was changed"
+    );
     let dot = read(&dot).expect("dot file written");
     assert!(dot.starts_with("digraph"), "{dot}");
     assert!(dot.contains("label=\"notify\""), "{dot}");

@@ -78,7 +78,10 @@ fn a_file_beacon_event_makes_the_shipped_rule_act() {
     let tomb = watched.join("app.conf.deleted");
     let text = wait_for("the tombstone", T, || read(&tomb));
     assert!(text.contains("app.conf was deleted"), "{text}");
-    assert!(text.contains(&ev.id), "the tombstone names the event: {text}");
+    assert!(
+        text.contains(&ev.id),
+        "the tombstone names the event: {text}"
+    );
 
     // The file comes back: the tombstone goes.
     write(&conf, "setting=2\n");
@@ -90,10 +93,7 @@ fn a_file_beacon_event_makes_the_shipped_rule_act() {
 fn bad_configs_are_rejected_at_start_naming_line_and_field() {
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.toml");
-    write(
-        &bad,
-        "[[beacon]]\nkind = \"disk\"\nintervall = \"10s\"\n",
-    );
+    write(&bad, "[[beacon]]\nkind = \"disk\"\nintervall = \"10s\"\n");
     let (code, _, err) = run(&["beacon", "--config", bad.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     assert!(
@@ -204,7 +204,15 @@ fn a_beacon_process_sends_identity_kinds_and_its_own_failures() {
     // --host wins over the config; without a config, flags run the load beacon every sample.
     let mut b = Proc::start(
         "load beacon",
-        &["beacon", "--interval", "0.2", "--to", &ep, "--host", "flags"],
+        &[
+            "beacon",
+            "--interval",
+            "0.2",
+            "--to",
+            &ep,
+            "--host",
+            "flags",
+        ],
     );
     let got = collect_until(&s, "three load samples", |g| {
         g.iter().filter(|e| e.tag == "beacon/load").count() >= 3
@@ -213,4 +221,50 @@ fn a_beacon_process_sends_identity_kinds_and_its_own_failures() {
     assert_eq!(load.host, "flags");
     assert!(load.data["load1"].as_f64().is_some());
     assert_eq!(b.terminate(T), Some(0));
+}
+
+#[test]
+fn up_runs_the_shipped_default_beacons() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = free_port_base();
+    let state = tmp.path().join("state");
+    let mut args = vec!["up".to_string()];
+    args.extend(stack_args(&state, base));
+    args.extend([
+        "--rules".into(),
+        repo().join("rules").display().to_string(),
+        "--name".into(),
+        "defaulthost".into(),
+        // Every beacon each second, so the heartbeat comes while the test listens.
+        "--beacon-interval".into(),
+        "1".into(),
+    ]);
+    let mut up = Proc::start("up", &args_ref(&args));
+    up.wait_line("reflex is up", T);
+    let mut mon = Monitor::connect(base);
+    let hb = mon.wait("a heartbeat from the default config", T, |e| {
+        e.tag == "beacon/heartbeat" && e.host == "defaulthost"
+    });
+    assert_eq!(hb.data["kind"], "heartbeat");
+    assert_eq!(hb.data["version"], env!("CARGO_PKG_VERSION"));
+    // Quiet by default: in a few seconds of a healthy run, the beacons send their heartbeats
+    // and at most one event for each limit crossed or failure met, not a sample per tick.
+    let window = mon.all_within(Duration::from_secs(3), |e| {
+        e.host == "defaulthost" && e.tag.starts_with("beacon/")
+    });
+    let heartbeats = window
+        .iter()
+        .filter(|e| e.tag == "beacon/heartbeat")
+        .count();
+    assert!(heartbeats >= 2, "{window:?}");
+    let others = window.len() - heartbeats;
+    assert!(
+        others <= 12,
+        "too chatty for a default config: {:#?}",
+        window
+            .iter()
+            .map(|e| format!("{} {}", e.tag, e.data))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(up.terminate(T), Some(0));
 }

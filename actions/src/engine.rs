@@ -9,7 +9,7 @@
 //! task, watch and state; the rest stop or start (see [`Running::swap`]).
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -154,6 +154,29 @@ struct Shared {
     next_serial: AtomicU64,
 }
 
+/// Serials are unique counters: they hash as themselves (SipHash costs ms on a 10k swap).
+type BySerial = std::hash::BuildHasherDefault<SerialHasher>;
+
+#[derive(Default)]
+struct SerialHasher(u64);
+
+impl std::hash::Hasher for SerialHasher {
+    fn finish(&self) -> u64 {
+        // Spread the counter's low bits over the word the table takes its buckets from.
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// A first outcome and when it came.
 type First = (Result<Outcome, String>, Instant);
 
@@ -203,7 +226,7 @@ impl Engine {
             edges: Vec::new(),
             handles: HashMap::new(),
             events: events_rx,
-            firsts: HashMap::new(),
+            firsts: HashMap::default(),
             missing: 0,
             backlog: VecDeque::new(),
             report: None,
@@ -229,7 +252,7 @@ pub struct Running {
     handles: HashMap<u64, JoinHandle<()>>,
     events: mpsc::UnboundedReceiver<Msg>,
     /// First outcomes for the current report, by node serial, with the node's position.
-    firsts: HashMap<u64, (usize, Option<First>)>,
+    firsts: HashMap<u64, (usize, Option<First>), BySerial>,
     missing: usize,
     /// Events that arrived while the first report was still being collected.
     backlog: VecDeque<EngineEvent>,
@@ -344,34 +367,73 @@ impl Running {
     /// report with [`Running::first_report`].
     pub async fn swap(&mut self, graph: Graph) -> SwapStats {
         let now = Instant::now();
-        let mut old: HashMap<String, Arc<Node>> =
-            self.nodes.drain(..).map(|n| (n.id.clone(), n)).collect();
-        let mut removed = Vec::new();
-        let mut nodes = Vec::with_capacity(graph.nodes.len());
-        let mut added = Vec::new();
-        let mut kept = 0;
+        // Diff by id against the running nodes, borrowing ids (no copies) to stay fast on
+        // big graphs.
+        enum Plan {
+            Kept(usize),
+            New(Arc<dyn Resource>, Meta, Vec<(String, String, String)>),
+        }
         let specs = recv_specs(&graph);
-        for ((res, meta), spec) in graph.nodes.into_iter().zip(graph.metas).zip(specs) {
-            match old.remove(res.id()) {
-                Some(o) if o.meta == meta && o.recv_spec == spec && o.res.compare(&*res) => {
-                    kept += 1;
-                    nodes.push(o);
-                }
-                other => {
-                    removed.extend(other);
-                    let node = self.new_node(res, meta, spec);
-                    added.push(Arc::clone(&node));
-                    nodes.push(node);
+        let n_old = self.nodes.len();
+        let mut keep = vec![false; n_old];
+        // Old nodes replaced by a changed resource of the same id (their refresh stays).
+        let mut replaced = vec![false; n_old];
+        let mut plan = Vec::with_capacity(graph.nodes.len());
+        // The new graph's copies of kept resources: freed off this task (10k frees are ms).
+        let mut discard: Vec<Arc<dyn Resource>> = Vec::with_capacity(graph.nodes.len());
+        {
+            let index: HashMap<&str, usize> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.id.as_str(), i))
+                .collect();
+            for ((res, meta), spec) in graph.nodes.into_iter().zip(graph.metas).zip(specs) {
+                match index.get(res.id()).copied() {
+                    Some(i) => {
+                        let o = &self.nodes[i];
+                        if o.meta == meta && o.recv_spec == spec && o.res.compare(&*res) {
+                            keep[i] = true;
+                            plan.push(Plan::Kept(i));
+                            discard.push(res);
+                        } else {
+                            replaced[i] = true;
+                            plan.push(Plan::New(res, meta, spec));
+                        }
+                    }
+                    None => plan.push(Plan::New(res, meta, spec)),
                 }
             }
         }
-        removed.extend(old.into_values());
-        let live: HashSet<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
-        for r in &removed {
+        tokio::task::spawn_blocking(move || drop(discard));
+        let old = std::mem::take(&mut self.nodes);
+        let mut added = Vec::new();
+        let mut kept = 0;
+        let nodes: Vec<Arc<Node>> = plan
+            .into_iter()
+            .map(|p| match p {
+                Plan::Kept(i) => {
+                    kept += 1;
+                    Arc::clone(&old[i])
+                }
+                Plan::New(res, meta, spec) => {
+                    let node = self.new_node(res, meta, spec);
+                    added.push(Arc::clone(&node));
+                    node
+                }
+            })
+            .collect();
+        let removed: Vec<(Arc<Node>, bool)> = old
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !keep[*i])
+            .map(|(i, n)| (n, replaced[i]))
+            .collect();
+        for (r, _) in &removed {
             r.stop.send_replace(true);
         }
         let mut unreported = 0;
-        for r in &removed {
+        for (r, replaced) in &removed {
             if let Some(h) = self.handles.remove(&r.serial) {
                 // A task that panicked has ended too.
                 let _ = h.await;
@@ -380,14 +442,13 @@ impl Running {
                 unreported += 1;
             }
             *lock(&r.links) = Links::default();
-            if !live.contains(r.id.as_str()) {
+            if !replaced {
                 self.shared.persist_refresh(&r.id, false);
             }
         }
-        drop(live);
 
         // The report for this generation: kept resources count with what they are now.
-        let mut firsts = HashMap::with_capacity(nodes.len());
+        let mut firsts = HashMap::with_capacity_and_hasher(nodes.len(), BySerial::default());
         for (idx, n) in nodes.iter().enumerate() {
             let carried = n.reported.load(Ordering::SeqCst).then(|| {
                 let result = match n.state.load(Ordering::SeqCst) {
@@ -592,6 +653,11 @@ impl Drop for Running {
     fn drop(&mut self) {
         for handle in self.handles.values() {
             handle.abort();
+        }
+        // Unlink first: in a long chain every node holds its dependency, and dropping the
+        // last one would otherwise recurse once per node (a 100k chain overflows the stack).
+        for node in &self.nodes {
+            *lock(&node.links) = Links::default();
         }
     }
 }

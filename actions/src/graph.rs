@@ -184,6 +184,8 @@ impl Graph {
         let mut deps = vec![Vec::new(); nodes.len()];
         let mut dependents = vec![Vec::new(); nodes.len()];
         let mut all: Vec<Edge> = Vec::with_capacity(edges.len());
+        // (from, to) -> position in `all`, so repeated edges merge in O(1).
+        let mut seen: HashMap<(usize, usize), usize> = HashMap::with_capacity(edges.len());
         for (i, (from, to, notify)) in edges.iter().enumerate() {
             let find = |end: &'static str, id: &String| {
                 index
@@ -197,9 +199,10 @@ impl Graph {
             };
             let (f, t) = (find("from", from)?, find("to", to)?);
             // A repeated edge adds nothing but its notify flag.
-            if let Some(e) = all.iter_mut().find(|e| e.from == f && e.to == t) {
-                e.notify |= notify;
+            if let Some(&at) = seen.get(&(f, t)) {
+                all[at].notify |= notify;
             } else {
+                seen.insert((f, t), all.len());
                 deps[t].push(f);
                 dependents[f].push(t);
                 all.push(Edge {
@@ -234,11 +237,11 @@ impl Graph {
     /// exec). Either end can opt out with `meta.autoedge: false`. An implied edge that would
     /// close a cycle is left out: autoedges only ever order, never reject, a graph.
     fn add_autoedges(&mut self) {
-        let mut managers: HashMap<PathBuf, usize> = HashMap::new();
+        let mut managers: HashMap<PathBuf, Vec<usize>> = HashMap::new();
         for (i, node) in self.nodes.iter().enumerate() {
             if self.metas[i].autoedge {
                 for path in node.manages() {
-                    managers.entry(path).or_insert(i);
+                    managers.entry(path).or_default().push(i);
                 }
             }
         }
@@ -251,7 +254,7 @@ impl Graph {
                 continue;
             }
             for path in node.needs() {
-                if let Some(&m) = managers.get(&path) {
+                for &m in managers.get(&path).into_iter().flatten() {
                     if m != i && !self.deps[i].contains(&m) {
                         implied.push((m, i));
                     }

@@ -1,12 +1,16 @@
 //! The reflex resource-graph engine: desired state as a DAG, converged in parallel, watched
 //! and repaired.
 //!
-//! In the style of mgmt: a [`Graph`] of resources (`file`, `exec`, `noop`; see [`kinds`])
-//! is validated up front ([`Graph::from_value`], [`Graph::from_yaml`]), then an [`Engine`]
-//! runs one task per resource. Independent resources run concurrently; an edge makes its
-//! target wait for its source. Each resource watches its real state (files through one
-//! shared inotify hub) and re-converges the moment it drifts. The engine knows nothing of
-//! the network; actors feed it graphs and forward its [`Report`]s and [`EngineEvent`]s.
+//! In the style of mgmt: a [`Graph`] of resources (`file`, `exec`, `pkg`, `svc`, `password`,
+//! `http`, `msg`, `timer`, `noop`; see [`kinds`]) is validated up front ([`Graph::from_value`],
+//! [`Graph::from_yaml`]) — fields, metaparams ([`Meta`]), edges, send/recv types, cycles —
+//! then an [`Engine`] runs one task per resource. Independent resources run concurrently; an
+//! edge makes its target wait for its source, and a `notify` edge passes a refresh. Each
+//! resource watches its real state (files through one shared inotify hub, packages through
+//! dpkg's status file, units through systemd's signals) and re-converges the moment it
+//! drifts. A running graph can be swapped for a new one by diff ([`Running::swap`]). The
+//! engine knows nothing of the network; actors feed it graphs and forward its [`Report`]s
+//! and [`EngineEvent`]s. [`compliance::check`] is the contract every kind must pass.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

@@ -379,3 +379,22 @@ async fn upstream_repair_does_not_disturb_dependents() {
     assert_eq!(fs::read_to_string(&down).expect("down"), "d");
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_chain_converges_and_drops_without_recursing() {
+    const N: usize = 20_000;
+    let resources: Vec<Value> = (0..N)
+        .map(|i| json!({"kind": "noop", "name": format!("n{i}")}))
+        .collect();
+    let edges: Vec<Value> = (1..N)
+        .map(|i| json!({"from": format!("noop:n{}", i - 1), "to": format!("noop:n{i}")}))
+        .collect();
+    let engine = Engine::new().expect("engine");
+    let mut running = engine.run(
+        graph(json!({"resources": resources, "edges": edges})),
+        RunOptions::default(),
+    );
+    assert!(running.first_report().await.ok);
+    // Test threads have small stacks: a recursive drop of the chain would overflow here.
+    drop(running);
+}

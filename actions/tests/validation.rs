@@ -207,3 +207,17 @@ fn top_level_shape() {
         .to_string();
     assert!(e.starts_with("invalid graph YAML"), "{e}");
 }
+
+#[test]
+fn the_readme_graph_example_is_valid() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let section = readme.split("## Graphs").nth(1).expect("a Graphs section");
+    let yaml = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("a yaml block");
+    let g = Graph::from_yaml(yaml).unwrap_or_else(|e| panic!("README example: {e}"));
+    assert_eq!(g.len(), 7);
+}

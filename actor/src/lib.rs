@@ -663,3 +663,32 @@ fn atomic_write(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     std::fs::rename(&tmp, file)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_graphs_round_trip_and_names_are_file_safe() {
+        let dir = std::env::temp_dir().join(format!("reflex-actor-store-{}", std::process::id()));
+        let store = Store::new(&dir, "web/1");
+        assert!(store.graphs.starts_with(dir.join("actor-web_1")));
+        let action = Action {
+            id: "a1".into(),
+            name: "deploy/app".into(),
+            seq: 7,
+            target: "all".into(),
+            graph: json!([{"kind": "noop", "name": "n"}]),
+            origin: bus::Origin::default(),
+            expires: None,
+        };
+        store.save(&action);
+        assert_eq!(store.load(), vec![action.clone()]);
+        assert!(store
+            .graph_file("deploy/app")
+            .ends_with("6465706c6f792f617070.json"));
+        store.remove("deploy/app");
+        assert!(store.load().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -27,60 +27,8 @@ pub enum SendError {
     Zmq(#[from] zmq::Error),
 }
 
-/// Event ids: UUIDv7 text as `bus::new_id` makes, without its getrandom(2) system call per id
-/// (which alone held an emitter near 500k events/s). The random bits come from a SplitMix64
-/// sequence seeded once from the OS; SplitMix64 is a bijection of its counter, so one
-/// emitter's ids never repeat, and the seed keeps emitters apart.
-struct Ids {
-    state: AtomicU64,
-}
-
-impl Ids {
-    const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-
-    fn new() -> Ids {
-        let mut seed = [0u8; 8];
-        let from_os = std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed));
-        let seed = match from_os {
-            Ok(()) => u64::from_le_bytes(seed),
-            // No /dev/urandom (a bare chroot): the clock and the pid still differ per emitter.
-            Err(_) => {
-                let t = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(0);
-                t ^ (u64::from(std::process::id()) << 32)
-            }
-        };
-        Ids {
-            state: AtomicU64::new(seed),
-        }
-    }
-
-    fn mix(mut z: u64) -> u64 {
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A new id for an event made at `ms`.
-    fn next(&self, ms: u64) -> String {
-        let s = self.state.fetch_add(Self::GAMMA, Ordering::Relaxed);
-        let a = Self::mix(s);
-        let b = Self::mix(s ^ Self::GAMMA.rotate_left(17));
-        let mut rand = [0u8; 10];
-        rand[..8].copy_from_slice(&a.to_be_bytes());
-        rand[8..].copy_from_slice(&b.to_be_bytes()[..2]);
-        let id = uuid::Builder::from_unix_timestamp_millis(ms, &rand).into_uuid();
-        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        id.hyphenated().encode_lower(&mut buf).to_string()
-    }
-}
-
 /// A non-blocking event sender with a bounded queue.
 pub struct Emitter {
-    ids: Ids,
     socket: Mutex<zmq::Socket>,
     host: String,
     sent: AtomicU64,
@@ -104,7 +52,6 @@ impl Emitter {
             .connect(endpoint)
             .map_err(|e| bus::sockets::SocketError::new(endpoint, e))?;
         Ok(Emitter {
-            ids: Ids::new(),
             socket: Mutex::new(socket),
             host: host.to_string(),
             sent: AtomicU64::new(0),
@@ -114,18 +61,7 @@ impl Emitter {
 
     /// Queue an event; never blocks. False (and counted) when it had to be dropped.
     pub fn emit(&self, tag: &str, data: Value) -> bool {
-        let time = bus::now_ms();
-        let ev = Event {
-            id: self.ids.next(time),
-            tag: tag.to_string(),
-            host: self.host.clone(),
-            time,
-            data,
-            depth: 0,
-            cause: None,
-            chain: Vec::new(),
-        };
-        self.send_event(&ev)
+        self.send_event(&Event::new(tag, self.host.clone(), data))
     }
 
     /// Queue a ready event (its own host and tag); never blocks.
@@ -269,26 +205,6 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "no reconnect");
         };
         assert_eq!(got.tag, "t/again");
-    }
-
-    #[test]
-    fn ids_are_uuid_v7_unique_and_carry_the_time() {
-        let ids = Ids::new();
-        let other = Ids::new();
-        let mut seen = std::collections::HashSet::new();
-        for i in 0..100_000u64 {
-            let ms = 1_700_000_000_000 + i / 1000;
-            assert!(seen.insert(ids.next(ms)));
-            assert!(seen.insert(other.next(ms)));
-        }
-        let id = ids.next(1_700_000_000_123);
-        let u = uuid::Uuid::parse_str(&id).unwrap();
-        assert_eq!(u.get_version_num(), 7);
-        let (secs, nanos) = u.get_timestamp().unwrap().to_unix();
-        assert_eq!(
-            secs * 1000 + u64::from(nanos) / 1_000_000,
-            1_700_000_000_123
-        );
     }
 
     #[test]

@@ -94,13 +94,20 @@ impl Running {
         self.threads.is_empty()
     }
 
-    /// Stop every beacon and wait for its thread.
-    pub fn stop(self) {
+    /// Stop every beacon and wait for its thread, up to `grace`: a beacon inside a slow
+    /// check (an HTTP timeout) is left to end with the process rather than holding it.
+    pub fn stop(self, grace: Duration) {
         for (w, _) in &self.threads {
             w.stop();
         }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && !self.threads.iter().all(|(_, t)| t.is_finished()) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         for (_, t) in self.threads {
-            let _ = t.join();
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }

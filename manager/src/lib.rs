@@ -134,6 +134,13 @@ fn watch_rules(
     use notify::Watcher;
     let (tx, rx) = mpsc::channel();
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+        // Only changes count: reading a rule (as a reload does) must not trigger another reload.
+        Ok(ev)
+            if matches!(
+                ev.kind,
+                notify::EventKind::Access(_)
+                    | notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+            ) => {}
         Ok(ev) => {
             for p in ev.paths {
                 let _ = tx.send(p);

@@ -80,6 +80,8 @@ pub struct Rule {
     pub globs: Vec<String>,
     ast: AST,
     scope: Scope<'static>,
+    /// The source it was compiled from: a reload of identical text changes nothing.
+    source: String,
     /// Failures in a row; reset by a success.
     failures: u32,
     pub disabled: bool,
@@ -457,6 +459,7 @@ impl Rules {
             globs,
             ast,
             scope,
+            source: source.to_string(),
             failures: 0,
             disabled: false,
         })
@@ -511,6 +514,13 @@ impl Rules {
             return Some(Change::Removed {
                 file: file.to_path_buf(),
             });
+        }
+        // Unchanged text (a touch, an editor saving without edits): nothing to do, and a
+        // disabled rule stays disabled until its file really changes.
+        if let (Some(i), Ok(text)) = (at, std::fs::read_to_string(file)) {
+            if self.rules[i].source == text {
+                return None;
+            }
         }
         match self.compile_file(file) {
             Ok(rule) => {

@@ -177,13 +177,28 @@ fn update<R>(
 }
 
 impl Registers {
-    /// Open (or create) the store in `dir`.
+    /// Open (or create) the store in `dir`. sled locks the store for one process; a previous
+    /// owner that is still shutting down (its flusher thread lets go within its flush interval)
+    /// is waited for, up to 3 s, before the lock error is returned.
     pub fn open(dir: &Path) -> Result<Registers, RegisterError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(500))
-            .open()?;
-        Registers::with_db(db)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            match sled::Config::new()
+                .path(dir)
+                .flush_every_ms(Some(500))
+                .open()
+            {
+                Ok(db) => return Registers::with_db(db),
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::Other
+                        && e.to_string().contains("lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// A throwaway store that lives in memory and vanishes on drop (for `reflex rules test`).

@@ -1,9 +1,12 @@
-//! `exec`: run a shell command once per graph run.
+//! `exec`: run a shell command once per graph run — or on each refresh.
 //!
 //! The command runs as `sh -c cmd` in its own process group so that a timeout or a stop can
 //! kill everything it started, not just the shell. It runs on the first check (Changed on
-//! exit 0); later checks are Converged. A failed run is retried when the task is poked again
-//! (a dependency changed).
+//! exit 0); later checks are Converged until a refresh arrives (a `notify` edge) or its
+//! `watchcmd` prints a line. `refresh_only` runs it only on a refresh, `ifcmd` only when that
+//! command exits 0, `creates` only while that path is missing; `user`, `env` and `cwd` shape
+//! the process. It sends its `stdout`. A failed run is retried when poked again (or per
+//! `meta.retry`).
 
 use std::any::Any;
 use std::collections::BTreeMap;

@@ -39,7 +39,7 @@ pub enum State {
     Absent,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Spec {
     path: PathBuf,
     /// The name ended in `/`.
@@ -58,6 +58,26 @@ struct Spec {
     recurse: bool,
     purge: bool,
 }
+
+// By hand: paths compare as bytes (Path's own == walks components, which dominates a
+// 10k-resource graph swap), then everything else.
+impl PartialEq for Spec {
+    fn eq(&self, o: &Spec) -> bool {
+        self.path.as_os_str() == o.path.as_os_str()
+            && self.dir == o.dir
+            && self.content == o.content
+            && self.source.as_ref().map(|p| p.as_os_str())
+                == o.source.as_ref().map(|p| p.as_os_str())
+            && self.mode == o.mode
+            && self.owner == o.owner
+            && self.group == o.group
+            && self.state == o.state
+            && self.recurse == o.recurse
+            && self.purge == o.purge
+    }
+}
+
+impl Eq for Spec {}
 
 /// A managed file.
 pub struct File {
@@ -280,13 +300,11 @@ impl Resource for File {
         &[("content", ValueType::Str)]
     }
 
+    /// Its parent directory, and its own path (so a `pkg` that owns the file, or an `exec`
+    /// that `creates` it, runs first).
     fn needs(&self) -> Vec<PathBuf> {
-        self.spec
-            .path
-            .parent()
-            .map(Path::to_path_buf)
-            .into_iter()
-            .collect()
+        let parent = self.spec.path.parent().map(Path::to_path_buf);
+        parent.into_iter().chain([self.spec.path.clone()]).collect()
     }
 }
 

@@ -13,6 +13,8 @@ pub mod http;
 pub mod msg;
 pub mod noop;
 pub mod password;
+pub mod pkg;
+pub mod svc;
 pub mod timer;
 
 /// Builds a resource from its `name` and the rest of its fields. `id` is `kind:name`.
@@ -53,6 +55,14 @@ const KINDS: &[KindDef] = &[
     KindDef {
         name: http::KIND,
         build: http::build,
+    },
+    KindDef {
+        name: pkg::KIND,
+        build: pkg::build,
+    },
+    KindDef {
+        name: svc::KIND,
+        build: svc::build,
     },
 ];
 

@@ -286,20 +286,13 @@ mod tests {
     /// A started file beacon and a way to collect what it reports.
     struct Probe {
         f: File,
-        waker: Waker,
         got: Vec<Map<String, Value>>,
     }
 
     impl Probe {
-        fn new(f: File) -> Probe {
-            let waker = Waker::default();
-            let mut f = f;
-            f.start(waker.clone()).unwrap();
-            let mut p = Probe {
-                f,
-                waker,
-                got: Vec::new(),
-            };
+        fn new(mut f: File) -> Probe {
+            f.start(Waker::default()).unwrap();
+            let mut p = Probe { f, got: Vec::new() };
             let mut out = Out::default();
             p.f.sample(&mut out).unwrap();
             p
@@ -313,7 +306,6 @@ mod tests {
         }
 
         fn wait(&mut self, what: &str, path: &Path, op: &str) -> Map<String, Value> {
-            let _ = &self.waker;
             let p = path.display().to_string();
             wait_for(what, || {
                 self.problems();
