@@ -80,12 +80,26 @@ pub struct ActorArgs {
     /// Manager ingest endpoint results go to (default: from --addr and --port-base).
     #[arg(long)]
     pub manager: Option<String>,
+    /// Publisher replay endpoint, asked for missed actions on each connection (default: the
+    /// port after --publisher's, else from --addr and --port-base).
+    #[arg(long)]
+    pub replay: Option<String>,
+    /// Take live actions only; never ask the publisher's log for missed ones.
+    #[arg(long)]
+    pub no_replay: bool,
     /// Write each graph in force as DIR/<name>.dot (graphviz) whenever it converges or changes.
     #[arg(long, value_name = "DIR")]
     pub graphviz: Option<std::path::PathBuf>,
     /// Seconds every graph must be idle and converged before `actor/converged` is reported.
     #[arg(long, default_value_t = 2.0)]
     pub converged_timeout: f64,
+}
+
+/// `tcp://host:N` -> `tcp://host:N+1` (the replay port sits after the publisher's).
+fn next_port(endpoint: &str) -> Option<String> {
+    let (head, port) = endpoint.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    Some(format!("{head}:{}", port.checked_add(1)?))
 }
 
 pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
@@ -97,7 +111,18 @@ pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     a.stack.ensure_state()?;
+    let replay = match (a.no_replay, a.replay, &a.publisher) {
+        (true, _, _) => None,
+        (false, Some(r), _) => Some(r),
+        (false, None, Some(p)) => Some(next_port(p).ok_or_else(|| {
+            crate::cli::Exit::usage(format!(
+                "cannot derive the replay endpoint from --publisher {p}: give --replay"
+            ))
+        })?),
+        (false, None, None) => Some(ep.replay.clone()),
+    };
     let cfg = actor::Config {
+        replay,
         publish: a.publisher.unwrap_or(ep.publish),
         ingest: a.manager.unwrap_or(ep.ingest),
         name: a.name.unwrap_or_else(hostname),

@@ -288,3 +288,38 @@ fn registers_survive_a_manager_kill_9() {
         read(&out).filter(|c| c == "4")
     });
 }
+
+#[test]
+fn a_late_or_restarted_actor_catches_up_from_the_publishers_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("late");
+    let stack = Stack::start(
+        tmp.path(),
+        &[(
+            "10-late.rhai",
+            r#"const MATCH = "test/late"; fn react(e) { act("host/late", [#{kind: "file", name: e.data.path, content: e.data.text}], #{name: "late"}); }"#,
+        )],
+    );
+    let mut mon = Monitor::connect(stack.base);
+    let path = format!("path={}", out.display());
+    // Published while no actor named "late" exists.
+    stack.send("test/late", &[&path, "text=v1"]);
+    mon.wait("the action published", T, |e| e.tag == "test/late");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(read(&out).is_none());
+
+    let mut actor = stack.actor("late", &[]);
+    wait_for("the late actor to apply what it missed", T, || {
+        read(&out).filter(|c| c == "v1")
+    });
+
+    // Down while the action changes; on its return it takes the newest version.
+    assert_eq!(actor.terminate(Duration::from_secs(10)), Some(0));
+    stack.send("test/late", &[&path, "text=v2"]);
+    stack.send("test/late", &[&path, "text=v3"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _actor = stack.actor("late", &[]);
+    wait_for("the restarted actor to catch up to v3", T, || {
+        read(&out).filter(|c| c == "v3")
+    });
+}

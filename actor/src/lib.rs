@@ -21,7 +21,7 @@ use bus::{Action, Event, Target};
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -57,11 +57,17 @@ pub struct Config {
     pub graphviz: Option<PathBuf>,
     /// Idle time after which the actor reports `actor/converged`.
     pub converged_timeout: Duration,
+    /// Publisher replay endpoint: on each (re)connection the actor asks it for the actions in
+    /// force for its topics that it has not seen (it was down, or started late). `None`: live
+    /// actions only.
+    pub replay: Option<String>,
 }
 
 /// What the SUB thread hands the runtime.
 enum Inbound {
     Action(Box<Action>),
+    /// An action from the publisher's log, fetched after (re)connecting.
+    Replayed(Box<Action>),
     /// The subscription reached a publisher (first connect or reconnect).
     Subscribed,
 }
@@ -90,17 +96,24 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
         sub.set_subscribe(topic.as_bytes())?;
     }
     let sub_stop = stop.clone();
+    let seen = Arc::new(AtomicU64::new(0));
+    let replay = cfg.replay.clone().map(|endpoint| Replay {
+        endpoint,
+        topics: Target::subscriptions(&cfg.name, &cfg.groups),
+        seen: seen.clone(),
+        max_frame: cfg.max_frame,
+    });
     let max_frame = cfg.max_frame;
     let receiver = std::thread::Builder::new()
         .name("actor-sub".into())
-        .spawn(move || sub_loop(sub, watch, in_tx, max_frame, &sub_stop))?;
+        .spawn(move || sub_loop(sub, watch, in_tx, max_frame, replay, &sub_stop))?;
 
     tracing::info!(name = %cfg.name, groups = ?cfg.groups, publish = %cfg.publish, ingest = %cfg.ingest, "actor up");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = rt.block_on(serve(cfg, in_rx, out_tx, stop.clone()));
+    let result = rt.block_on(serve(cfg, in_rx, out_tx, stop.clone(), seen));
     stop.store(true, Ordering::Relaxed);
     let _ = receiver.join();
     // The runtime is gone, so every sender of the result channel is dropped: the push thread
@@ -119,11 +132,57 @@ fn push_loop(push: zmq::Socket, rx: std_mpsc::Receiver<Event>) {
     }
 }
 
+/// Where and what to ask the publisher's replay socket.
+struct Replay {
+    endpoint: String,
+    topics: Vec<String>,
+    /// The highest sequence number the actor has taken in.
+    seen: Arc<AtomicU64>,
+    max_frame: usize,
+}
+
+impl Replay {
+    /// The actions in force for our topics newer than what we have seen, oldest first. A
+    /// publisher that does not answer within 2 s only costs the replay: live actions still flow.
+    fn fetch(&self) -> Vec<Action> {
+        let since = self.seen.load(Ordering::Relaxed);
+        let req = json!({"since": since, "topics": self.topics, "latest_only": true});
+        let ask = || -> Result<Vec<Vec<u8>>, String> {
+            let s = bus::sockets::connect(zmq::REQ, &self.endpoint).map_err(|e| e.to_string())?;
+            s.set_rcvtimeo(2_000).map_err(|e| e.to_string())?;
+            s.set_linger(0).map_err(|e| e.to_string())?;
+            s.send(req.to_string().as_bytes(), 0)
+                .map_err(|e| e.to_string())?;
+            s.recv_multipart(0).map_err(|e| e.to_string())
+        };
+        match ask() {
+            Ok(parts) => {
+                let actions: Vec<Action> = parts
+                    .iter()
+                    .skip(1)
+                    .filter_map(|f| bus::decode_with_limit(f, self.max_frame).ok())
+                    .collect();
+                tracing::info!(
+                    since,
+                    replayed = actions.len(),
+                    "replay from the publisher's log"
+                );
+                actions
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %self.endpoint, "replay failed: {e}; live actions only");
+                Vec::new()
+            }
+        }
+    }
+}
+
 fn sub_loop(
     sub: zmq::Socket,
     watch: bus::sockets::HandshakeWatch,
     tx: mpsc::Sender<Inbound>,
     max_frame: usize,
+    replay: Option<Replay>,
     stop: &AtomicBool,
 ) {
     let mut bad = 0u64;
@@ -142,6 +201,13 @@ fn sub_loop(
             // Subscriptions travel right after the handshake; give them a moment to land
             // before announcing that actions will now reach us.
             std::thread::sleep(Duration::from_millis(50));
+            // What was published while we were away comes first; anything that also arrives
+            // live is a duplicate by sequence number and is ignored.
+            for a in replay.as_ref().map(Replay::fetch).unwrap_or_default() {
+                if tx.blocking_send(Inbound::Replayed(Box::new(a))).is_err() {
+                    return;
+                }
+            }
             if tx.blocking_send(Inbound::Subscribed).is_err() {
                 return;
             }
@@ -318,6 +384,7 @@ async fn serve(
     mut rx: mpsc::Receiver<Inbound>,
     out: std_mpsc::Sender<Event>,
     stop: Arc<AtomicBool>,
+    seen: Arc<AtomicU64>,
 ) -> Result<(), ActorError> {
     let engine = actions::Engine::new()?;
     let store = cfg.state.as_deref().map(|s| Store::new(s, &cfg.name));
@@ -347,6 +414,7 @@ async fn serve(
             match actions::Graph::from_value(&action.graph) {
                 Ok(g) if !g.is_empty() => {
                     last_seq = last_seq.max(action.seq);
+                    seen.store(last_seq, Ordering::Relaxed);
                     let running = engine.run(g, run_opts(&action.name));
                     restored.push((action, running));
                 }
@@ -407,6 +475,9 @@ async fn serve(
                 continue;
             }
             Inbound::Action(a) => *a,
+            // An action that expired while we were away is history, not an error to report.
+            Inbound::Replayed(a) if a.expires.is_some_and(|t| t < bus::now_ms()) => continue,
+            Inbound::Replayed(a) => *a,
         };
         // A restarted publisher continues its numbering, so an old number is a duplicate.
         if action.seq != 0 && action.seq <= last_seq {
@@ -414,6 +485,7 @@ async fn serve(
             continue;
         }
         last_seq = action.seq.max(last_seq);
+        seen.store(last_seq, Ordering::Relaxed);
         let started = Instant::now();
         let report =
             |status: &str, errors: Vec<String>| result_data(&action, status, vec![], errors, 0.0);
