@@ -135,20 +135,29 @@ impl Part {
 }
 
 /// Print one line once the actor announces itself on the manager's monitor stream.
+/// Returns once the monitor subscription is in place (or after 10 s), so the actor, started
+/// after it, cannot announce itself before anyone listens.
 fn announce_when_ready(
     monitor: String,
     actor: String,
     stop: std::sync::Arc<AtomicBool>,
     summary: String,
 ) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
-        let Ok(sub) = bus::sockets::connect(zmq::SUB, &monitor) else {
+        let Ok((sub, watch)) = bus::sockets::connect_watched(zmq::SUB, &monitor) else {
             return;
         };
         if sub.set_subscribe(b"event/actor/up").is_err() {
             return;
         }
+        // The manager binds the monitor: this waits for it to be up, and for our
+        // subscription to have travelled.
+        while !stop.load(Ordering::Relaxed) && !watch.wait(Duration::from_millis(200)) {}
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = ready_tx.send(());
         while !stop.load(Ordering::Relaxed) {
+            watch.drain();
             let mut items = [sub.as_poll_item(zmq::POLLIN)];
             if bus::sockets::poll(&mut items, 200).is_err() || !items[0].is_readable() {
                 continue;
@@ -164,6 +173,7 @@ fn announce_when_ready(
             }
         }
     });
+    let _ = ready_rx.recv_timeout(Duration::from_secs(10));
 }
 
 pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
@@ -241,8 +251,12 @@ pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         rules.display(),
         name
     );
+    // Publisher and manager first; the actor and the beacons once the manager listens.
+    for p in parts.iter_mut().take(2) {
+        p.spawn(&exe);
+    }
     announce_when_ready(ep.monitor.clone(), name, stop.clone(), summary);
-    for p in parts.iter_mut() {
+    for p in parts.iter_mut().skip(2) {
         p.spawn(&exe);
     }
     while !stop.load(Ordering::Relaxed) {
