@@ -37,16 +37,11 @@ impl Default for Load {
     }
 }
 
-/// The three averages of /proc/loadavg.
+/// The three load averages, through sysinfo (the kernel's /proc/loadavg on Linux).
 pub fn loadavg() -> Result<[f64; 3], String> {
-    let text = super::read("/proc/loadavg")?;
-    let mut it = text.split_whitespace().map(str::parse::<f64>);
-    let mut next = || {
-        it.next()
-            .and_then(Result::ok)
-            .ok_or_else(|| format!("unexpected /proc/loadavg: {text:?}"))
-    };
-    Ok([next()?, next()?, next()?])
+    let l = sysinfo::System::load_average()
+        .map_err(|e| format!("cannot read the load average: {e}"))?;
+    Ok([l.one, l.five, l.fifteen])
 }
 
 impl Beacon for Load {
