@@ -37,6 +37,13 @@ fn flow(base: u16, n: u32) -> std::thread::JoinHandle<()> {
     })
 }
 
+/// Wait until the integer register `key` is above `n`.
+fn wait_count_above(stack: &Stack, key: &str, n: i64) {
+    wait_for(&format!("{key} above {n}"), T, || {
+        (registers_cmd(stack, &["get", key]).as_i64().unwrap_or(0) > n).then_some(())
+    });
+}
+
 /// The first `tag` event about `file` made at or after `after` (Unix ms).
 fn wait_rule_event(mon: &mut Monitor, tag: &str, file: &str, after: u64) -> bus::Event {
     mon.wait(&format!("{tag} for {file}"), T, |e| {
@@ -78,13 +85,7 @@ fn live_reload_while_events_flow_loses_nothing() {
         "{}",
         loaded.data
     );
-    wait_for("v1 to count", T, || {
-        (registers_cmd(&stack, &["get", "extra/v1"])
-            .as_i64()
-            .unwrap_or(0)
-            > 0)
-        .then_some(())
-    });
+    wait_count_above(&stack, "extra/v1", 0);
     // change
     let t = now();
     std::fs::write(
@@ -93,13 +94,7 @@ fn live_reload_while_events_flow_loses_nothing() {
     )
     .unwrap();
     wait_rule_event(&mut mon, "manager/rules/loaded", "10-extra.rhai", t);
-    wait_for("v2 to count", T, || {
-        (registers_cmd(&stack, &["get", "extra/v2"])
-            .as_i64()
-            .unwrap_or(0)
-            > 0)
-        .then_some(())
-    });
+    wait_count_above(&stack, "extra/v2", 0);
     // break: the error names the line, and v2 keeps running
     let t = now();
     std::fs::write(
@@ -113,14 +108,8 @@ fn live_reload_while_events_flow_loses_nothing() {
     let v2 = registers_cmd(&stack, &["get", "extra/v2"])
         .as_i64()
         .unwrap();
-    wait_for("the old version to keep running", T, || {
-        (registers_cmd(&stack, &["get", "extra/v2"])
-            .as_i64()
-            .unwrap()
-            > v2)
-            .then_some(())
-    });
-    // fix
+    wait_count_above(&stack, "extra/v2", v2); // the old version keeps running
+                                              // fix
     let t = now();
     std::fs::write(
         &extra,

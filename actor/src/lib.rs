@@ -270,6 +270,28 @@ struct InForce {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl InForce {
+    /// Hand a running graph to its own task, which reports on it and takes its commands.
+    fn start(
+        ctx: &Ctx,
+        running: actions::Running,
+        action: Action,
+        started: Option<Instant>,
+        serial: u64,
+    ) -> InForce {
+        let (cmds, cmd_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(graph_task(
+            ctx.clone(),
+            running,
+            action,
+            started,
+            cmd_rx,
+            serial,
+        ));
+        InForce { serial, cmds, task }
+    }
+}
+
 enum Cmd {
     /// Diff the running graph against this one (GraphSync) and report the new action.
     Swap {
@@ -428,24 +450,8 @@ async fn serve(
             ctx.write_dot(&action.name, &running);
             serials += 1;
             conv.insert(action.name.clone(), (serials, false));
-            let (cmds, cmd_rx) = mpsc::unbounded_channel();
             let name = action.name.clone();
-            let task = tokio::spawn(graph_task(
-                ctx.clone(),
-                running,
-                action,
-                None,
-                cmd_rx,
-                serials,
-            ));
-            graphs.insert(
-                name,
-                InForce {
-                    serial: serials,
-                    cmds,
-                    task,
-                },
-            );
+            graphs.insert(name, InForce::start(&ctx, running, action, None, serials));
         }
     }
 
@@ -558,22 +564,9 @@ async fn serve(
         serials += 1;
         conv.insert(name.clone(), (serials, false));
         report_convergence(&ctx, &conv, &mut converged_reported);
-        let (cmds, cmd_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(graph_task(
-            ctx.clone(),
-            running,
-            *action,
-            Some(started),
-            cmd_rx,
-            serials,
-        ));
         graphs.insert(
             name,
-            InForce {
-                serial: serials,
-                cmds,
-                task,
-            },
+            InForce::start(&ctx, running, *action, Some(started), serials),
         );
     }
     for (_, g) in graphs.drain() {
