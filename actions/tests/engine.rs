@@ -1,60 +1,21 @@
 //! The engine against real files, real inotify and real child processes.
 
-use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use actions::{Engine, EngineEvent, Graph, RunOptions, Running};
+mod util;
+
+use actions::{Engine, RunOptions};
 use serde_json::{json, Value};
-
-/// Generous, so a loaded CI box does not flake; repairs normally take milliseconds.
-const DEADLINE: Duration = Duration::from_secs(10);
-
-fn graph(v: Value) -> Graph {
-    Graph::from_value(&v).expect("valid graph")
-}
-
-fn p(path: &Path) -> String {
-    path.to_str().expect("utf-8 temp path").to_string()
-}
-
-fn file_id(path: &Path) -> String {
-    format!("file:{}", p(path))
-}
+use util::{eventually, expect_changed, file_id, graph, p, DEADLINE};
 
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).expect("stat").permissions().mode() & 0o7777
 }
 
-/// Poll `ok` until it holds or the deadline passes.
-async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Collect `Changed` events until every id in `want` was seen.
-async fn expect_changed(running: &mut Running, want: &[String]) {
-    let mut seen = HashSet::new();
-    let start = Instant::now();
-    while !want.iter().all(|id| seen.contains(id)) {
-        let left = DEADLINE.saturating_sub(start.elapsed());
-        match tokio::time::timeout(left, running.next_event()).await {
-            Ok(Some(EngineEvent::Changed { id })) => {
-                seen.insert(id);
-            }
-            Ok(Some(EngineEvent::Failed { id, error })) => panic!("{id} failed: {error}"),
-            Ok(Some(EngineEvent::Message { .. })) => {}
-            Ok(None) => panic!("event stream ended"),
-            Err(_) => panic!("no Changed event for all of {want:?}; saw {seen:?}"),
-        }
-    }
-}
-
+/// A `date +%s.%N` timestamp a test command wrote.
 fn read_time(path: PathBuf) -> f64 {
     let text = fs::read_to_string(&path).expect("timestamp file");
     text.trim().parse().expect("timestamp")
