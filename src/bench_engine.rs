@@ -34,6 +34,13 @@ struct Row {
     value: f64,
 }
 
+fn row(rows: &mut Vec<Row>, measure: impl Into<String>, value: f64) {
+    rows.push(Row {
+        measure: measure.into(),
+        value,
+    });
+}
+
 pub fn run(a: EngineArgs) -> anyhow::Result<ExitCode> {
     if a.noops == 0 || a.files < 2 || a.repairs == 0 {
         return Err(crate::cli::Exit::usage(
@@ -98,14 +105,16 @@ async fn noop_run(
     let secs = t.elapsed().as_secs_f64();
     anyhow::ensure!(report.ok, "noop run failed: {:?}", report.errors.first());
     running.stop().await;
-    rows.push(Row {
-        measure: format!("{n} noop {shape}: parse + validate (s)"),
-        value: parse_s,
-    });
-    rows.push(Row {
-        measure: format!("{n} noop {shape}: run -> converged (s)"),
-        value: secs,
-    });
+    row(
+        rows,
+        format!("{n} noop {shape}: parse + validate (s)"),
+        parse_s,
+    );
+    row(
+        rows,
+        format!("{n} noop {shape}: run -> converged (s)"),
+        secs,
+    );
     Ok(secs)
 }
 
@@ -138,10 +147,11 @@ async fn file_and_swap(
         "file run failed: {:?}",
         report.errors.first()
     );
-    rows.push(Row {
-        measure: format!("{n} files: run -> all written, converged (s)"),
-        value: file_s,
-    });
+    row(
+        rows,
+        format!("{n} files: run -> all written, converged (s)"),
+        file_s,
+    );
     running.converged(Duration::from_millis(200)).await;
 
     // Several swaps, each changing a different file; the median is the figure.
@@ -171,18 +181,21 @@ async fn file_and_swap(
     let (swap_ms, _) = percentiles(swaps.clone());
     let (conv_ms, _) = percentiles(convs);
     let min = swaps.iter().copied().fold(f64::INFINITY, f64::min);
-    rows.push(Row {
-        measure: format!("{n} files, 1 changed: swap() median of {SWAPS} (ms)"),
-        value: swap_ms,
-    });
-    rows.push(Row {
-        measure: format!("{n} files, 1 changed: swap() best of {SWAPS} (ms)"),
-        value: min,
-    });
-    rows.push(Row {
-        measure: format!("{n} files, 1 changed: swap -> converged, median (ms)"),
-        value: conv_ms,
-    });
+    row(
+        rows,
+        format!("{n} files, 1 changed: swap() median of {SWAPS} (ms)"),
+        swap_ms,
+    );
+    row(
+        rows,
+        format!("{n} files, 1 changed: swap() best of {SWAPS} (ms)"),
+        min,
+    );
+    row(
+        rows,
+        format!("{n} files, 1 changed: swap -> converged, median (ms)"),
+        conv_ms,
+    );
     running.stop().await;
     Ok((file_s, swap_ms))
 }
@@ -225,14 +238,16 @@ async fn drift(
     .await??;
     running.stop().await;
     let (p50, p99) = percentiles(samples);
-    rows.push(Row {
-        measure: format!("drift repair p50, {repairs} repairs (ms)"),
-        value: p50,
-    });
-    rows.push(Row {
-        measure: format!("drift repair p99, {repairs} repairs (ms)"),
-        value: p99,
-    });
+    row(
+        rows,
+        format!("drift repair p50, {repairs} repairs (ms)"),
+        p50,
+    );
+    row(
+        rows,
+        format!("drift repair p99, {repairs} repairs (ms)"),
+        p99,
+    );
     Ok((p50, p99))
 }
 

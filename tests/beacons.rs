@@ -14,6 +14,20 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// `reflex up` on the shipped rules with actor NAME, plus EXTRA arguments.
+fn up_args(state: &std::path::Path, base: u16, name: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["up".to_string()];
+    args.extend(stack_args(state, base));
+    args.extend([
+        "--rules".into(),
+        repo().join("rules").display().to_string(),
+        "--name".into(),
+        name.into(),
+    ]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
 #[test]
 fn a_file_beacon_event_makes_the_shipped_rule_act() {
     let tmp = tempfile::tempdir().unwrap();
@@ -29,16 +43,12 @@ fn a_file_beacon_event_makes_the_shipped_rule_act() {
             watched.display()
         ),
     );
-    let mut args = vec!["up".to_string()];
-    args.extend(stack_args(&state, base));
-    args.extend([
-        "--rules".into(),
-        repo().join("rules").display().to_string(),
-        "--name".into(),
-        "filehost".into(),
-        "--beacons".into(),
-        cfg.display().to_string(),
-    ]);
+    let args = up_args(
+        &state,
+        base,
+        "filehost",
+        &["--beacons", &cfg.display().to_string()],
+    );
     let mut up = Proc::start("up", &args_ref(&args));
     up.wait_line("reflex is up", T);
     let mut mon = Monitor::connect(base);
@@ -228,17 +238,8 @@ fn up_runs_the_shipped_default_beacons() {
     let tmp = tempfile::tempdir().unwrap();
     let base = free_port_base();
     let state = tmp.path().join("state");
-    let mut args = vec!["up".to_string()];
-    args.extend(stack_args(&state, base));
-    args.extend([
-        "--rules".into(),
-        repo().join("rules").display().to_string(),
-        "--name".into(),
-        "defaulthost".into(),
-        // Every beacon each second, so the heartbeat comes while the test listens.
-        "--beacon-interval".into(),
-        "1".into(),
-    ]);
+    // Every beacon each second, so the heartbeat comes while the test listens.
+    let args = up_args(&state, base, "defaulthost", &["--beacon-interval", "1"]);
     let mut up = Proc::start("up", &args_ref(&args));
     up.wait_line("reflex is up", T);
     let mut mon = Monitor::connect(base);
