@@ -39,7 +39,9 @@ fn curve_exchange_works_and_a_wrong_server_key_gets_nothing_through() {
 
     let good = client(&ctx, &keys.public_key, &endpoint);
     good.send("sealed", 0).expect("send");
-    let msg = pull.recv_msg(0).expect("the CURVE client's message arrives");
+    let msg = pull
+        .recv_msg(0)
+        .expect("the CURVE client's message arrives");
     assert_eq!(msg.as_str(), Some("sealed"));
 
     // A client pinning another server key fails the handshake: its message never arrives.
