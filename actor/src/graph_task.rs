@@ -15,6 +15,9 @@ use tokio::sync::mpsc;
 pub(crate) struct InForce {
     /// Tells this incarnation's convergence reports from a later one's.
     pub(crate) serial: u64,
+    /// Whether this graph was last reported idle and converged: the one place the actor's
+    /// convergence is kept.
+    pub(crate) converged: bool,
     pub(crate) cmds: mpsc::UnboundedSender<Cmd>,
     pub(crate) task: tokio::task::JoinHandle<()>,
 }
@@ -38,7 +41,18 @@ impl InForce {
             cmd_rx,
             serial,
         ));
-        InForce { serial, cmds, task }
+        InForce {
+            serial,
+            converged: false,
+            cmds,
+            task,
+        }
+    }
+
+    /// Stop the graph and wait until its task has stopped its resources.
+    pub(crate) async fn stop(self) {
+        let _ = self.cmds.send(Cmd::Stop);
+        let _ = self.task.await;
     }
 }
 
@@ -53,13 +67,19 @@ pub(crate) enum Cmd {
     Stop,
 }
 
+/// A graph crossed from diverged to converged (or back).
+pub(crate) struct Crossed {
+    pub(crate) name: String,
+    pub(crate) serial: u64,
+    pub(crate) converged: bool,
+}
+
 /// What every graph task shares.
 #[derive(Clone)]
 pub(crate) struct Ctx {
     pub(crate) host: String,
     pub(crate) out: std_mpsc::Sender<Event>,
-    /// A graph's (name, serial, converged) each time it crosses over.
-    pub(crate) conv: mpsc::UnboundedSender<(String, u64, bool)>,
+    pub(crate) crossed: mpsc::UnboundedSender<Crossed>,
     /// Idle time after which a graph counts as converged.
     pub(crate) idle: Duration,
     pub(crate) graphviz: Option<PathBuf>,
@@ -160,7 +180,7 @@ async fn graph_task(
                 },
                 now = transition(&mut conv, is_converged, ctx.idle) => {
                     is_converged = now;
-                    let _ = ctx.conv.send((name.clone(), serial, now));
+                    let _ = ctx.crossed.send(Crossed { name: name.clone(), serial, converged: now });
                 }
                 cmd = cmds.recv() => match cmd {
                     Some(cmd) => queued.push_back(cmd),
