@@ -1,0 +1,220 @@
+//! The task that runs one named graph: it owns the engine's `Running`, reports the graph's first
+//! outcome as `actor/result`, then repairs, failures and messages as they happen, tells the serve
+//! loop each time the graph crosses between converged and diverged, and swaps in later actions.
+
+use crate::files::{atomic_write, safe_name};
+use bus::{Action, Event};
+use serde_json::json;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// One named graph in force, as the serve loop holds it.
+pub(crate) struct InForce {
+    /// Tells this incarnation's convergence reports from a later one's.
+    pub(crate) serial: u64,
+    /// Whether this graph was last reported idle and converged: the one place the actor's
+    /// convergence is kept.
+    pub(crate) converged: bool,
+    pub(crate) cmds: mpsc::UnboundedSender<Cmd>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
+}
+
+impl InForce {
+    /// Hand a running graph to its own task, which reports on it and takes its commands.
+    /// `started` is `None` for a restored graph whose first report was already taken.
+    pub(crate) fn start(
+        ctx: &Ctx,
+        running: actions::Running,
+        action: Action,
+        started: Option<Instant>,
+        serial: u64,
+    ) -> InForce {
+        let (cmds, cmd_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(graph_task(
+            ctx.clone(),
+            running,
+            action,
+            started,
+            cmd_rx,
+            serial,
+        ));
+        InForce {
+            serial,
+            converged: false,
+            cmds,
+            task,
+        }
+    }
+
+    /// Stop the graph and wait until its task has stopped its resources.
+    pub(crate) async fn stop(self) {
+        let _ = self.cmds.send(Cmd::Stop);
+        let _ = self.task.await;
+    }
+}
+
+/// What the serve loop tells a graph task.
+pub(crate) enum Cmd {
+    /// Diff the running graph against this one (GraphSync) and report the new action.
+    Swap {
+        graph: actions::Graph,
+        action: Box<Action>,
+        started: Instant,
+    },
+    Stop,
+}
+
+/// A graph crossed from diverged to converged (or back).
+pub(crate) struct Crossed {
+    pub(crate) name: String,
+    pub(crate) serial: u64,
+    pub(crate) converged: bool,
+}
+
+/// What every graph task shares.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub(crate) host: String,
+    pub(crate) out: std_mpsc::Sender<Event>,
+    pub(crate) crossed: mpsc::UnboundedSender<Crossed>,
+    /// Idle time after which a graph counts as converged.
+    pub(crate) idle: Duration,
+    pub(crate) graphviz: Option<PathBuf>,
+}
+
+impl Ctx {
+    /// Send an event to the manager.
+    pub(crate) fn emit(&self, tag: &str, data: serde_json::Value) {
+        // Gone only while shutting down; nobody left to tell.
+        let _ = self.out.send(Event::new(tag, self.host.clone(), data));
+    }
+
+    /// Write the graph's picture, if asked to.
+    pub(crate) fn write_dot(&self, name: &str, running: &actions::Running) {
+        let Some(dir) = &self.graphviz else { return };
+        let file = dir.join(format!("{}.dot", safe_name(name)));
+        if let Err(e) = std::fs::create_dir_all(dir)
+            .and_then(|()| atomic_write(&file, running.to_dot(name).as_bytes()))
+        {
+            tracing::warn!(file = %file.display(), "cannot write graphviz: {e}");
+        }
+    }
+}
+
+/// The data of an `actor/result` event. `origin` names the event and rule that caused the
+/// action, so rules reacting to results can correlate them with their cause.
+pub(crate) fn result_data(
+    action: &Action,
+    status: &str,
+    changed: Vec<String>,
+    errors: Vec<String>,
+    ms: f64,
+) -> serde_json::Value {
+    json!({
+        "action": action.id,
+        "name": action.name,
+        "seq": action.seq,
+        "origin": {"event": action.origin.event, "rule": action.origin.rule},
+        "status": status,
+        "changed": changed,
+        "errors": errors,
+        "ms": ms,
+    })
+}
+
+/// Runs one named graph until it is stopped (see the module doc).
+async fn graph_task(
+    ctx: Ctx,
+    mut running: actions::Running,
+    mut action: Action,
+    mut started: Option<Instant>,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    serial: u64,
+) {
+    let name = action.name.clone();
+    let mut conv = running.convergence();
+    let mut queued: VecDeque<Cmd> = VecDeque::new();
+    loop {
+        if let Some(t0) = started.take() {
+            let first = loop {
+                tokio::select! {
+                    r = running.first_report() => break r,
+                    cmd = cmds.recv() => match cmd {
+                        Some(swap @ Cmd::Swap { .. }) => queued.push_back(swap),
+                        Some(Cmd::Stop) | None => { running.stop().await; return; }
+                    },
+                }
+            };
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            let status = if first.ok { "ok" } else { "error" };
+            tracing::info!(name = %name, status, changed = first.changed.len(), ms, "action converged");
+            // The picture first, so whoever reacts to the result finds it up to date.
+            ctx.write_dot(&name, &running);
+            ctx.emit(
+                "actor/result",
+                result_data(&action, status, first.changed, first.errors, ms),
+            );
+        }
+        let mut is_converged = false;
+        let next = loop {
+            if let Some(cmd) = queued.pop_front() {
+                break Some(cmd);
+            }
+            tokio::select! {
+                ev = running.next_event() => match ev {
+                    Some(actions::EngineEvent::Changed { id }) => {
+                        tracing::info!(name = %name, resource = %id, "drift repaired");
+                        ctx.emit("actor/repaired", json!({"name": name, "action": action.id, "resource": id}));
+                    }
+                    Some(actions::EngineEvent::Failed { id, error }) => {
+                        tracing::warn!(name = %name, resource = %id, "check failed: {error}");
+                        ctx.emit("actor/error", json!({"name": name, "action": action.id, "resource": id, "error": error}));
+                    }
+                    Some(actions::EngineEvent::Message { id, text }) => {
+                        ctx.emit("actor/msg", json!({"name": name, "action": action.id, "resource": id, "text": text}));
+                    }
+                    None => break None,
+                },
+                now = transition(&mut conv, is_converged, ctx.idle) => {
+                    is_converged = now;
+                    let _ = ctx.crossed.send(Crossed { name: name.clone(), serial, converged: now });
+                }
+                cmd = cmds.recv() => match cmd {
+                    Some(cmd) => queued.push_back(cmd),
+                    None => break None,
+                },
+            }
+        };
+        match next {
+            Some(Cmd::Swap {
+                graph,
+                action: new,
+                started: t0,
+            }) => {
+                let stats = running.swap(graph).await;
+                tracing::info!(name = %name, kept = stats.kept, added = stats.added, removed = stats.removed, "graph swapped");
+                action = *new;
+                started = Some(t0);
+                conv = running.convergence();
+            }
+            Some(Cmd::Stop) | None => {
+                running.stop().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves with the new state once a graph crosses from diverged to converged or back.
+async fn transition(conv: &mut actions::Convergence, converged: bool, idle: Duration) -> bool {
+    if converged {
+        conv.diverged().await;
+        false
+    } else {
+        conv.converged(idle).await;
+        true
+    }
+}

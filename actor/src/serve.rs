@@ -1,0 +1,324 @@
+//! The serve loop: the [`Actor`] takes actions in (live, or replayed while catching up), keeps
+//! one graph task per name in force, and reports the actor's convergence as a whole.
+
+use crate::graph_task::{result_data, Cmd, Crossed, Ctx, InForce};
+use crate::intake::{Admit, Intake, Source};
+use crate::replay::{catch_up, Replay};
+use crate::store::Store;
+use crate::sub::Inbound;
+use crate::{ActorError, Config};
+use bus::{Action, Event};
+use serde_json::json;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// The serve loop's state.
+pub(crate) struct Actor {
+    name: String,
+    groups: Vec<String>,
+    engine: actions::Engine,
+    store: Option<Store>,
+    ctx: Ctx,
+    /// The graphs in force by name, with their convergence.
+    graphs: HashMap<String, InForce>,
+    /// The last serial handed to a graph task.
+    serials: u64,
+    /// Whether `actor/converged` (rather than `actor/diverged`) was the last one reported.
+    converged_reported: bool,
+    intake: Intake,
+    replay: Option<Replay>,
+    /// Catch-ups in flight, oldest first; each ends with its replayed actions.
+    catch_ups: VecDeque<JoinHandle<Vec<Action>>>,
+    inbound: mpsc::Receiver<Inbound>,
+    crossings: mpsc::UnboundedReceiver<Crossed>,
+    stop: Arc<AtomicBool>,
+}
+
+/// What woke the serve loop.
+enum Wake {
+    Inbound(Inbound),
+    Crossed(Crossed),
+    CaughtUp(Vec<Action>),
+    Stop,
+}
+
+impl Actor {
+    pub(crate) fn new(
+        cfg: Config,
+        topics: Vec<String>,
+        inbound: mpsc::Receiver<Inbound>,
+        out: std_mpsc::Sender<Event>,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Actor, ActorError> {
+        let (crossed, crossings) = mpsc::unbounded_channel();
+        Ok(Actor {
+            engine: actions::Engine::new()?,
+            store: cfg.state.as_deref().map(|s| Store::new(s, &cfg.name)),
+            ctx: Ctx {
+                host: cfg.name.clone(),
+                out,
+                crossed,
+                idle: cfg.converged_timeout,
+                graphviz: cfg.graphviz,
+            },
+            replay: cfg.replay.map(|endpoint| Replay {
+                endpoint,
+                topics,
+                max_frame: cfg.max_frame,
+            }),
+            name: cfg.name,
+            groups: cfg.groups,
+            graphs: HashMap::new(),
+            serials: 0,
+            converged_reported: true,
+            intake: Intake::default(),
+            catch_ups: VecDeque::new(),
+            inbound,
+            crossings,
+            stop,
+        })
+    }
+
+    /// Run until `stop` is set or the SUB thread is gone, then stop every graph.
+    pub(crate) async fn serve(mut self) -> Result<(), ActorError> {
+        self.restore().await;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            match self.next(&mut tick).await {
+                Wake::Inbound(Inbound::Connected) => self.connected(),
+                Wake::Inbound(Inbound::Action(a)) => {
+                    if let Some(a) = self.intake.hold(*a) {
+                        self.take(a, Source::Live).await;
+                    }
+                }
+                Wake::CaughtUp(replayed) => self.caught_up(replayed).await,
+                Wake::Crossed(c) => self.crossed(c),
+                Wake::Stop => break,
+            }
+        }
+        for handle in self.catch_ups.drain(..) {
+            handle.abort();
+        }
+        for (_, g) in self.graphs.drain() {
+            g.stop().await;
+        }
+        Ok(())
+    }
+
+    /// Wait for the next thing to do; the tick is how often `stop` is looked at.
+    async fn next(&mut self, tick: &mut tokio::time::Interval) -> Wake {
+        loop {
+            tokio::select! {
+                m = self.inbound.recv() => return m.map_or(Wake::Stop, Wake::Inbound),
+                Some(c) = self.crossings.recv() => return Wake::Crossed(c),
+                replayed = next_catch_up(&mut self.catch_ups) => return Wake::CaughtUp(replayed),
+                _ = tick.tick() => if self.stop.load(Ordering::Relaxed) {
+                    return Wake::Stop;
+                },
+            }
+        }
+    }
+
+    /// Graphs kept by a previous run converge again before any new action is taken.
+    async fn restore(&mut self) {
+        let Some(store) = &self.store else { return };
+        let mut restored = Vec::new();
+        for action in store.load() {
+            match actions::Graph::from_value(&action.graph) {
+                Ok(g) if !g.is_empty() => {
+                    self.intake.saw(action.seq);
+                    let running = self.engine.run(g, self.run_options(&action.name));
+                    restored.push((action, running));
+                }
+                Ok(_) => store.remove(&action.name),
+                Err(e) => tracing::error!(name = %action.name, "kept graph no longer valid: {e}"),
+            }
+        }
+        for (action, mut running) in restored {
+            let report = running.first_report().await;
+            tracing::info!(name = %action.name, ok = report.ok, changed = report.changed.len(), "restored graph converged");
+            self.ctx.write_dot(&action.name, &running);
+            self.start(running, action, None);
+        }
+    }
+
+    /// The subscription reached a publisher: catch up on what we have not seen. Live actions
+    /// are held from now until it ends.
+    fn connected(&mut self) {
+        let since = self.intake.begin_catch_up();
+        self.catch_ups
+            .push_back(catch_up(self.replay.clone(), since));
+    }
+
+    /// A catch-up ended: what was published while we were away comes first, then the
+    /// announcement that actions reach us, then what arrived live meanwhile.
+    async fn caught_up(&mut self, replayed: Vec<Action>) {
+        for a in replayed {
+            self.take(a, Source::Replayed).await;
+        }
+        self.ctx.emit(
+            "actor/up",
+            json!({"name": self.name, "groups": self.groups, "version": env!("CARGO_PKG_VERSION"), "graphs": self.graphs.len()}),
+        );
+        for a in self.intake.end_catch_up() {
+            self.take(a, Source::Live).await;
+        }
+    }
+
+    /// Take one action in: apply it, unless it is a duplicate or expired.
+    async fn take(&mut self, action: Action, source: Source) {
+        match self.intake.admit(action, source, bus::now_ms()) {
+            Admit::Apply(action) => self.apply(action).await,
+            Admit::Expired(action) => self.ctx.emit(
+                "actor/result",
+                result_data(
+                    &action,
+                    "error",
+                    vec![],
+                    vec!["expired before it arrived".into()],
+                    0.0,
+                ),
+            ),
+            Admit::Skip => {}
+        }
+    }
+
+    /// Put an action's graph in force under its name: started, swapped in, or (empty) removed.
+    async fn apply(&mut self, action: Action) {
+        let started = Instant::now();
+        let graph = match actions::Graph::from_value(&action.graph) {
+            Ok(g) => g,
+            Err(e) => {
+                // The graph in force under this name (if any) keeps running.
+                tracing::warn!(name = %action.name, "rejected action {}: {e}", action.id);
+                self.ctx.emit(
+                    "actor/result",
+                    result_data(&action, "error", vec![], vec![e.to_string()], 0.0),
+                );
+                return;
+            }
+        };
+        if graph.is_empty() {
+            return self.remove(action, started).await;
+        }
+        if let Some(store) = &self.store {
+            store.save(&action);
+        }
+        let name = action.name.clone();
+        // The graph in force under this name is diffed against the new one, not restarted.
+        let (graph, action) = match self.graphs.get_mut(&name) {
+            None => (graph, Box::new(action)),
+            Some(inf) => match inf.cmds.send(Cmd::Swap {
+                graph,
+                action: Box::new(action),
+                started,
+            }) {
+                Ok(()) => {
+                    inf.converged = false;
+                    self.report_convergence();
+                    return;
+                }
+                // Its task is gone (it cannot normally end by itself): start afresh.
+                Err(mpsc::error::SendError(Cmd::Swap { graph, action, .. })) => (graph, action),
+                Err(_) => return,
+            },
+        };
+        if let Some(old) = self.graphs.remove(&name) {
+            old.task.abort();
+        }
+        let running = self.engine.run(graph, self.run_options(&name));
+        self.start(running, *action, Some(started));
+        self.report_convergence();
+    }
+
+    /// An empty graph: stop and forget the one in force under its name.
+    async fn remove(&mut self, action: Action, started: Instant) {
+        let name = &action.name;
+        if let Some(old) = self.graphs.remove(name) {
+            old.stop().await;
+        }
+        if let Some(store) = &self.store {
+            store.remove(name);
+        }
+        self.report_convergence();
+        tracing::info!(name = %name, "graph removed");
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        self.ctx.emit(
+            "actor/result",
+            result_data(&action, "ok", vec![], vec![], ms),
+        );
+    }
+
+    /// Hand a running graph to a new task, as the one in force under its name.
+    fn start(&mut self, running: actions::Running, action: Action, started: Option<Instant>) {
+        self.serials += 1;
+        let name = action.name.clone();
+        let inf = InForce::start(&self.ctx, running, action, started, self.serials);
+        self.graphs.insert(name, inf);
+    }
+
+    fn run_options(&self, name: &str) -> actions::RunOptions {
+        actions::RunOptions {
+            noop: false,
+            state_dir: self.store.as_ref().map(|s| s.engine_dir(name)),
+        }
+    }
+
+    /// A graph task crossed over; a report from an incarnation since replaced is stale.
+    fn crossed(&mut self, c: Crossed) {
+        if let Some(inf) = self
+            .graphs
+            .get_mut(&c.name)
+            .filter(|g| g.serial == c.serial)
+        {
+            inf.converged = c.converged;
+        }
+        self.report_convergence();
+    }
+
+    /// Emit `actor/converged` / `actor/diverged` when the actor as a whole crosses over.
+    fn report_convergence(&mut self) {
+        let now = self.graphs.values().all(|g| g.converged);
+        if now == self.converged_reported {
+            return;
+        }
+        self.converged_reported = now;
+        let graphs = self.graphs.len();
+        if now {
+            tracing::info!(graphs, "converged");
+            self.ctx.emit(
+                "actor/converged",
+                json!({"graphs": graphs, "idle_s": self.ctx.idle.as_secs_f64()}),
+            );
+        } else {
+            let mut diverged: Vec<&String> = self
+                .graphs
+                .iter()
+                .filter(|(_, g)| !g.converged)
+                .map(|(n, _)| n)
+                .collect();
+            diverged.sort();
+            tracing::info!(?diverged, "diverged");
+            self.ctx.emit(
+                "actor/diverged",
+                json!({"graphs": graphs, "diverged": diverged}),
+            );
+        }
+    }
+}
+
+/// The replayed actions of the oldest catch-up in flight, once it ends; never, with none.
+/// Cancel-safe: the catch-up stays queued until it has ended.
+async fn next_catch_up(queue: &mut VecDeque<JoinHandle<Vec<Action>>>) -> Vec<Action> {
+    let Some(oldest) = queue.front_mut() else {
+        return std::future::pending().await;
+    };
+    // A catch-up that panicked or was aborted only costs the replay.
+    let replayed = oldest.await.unwrap_or_default();
+    queue.pop_front();
+    replayed
+}

@@ -1,0 +1,109 @@
+//! The on-disk graph store: the graphs in force, kept under the state dir so that they converge
+//! again after a restart, and each graph's engine state (its pending refreshes).
+
+use crate::files::{atomic_write, hex, safe_name};
+use bus::Action;
+use std::path::{Path, PathBuf};
+
+/// Where the actor keeps its graphs and their engine state: `<state>/actor-<name>/`.
+pub(crate) struct Store {
+    graphs: PathBuf,
+    engine: PathBuf,
+}
+
+impl Store {
+    pub(crate) fn new(state: &Path, name: &str) -> Store {
+        let dir = state.join(format!("actor-{}", safe_name(name)));
+        Store {
+            graphs: dir.join("graphs"),
+            engine: dir.join("engine"),
+        }
+    }
+
+    fn graph_file(&self, name: &str) -> PathBuf {
+        self.graphs.join(format!("{}.json", hex(name)))
+    }
+
+    /// The engine's state dir for the graph under `name`.
+    pub(crate) fn engine_dir(&self, name: &str) -> PathBuf {
+        self.engine.join(hex(name))
+    }
+
+    /// Keep `action` as the graph in force under its name.
+    pub(crate) fn save(&self, action: &Action) {
+        let file = self.graph_file(&action.name);
+        let result = serde_json::to_vec(action)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                std::fs::create_dir_all(&self.graphs)?;
+                atomic_write(&file, &bytes)
+            });
+        if let Err(e) = result {
+            tracing::error!(name = %action.name, file = %file.display(), "cannot persist graph: {e}");
+        }
+    }
+
+    /// Forget the graph under `name`, and its engine state (pending refreshes).
+    pub(crate) fn remove(&self, name: &str) {
+        let _ = std::fs::remove_file(self.graph_file(name));
+        let _ = std::fs::remove_dir_all(self.engine_dir(name));
+    }
+
+    /// The graphs kept by a previous run, oldest first. An unreadable one is logged and skipped.
+    pub(crate) fn load(&self) -> Vec<Action> {
+        let entries = match std::fs::read_dir(&self.graphs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(e) => {
+                tracing::error!(dir = %self.graphs.display(), "cannot read kept graphs: {e}");
+                return Vec::new();
+            }
+        };
+        let mut actions = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Action>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(a) => actions.push(a),
+                Err(e) => tracing::error!(file = %path.display(), "skipping a kept graph: {e}"),
+            }
+        }
+        actions.sort_by_key(|a| a.seq);
+        actions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn kept_graphs_round_trip_and_names_are_file_safe() {
+        let dir = std::env::temp_dir().join(format!("reflex-actor-store-{}", std::process::id()));
+        let store = Store::new(&dir, "web/1");
+        assert!(store.graphs.starts_with(dir.join("actor-web_1")));
+        let action = Action {
+            id: "a1".into(),
+            name: "deploy/app".into(),
+            seq: 7,
+            target: "all".into(),
+            graph: json!([{"kind": "noop", "name": "n"}]),
+            origin: bus::Origin::default(),
+            expires: None,
+        };
+        store.save(&action);
+        assert_eq!(store.load(), vec![action.clone()]);
+        assert!(store
+            .graph_file("deploy/app")
+            .ends_with("6465706c6f792f617070.json"));
+        store.remove("deploy/app");
+        assert!(store.load().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
