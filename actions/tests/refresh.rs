@@ -5,7 +5,7 @@ mod util;
 
 use std::fs;
 
-use actions::{Engine, RunOptions};
+use engine::{Engine, RunOptions};
 use serde_json::{json, Value};
 use util::*;
 

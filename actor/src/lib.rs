@@ -34,7 +34,7 @@ pub enum ActorError {
     #[error("zeromq: {0}")]
     Zmq(#[from] zmq::Error),
     #[error("engine: {0}")]
-    Engine(#[from] actions::EngineError),
+    Engine(#[from] engine::EngineError),
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -274,7 +274,7 @@ impl InForce {
     /// Hand a running graph to its own task, which reports on it and takes its commands.
     fn start(
         ctx: &Ctx,
-        running: actions::Running,
+        running: engine::Running,
         action: Action,
         started: Option<Instant>,
         serial: u64,
@@ -295,7 +295,7 @@ impl InForce {
 enum Cmd {
     /// Diff the running graph against this one (GraphSync) and report the new action.
     Swap {
-        graph: actions::Graph,
+        graph: graph::Graph,
         action: Box<Action>,
         started: Instant,
     },
@@ -318,7 +318,7 @@ impl Ctx {
         let _ = self.out.send(Event::new(tag, self.host.clone(), data));
     }
 
-    fn write_dot(&self, name: &str, running: &actions::Running) {
+    fn write_dot(&self, name: &str, running: &engine::Running) {
         let Some(dir) = &self.graphviz else { return };
         let file = dir.join(format!("{}.dot", safe_name(name)));
         if let Err(e) = std::fs::create_dir_all(dir)
@@ -408,7 +408,7 @@ async fn serve(
     stop: Arc<AtomicBool>,
     seen: Arc<AtomicU64>,
 ) -> Result<(), ActorError> {
-    let engine = actions::Engine::new()?;
+    let engine = engine::Engine::new()?;
     let store = cfg.state.as_deref().map(|s| Store::new(s, &cfg.name));
     let (conv_tx, mut conv_rx) = mpsc::unbounded_channel();
     let ctx = Ctx {
@@ -424,7 +424,7 @@ async fn serve(
     let mut conv: HashMap<String, (u64, bool)> = HashMap::new();
     let mut converged_reported = true;
     let mut last_seq = 0u64;
-    let run_opts = |name: &str| actions::RunOptions {
+    let run_opts = |name: &str| engine::RunOptions {
         noop: false,
         state_dir: store.as_ref().map(|s| s.engine_dir(name)),
     };
@@ -433,7 +433,7 @@ async fn serve(
     if let Some(store) = &store {
         let mut restored = Vec::new();
         for action in store.load() {
-            match actions::Graph::from_value(&action.graph) {
+            match graph::Graph::from_value(&action.graph) {
                 Ok(g) if !g.is_empty() => {
                     last_seq = last_seq.max(action.seq);
                     seen.store(last_seq, Ordering::Relaxed);
@@ -502,7 +502,7 @@ async fn serve(
             );
             continue;
         }
-        let graph = match actions::Graph::from_value(&action.graph) {
+        let graph = match graph::Graph::from_value(&action.graph) {
             Ok(g) => g,
             Err(e) => {
                 // The graph in force under this name (if any) keeps running.
@@ -609,7 +609,7 @@ fn report_convergence(ctx: &Ctx, conv: &HashMap<String, (u64, bool)>, reported: 
 /// `started` is `None` for a restored graph whose first report was already taken.
 async fn graph_task(
     ctx: Ctx,
-    mut running: actions::Running,
+    mut running: engine::Running,
     mut action: Action,
     mut started: Option<Instant>,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
@@ -646,15 +646,15 @@ async fn graph_task(
             }
             tokio::select! {
                 ev = running.next_event() => match ev {
-                    Some(actions::EngineEvent::Changed { id }) => {
+                    Some(engine::EngineEvent::Changed { id }) => {
                         tracing::info!(name = %name, resource = %id, "drift repaired");
                         ctx.emit("actor/repaired", json!({"name": name, "action": action.id, "resource": id}));
                     }
-                    Some(actions::EngineEvent::Failed { id, error }) => {
+                    Some(engine::EngineEvent::Failed { id, error }) => {
                         tracing::warn!(name = %name, resource = %id, "check failed: {error}");
                         ctx.emit("actor/error", json!({"name": name, "action": action.id, "resource": id, "error": error}));
                     }
-                    Some(actions::EngineEvent::Message { id, text }) => {
+                    Some(engine::EngineEvent::Message { id, text }) => {
                         ctx.emit("actor/msg", json!({"name": name, "action": action.id, "resource": id, "text": text}));
                     }
                     None => break None,
@@ -690,7 +690,7 @@ async fn graph_task(
 }
 
 /// Resolves with the new state once a graph crosses from diverged to converged or back.
-async fn transition(conv: &mut actions::Convergence, converged: bool, idle: Duration) -> bool {
+async fn transition(conv: &mut engine::Convergence, converged: bool, idle: Duration) -> bool {
     if converged {
         conv.diverged().await;
         false

@@ -1,5 +1,7 @@
 //! Typed, typo-checking access to one resource's fields while its kind parses them.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
 
 use crate::error::GraphError;
@@ -7,14 +9,29 @@ use crate::error::GraphError;
 /// The fields of one resource not yet consumed by its kind. A kind takes what it knows;
 /// [`Fields::finish`] then rejects whatever is left, so a typo is an error rather than a
 /// silently ignored setting.
-pub(crate) struct Fields {
+pub struct Fields {
     resource: String,
+    /// Put before every field name in errors: `meta.` for the metaparams map.
+    prefix: &'static str,
     map: Map<String, Value>,
 }
 
 impl Fields {
     pub(crate) fn new(resource: String, map: Map<String, Value>) -> Fields {
-        Fields { resource, map }
+        Fields::nested(resource, "", map)
+    }
+
+    /// The fields of a map nested in a resource; errors name them `<prefix><field>`.
+    pub(crate) fn nested(
+        resource: String,
+        prefix: &'static str,
+        map: Map<String, Value>,
+    ) -> Fields {
+        Fields {
+            resource,
+            prefix,
+            map,
+        }
     }
 
     /// Take an optional string field (null counts as absent).
@@ -31,13 +48,43 @@ impl Fields {
         self.opt_str(field)?
             .ok_or_else(|| GraphError::MissingField {
                 resource: self.resource.clone(),
-                field: field.to_string(),
+                field: format!("{}{field}", self.prefix),
             })
     }
 
     /// Take an optional field of any type (null counts as absent).
-    pub(crate) fn opt_value(&mut self, field: &str) -> Option<Value> {
+    pub fn opt_value(&mut self, field: &str) -> Option<Value> {
         self.map.remove(field).filter(|v| !v.is_null())
+    }
+
+    /// Take an optional boolean field (null counts as absent).
+    pub fn opt_bool(&mut self, field: &str) -> Result<Option<bool>, GraphError> {
+        match self.map.remove(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(other) => Err(self.invalid(
+                field,
+                format!("expected true or false, got {}", type_name(&other)),
+            )),
+        }
+    }
+
+    /// Take an optional map of strings (null counts as absent; empty when absent).
+    pub fn opt_str_map(&mut self, field: &str) -> Result<BTreeMap<String, String>, GraphError> {
+        match self.map.remove(field) {
+            None | Some(Value::Null) => Ok(BTreeMap::new()),
+            Some(Value::Object(map)) => map
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Value::String(v) => Ok((k, v)),
+                    other => Err(self.invalid(
+                        field,
+                        format!("`{k}`: expected a string, got {}", type_name(&other)),
+                    )),
+                })
+                .collect(),
+            Some(other) => Err(self.wrong_type(field, "a map of strings", &other)),
+        }
     }
 
     /// Take an optional number field (null counts as absent).
@@ -56,7 +103,7 @@ impl Fields {
     pub fn invalid(&self, field: &str, reason: impl Into<String>) -> GraphError {
         GraphError::InvalidField {
             resource: self.resource.clone(),
-            field: field.to_string(),
+            field: format!("{}{field}", self.prefix),
             reason: reason.into(),
         }
     }
@@ -65,8 +112,8 @@ impl Fields {
     pub fn finish(self) -> Result<(), GraphError> {
         match self.map.keys().next() {
             Some(field) => Err(GraphError::UnknownField {
+                field: format!("{}{field}", self.prefix),
                 resource: self.resource,
-                field: field.clone(),
             }),
             None => Ok(()),
         }
@@ -80,8 +127,8 @@ impl Fields {
     }
 }
 
-/// A JSON type name for error messages.
-pub(crate) fn type_name(v: &Value) -> &'static str {
+/// A JSON type name for error messages ("a string", "a map", ...).
+pub fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
