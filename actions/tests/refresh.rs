@@ -1,5 +1,6 @@
 //! Refresh notifications along `notify: true` edges, and pending refreshes that survive a
-//! restart (seed 002's hysteresis point).
+//! restart (the hysteresis of mgmt's design: a refresh sent and not consumed must survive a
+//! crash).
 
 mod util;
 
