@@ -113,6 +113,16 @@ impl std::fmt::Debug for WatchGuard {
     }
 }
 
+/// A spawned task that ends when its handle is dropped: a watch's background task tied to
+/// its [`WatchGuard`], or a check-apply cut off by a stop.
+pub(crate) struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What the engine lends a resource to set up its watch: the shared watchers.
 #[derive(Clone)]
 pub struct WatchCtx {

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use graph::Vertex;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
-use tokio::task::{JoinError, JoinHandle};
+use tokio::task::JoinError;
 
 use super::limit::Bucket;
 use super::{lock, EngineEvent, Msg, Shared};
-use crate::resource::{ApplyCtx, Outcome, Poke, Resource, WatchGuard};
+use crate::resource::{AbortOnDrop, ApplyCtx, Outcome, Poke, Resource, WatchGuard};
 
 /// A node's state, as its dependents see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -472,14 +472,6 @@ impl NodeTask {
                 text,
             }));
         }
-    }
-}
-
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::ResourceError;
 use crate::os;
-use crate::resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
+use crate::resource::{AbortOnDrop, ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
 
 /// Bytes of stdout/stderr kept (the end of the stream).
 const KEEP: usize = 4096;
@@ -76,7 +76,7 @@ impl Resource for Exec {
             tracing::warn!(%id, "watchcmd ended; no more watch events");
         });
         Ok(Some(WatchGuard::new(WatchCmd {
-            task,
+            _task: AbortOnDrop(task),
             _group: group,
         })))
     }
@@ -124,14 +124,8 @@ impl Resource for Exec {
 
 /// The running `watchcmd`: dropping it ends the reader and kills the command's group.
 struct WatchCmd {
-    task: JoinHandle<()>,
+    _task: AbortOnDrop<()>,
     _group: Option<GroupKiller>,
-}
-
-impl Drop for WatchCmd {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl Exec {

@@ -16,7 +16,7 @@ use zbus::{Connection, Proxy};
 use graph::kinds::{SvcRun, SvcSpec};
 
 use crate::error::ResourceError;
-use crate::resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
+use crate::resource::{AbortOnDrop, ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
 
 const DEST: &str = "org.freedesktop.systemd1";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
@@ -209,12 +209,4 @@ async fn watch_unit(unit: &str, poke: &Poke) -> Result<(), ResourceError> {
         poke.poke();
     }
     Ok(())
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use graph::kinds::TimerSpec;
 
 use crate::error::ResourceError;
-use crate::resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
+use crate::resource::{AbortOnDrop, ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
 
 /// A periodic change.
 #[derive(Debug)]
@@ -29,15 +29,6 @@ impl Timer {
     }
 }
 
-/// Ends the clock task when the watch is dropped.
-struct Clock(tokio::task::JoinHandle<()>);
-
-impl Drop for Clock {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 #[async_trait]
 impl Resource for Timer {
     fn watch(&self, _ctx: &WatchCtx, poke: Poke) -> Result<Option<WatchGuard>, ResourceError> {
@@ -51,7 +42,8 @@ impl Resource for Timer {
                 poke.poke();
             }
         });
-        Ok(Some(WatchGuard::new(Clock(task))))
+        // Dropping the guard ends the clock.
+        Ok(Some(WatchGuard::new(AbortOnDrop(task))))
     }
 
     async fn check_apply(&self, ctx: &ApplyCtx) -> Result<Outcome, ResourceError> {
