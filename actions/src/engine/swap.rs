@@ -198,3 +198,47 @@ impl Running {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use graph::kinds::{MsgSpec, NoopSpec};
+    use graph::Spec;
+
+    fn msg(id: &str, body: &str) -> Vertex {
+        Vertex::new(Spec::Msg(MsgSpec {
+            id: id.into(),
+            body: body.into(),
+        }))
+    }
+
+    fn nodes(vertices: Vec<Vertex>) -> Vec<Arc<Node>> {
+        vertices
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let res = crate::kinds::build(&v.resource);
+                Arc::new(Node::new(i as u64, v, res, false))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plan_keeps_equal_replaces_changed_and_adds_new() {
+        let old = nodes(vec![
+            msg("msg:a", "x"),
+            msg("msg:b", "x"),
+            msg("msg:c", "x"),
+        ]);
+        let noop = Vertex::new(Spec::Noop(NoopSpec {
+            id: "noop:d".into(),
+        }));
+        let p = plan(&old, vec![msg("msg:b", "y"), msg("msg:a", "x"), noop]);
+        assert!(matches!(p.slots[0], Slot::New(_)));
+        assert!(matches!(p.slots[1], Slot::Kept(0)));
+        assert!(matches!(p.slots[2], Slot::New(_)));
+        assert_eq!(p.keep, vec![true, false, false]);
+        assert_eq!(p.replaced, vec![false, true, false]);
+        assert_eq!(p.discard.len(), 1);
+    }
+}

@@ -1,7 +1,8 @@
 //! The resource kinds: each kind's spec (a plain data struct, parsed and validated from its
 //! fields) and its static facts (values it sends and receives, paths it manages and needs).
 //!
-//! [`KINDS`] is the one source of truth for which kinds exist.
+//! The table of kinds here (see [`kind_names`]) is the one source of truth for which kinds
+//! exist.
 
 use std::fmt;
 use std::path::PathBuf;
