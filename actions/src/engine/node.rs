@@ -91,10 +91,17 @@ pub(super) struct Node {
 #[derive(Default)]
 pub(super) struct Links {
     pub deps: Vec<Arc<Node>>,
-    /// Weak: a dependency must not keep a removed dependent alive. `bool`: notify edge.
-    pub dependents: Vec<(Weak<Node>, bool)>,
+    pub dependents: Vec<Dependent>,
     /// The sender of each of `vertex.recv`, in the same order.
     pub senders: Vec<Arc<Node>>,
+}
+
+/// A node waiting for this one.
+pub(super) struct Dependent {
+    /// Weak: a dependency must not keep a removed dependent alive.
+    pub node: Weak<Node>,
+    /// Along a `notify` edge: a change sends it a refresh.
+    pub notify: bool,
 }
 
 impl Node {
@@ -436,7 +443,7 @@ impl NodeTask {
             let dependents: Vec<(Arc<Node>, bool)> = lock(&node.links)
                 .dependents
                 .iter()
-                .filter_map(|(d, notify)| d.upgrade().map(|d| (d, *notify)))
+                .filter_map(|d| d.node.upgrade().map(|n| (n, d.notify)))
                 .collect();
             for (d, notify) in dependents {
                 if changed && notify && !d.refresh.swap(true, Ordering::SeqCst) {

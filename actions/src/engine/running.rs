@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use graph::{Edge, Graph, Vertex};
@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::convergence::Convergence;
-use super::node::{Links, Node, NodeTask};
+use super::node::{Dependent, Links, Node, NodeTask};
 use super::serial::BySerial;
 use super::{lock, Build, EngineEvent, Msg, Report, Shared};
 use crate::resource::Outcome;
@@ -189,10 +189,13 @@ impl Running {
     /// already reported whose dependencies changed.
     pub(super) fn link(&self, nodes: &[Arc<Node>], edges: &[Edge]) -> Vec<Arc<Node>> {
         let mut deps: Vec<Vec<Arc<Node>>> = vec![Vec::new(); nodes.len()];
-        let mut dependents: Vec<Vec<(Weak<Node>, bool)>> = vec![Vec::new(); nodes.len()];
+        let mut dependents: Vec<Vec<Dependent>> = (0..nodes.len()).map(|_| Vec::new()).collect();
         for e in edges {
             deps[e.to].push(Arc::clone(&nodes[e.from]));
-            dependents[e.from].push((Arc::downgrade(&nodes[e.to]), e.notify));
+            dependents[e.from].push(Dependent {
+                node: Arc::downgrade(&nodes[e.to]),
+                notify: e.notify,
+            });
         }
         // Only graphs with send/recv pay for the index.
         let index: HashMap<&str, &Arc<Node>> = if nodes.iter().any(|n| !n.vertex.recv.is_empty()) {
