@@ -13,31 +13,45 @@ pub struct Fields {
     resource: String,
     /// Put before every field name in errors: `meta.` for the metaparams map.
     prefix: &'static str,
+    /// A null field counts as absent (a resource's own fields), or has the wrong type
+    /// (metaparams, which never accepted null).
+    null_is_absent: bool,
     map: Map<String, Value>,
 }
 
 impl Fields {
     pub(crate) fn new(resource: String, map: Map<String, Value>) -> Fields {
-        Fields::nested(resource, "", map)
-    }
-
-    /// The fields of a map nested in a resource; errors name them `<prefix><field>`.
-    pub(crate) fn nested(
-        resource: String,
-        prefix: &'static str,
-        map: Map<String, Value>,
-    ) -> Fields {
         Fields {
             resource,
-            prefix,
+            prefix: "",
+            null_is_absent: true,
             map,
         }
     }
 
-    /// Take an optional string field (null counts as absent).
+    /// The `meta:` map of a resource: errors name its fields `meta.<field>`, and null is
+    /// a wrong type there, not an absent field.
+    pub(crate) fn meta(resource: String, map: Map<String, Value>) -> Fields {
+        Fields {
+            resource,
+            prefix: "meta.",
+            null_is_absent: false,
+            map,
+        }
+    }
+
+    /// Remove `field`: `None` when absent (or null, where null counts as absent).
+    fn take(&mut self, field: &str) -> Option<Value> {
+        let null_is_absent = self.null_is_absent;
+        self.map
+            .remove(field)
+            .filter(|v| !(null_is_absent && v.is_null()))
+    }
+
+    /// Take an optional string field.
     pub fn opt_str(&mut self, field: &str) -> Result<Option<String>, GraphError> {
-        match self.map.remove(field) {
-            None | Some(Value::Null) => Ok(None),
+        match self.take(field) {
+            None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
             Some(other) => Err(self.wrong_type(field, "a string", &other)),
         }
@@ -52,15 +66,15 @@ impl Fields {
             })
     }
 
-    /// Take an optional field of any type (null counts as absent).
+    /// Take an optional field of any type.
     pub fn opt_value(&mut self, field: &str) -> Option<Value> {
-        self.map.remove(field).filter(|v| !v.is_null())
+        self.take(field)
     }
 
-    /// Take an optional boolean field (null counts as absent).
+    /// Take an optional boolean field.
     pub fn opt_bool(&mut self, field: &str) -> Result<Option<bool>, GraphError> {
-        match self.map.remove(field) {
-            None | Some(Value::Null) => Ok(None),
+        match self.take(field) {
+            None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(b)),
             Some(other) => Err(self.invalid(
                 field,
@@ -69,10 +83,10 @@ impl Fields {
         }
     }
 
-    /// Take an optional map of strings (null counts as absent; empty when absent).
+    /// Take an optional map of strings (empty when absent).
     pub fn opt_str_map(&mut self, field: &str) -> Result<BTreeMap<String, String>, GraphError> {
-        match self.map.remove(field) {
-            None | Some(Value::Null) => Ok(BTreeMap::new()),
+        match self.take(field) {
+            None => Ok(BTreeMap::new()),
             Some(Value::Object(map)) => map
                 .into_iter()
                 .map(|(k, v)| match v {
@@ -87,10 +101,10 @@ impl Fields {
         }
     }
 
-    /// Take an optional number field (null counts as absent).
+    /// Take an optional number field.
     pub fn opt_number(&mut self, field: &str) -> Result<Option<f64>, GraphError> {
-        match self.map.remove(field) {
-            None | Some(Value::Null) => Ok(None),
+        match self.take(field) {
+            None => Ok(None),
             Some(Value::Number(n)) => match n.as_f64() {
                 Some(f) => Ok(Some(f)),
                 None => Err(self.invalid(field, format!("{n} is not representable"))),

@@ -64,7 +64,7 @@ impl Meta {
                 })
             }
         };
-        let mut f = Fields::nested(resource.to_string(), "meta.", map);
+        let mut f = Fields::meta(resource.to_string(), map);
         let duration = |f: &mut Fields, key: &str, scale: f64, allow_zero: bool| {
             let Some(n) = f.opt_number(key)? else {
                 return Ok(None);
@@ -75,23 +75,10 @@ impl Meta {
             }
             Ok(Some(Duration::from_secs_f64(secs)))
         };
+        // In key order, so of several bad keys the first one is reported.
         let mut meta = Meta::default();
-        if let Some(n) = f.opt_number("retry")? {
-            if n.fract() != 0.0 || n < -1.0 || n > u32::MAX as f64 {
-                return Err(f.invalid("retry", format!("{n} is not a count (-1 = forever)")));
-            }
-            meta.retry = n as i64;
-        }
-        if let Some(delay) = duration(&mut f, "delay", 1e-3, true)? {
-            meta.delay = delay;
-        }
-        meta.timeout = duration(&mut f, "timeout", 1e-3, false)?;
-        meta.poll = duration(&mut f, "poll", 1.0, false)?;
-        if let Some(n) = f.opt_number("limit")? {
-            if n <= 0.0 {
-                return Err(f.invalid("limit", format!("{n} is not a positive rate per second")));
-            }
-            meta.limit = Some(n);
+        if let Some(autoedge) = f.opt_bool("autoedge")? {
+            meta.autoedge = autoedge;
         }
         if let Some(n) = f.opt_number("burst")? {
             if n.fract() != 0.0 || !(1.0..=1e6).contains(&n) {
@@ -99,15 +86,29 @@ impl Meta {
             }
             meta.burst = n as u32;
         }
-        if let Some(value) = f.opt_value("sema") {
-            meta.sema = parse_semas(&f, &value)?;
+        if let Some(delay) = duration(&mut f, "delay", 1e-3, true)? {
+            meta.delay = delay;
+        }
+        if let Some(n) = f.opt_number("limit")? {
+            if n <= 0.0 {
+                return Err(f.invalid("limit", format!("{n} is not a positive rate per second")));
+            }
+            meta.limit = Some(n);
         }
         if let Some(noop) = f.opt_bool("noop")? {
             meta.noop = noop;
         }
-        if let Some(autoedge) = f.opt_bool("autoedge")? {
-            meta.autoedge = autoedge;
+        meta.poll = duration(&mut f, "poll", 1.0, false)?;
+        if let Some(n) = f.opt_number("retry")? {
+            if n.fract() != 0.0 || n < -1.0 || n > u32::MAX as f64 {
+                return Err(f.invalid("retry", format!("{n} is not a count (-1 = forever)")));
+            }
+            meta.retry = n as i64;
         }
+        if let Some(value) = f.opt_value("sema") {
+            meta.sema = parse_semas(&f, &value)?;
+        }
+        meta.timeout = duration(&mut f, "timeout", 1e-3, false)?;
         f.finish()?;
         Ok(meta)
     }
@@ -198,6 +199,18 @@ mod tests {
                 text.starts_with("exec:e:") && text.contains(field),
                 "{meta}: {text}"
             );
+        }
+    }
+
+    #[test]
+    fn a_null_metaparam_is_an_error_not_a_default() {
+        for (meta, reason) in [
+            (json!({"retry": null}), "expected a number, got null"),
+            (json!({"noop": null}), "expected true or false, got null"),
+            (json!({"sema": null}), "got null"),
+        ] {
+            let err = Meta::parse("noop:x", Some(meta.clone())).expect_err("must fail");
+            assert!(err.to_string().contains(reason), "{meta}: {err}");
         }
     }
 }
