@@ -27,7 +27,7 @@ pub struct ApplyArgs {
 pub fn run(a: ApplyArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&a.graph)
         .map_err(|e| Exit::usage(format!("cannot read {}: {e}", a.graph.display())))?;
-    let graph = actions::Graph::from_yaml(&text)
+    let graph = graph::Graph::from_yaml(&text)
         .map_err(|e| Exit::usage(format!("{}: {e}", a.graph.display())))?;
     let idle = match a.converged_timeout {
         Some(s) if !(s.is_finite() && s >= 0.0) => {
@@ -42,14 +42,14 @@ pub fn run(a: ApplyArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let engine = actions::Engine::new()?;
+        let engine = engine::Engine::new()?;
         let n = graph.len();
         // Signals are caught from here on, so Ctrl-C during the first run still stops the
         // resources (and kills their commands) instead of leaving them behind.
         let stop = crate::cli::stop_flag()?;
         let mut running = engine.run(
             graph,
-            actions::RunOptions {
+            engine::RunOptions {
                 noop: a.noop,
                 ..Default::default()
             },
@@ -57,9 +57,9 @@ pub fn run(a: ApplyArgs) -> anyhow::Result<ExitCode> {
         let changed_word = if a.noop { "would change" } else { "changed" };
         // On a terminal, every resource gets its line; piped, only what matters.
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let progress = |id: &str, r: &Result<actions::Outcome, String>| match r {
-            Ok(actions::Outcome::Converged) if tty => eprintln!("converged {id}"),
-            Ok(actions::Outcome::Converged) => {}
+        let progress = |id: &str, r: &Result<engine::Outcome, String>| match r {
+            Ok(engine::Outcome::Converged) if tty => eprintln!("converged {id}"),
+            Ok(engine::Outcome::Converged) => {}
             Ok(_) => eprintln!("{changed_word} {id}"),
             Err(e) => eprintln!("error: {id}: {e}"),
         };
@@ -88,14 +88,14 @@ pub fn run(a: ApplyArgs) -> anyhow::Result<ExitCode> {
         let mut failed = !report.ok;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             match tokio::time::timeout(Duration::from_millis(100), running.next_event()).await {
-                Ok(Some(actions::EngineEvent::Changed { id })) if a.noop => {
+                Ok(Some(engine::EngineEvent::Changed { id })) if a.noop => {
                     eprintln!("drifted (would repair) {id}")
                 }
-                Ok(Some(actions::EngineEvent::Changed { id })) => eprintln!("repaired {id}"),
-                Ok(Some(actions::EngineEvent::Message { id, text })) => {
+                Ok(Some(engine::EngineEvent::Changed { id })) => eprintln!("repaired {id}"),
+                Ok(Some(engine::EngineEvent::Message { id, text })) => {
                     eprintln!("msg {id}: {text}")
                 }
-                Ok(Some(actions::EngineEvent::Failed { id, error })) => {
+                Ok(Some(engine::EngineEvent::Failed { id, error })) => {
                     failed = true;
                     eprintln!("error: {id}: {error}");
                 }

@@ -9,8 +9,9 @@
 //!
 //! Graph parsing is timed separately; the figures are measurements, never assertions.
 
-use actions::{Engine, Graph, RunOptions};
 use clap::Args;
+use engine::{Engine, RunOptions};
+use graph::Graph;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::ExitCode;

@@ -61,7 +61,7 @@ pub fn render(topic: &str, payload: &[u8], json: bool) -> Option<String> {
         if json {
             return Some(serde_json::json!({"type": "action", "action": a}).to_string());
         }
-        let ids: Vec<String> = actions::Graph::from_value(&a.graph)
+        let ids: Vec<String> = graph::Graph::from_value(&a.graph)
             .map(|g| g.ids())
             .unwrap_or_default();
         Some(format!(

@@ -1,6 +1,5 @@
 //! The one interface every resource kind implements, and the small types it is handed.
 
-use std::any::Any;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -23,11 +22,10 @@ pub enum Outcome {
 }
 
 /// One resource kind's implementation of desired state (mgmt's Res interface, trimmed).
+/// What it should be, and so whether two resources are the same, is its spec's business
+/// (`graph::Spec`); this is only how it gets there.
 #[async_trait]
 pub trait Resource: Send + Sync + 'static {
-    /// `kind:name`.
-    fn id(&self) -> &str;
-
     /// Start watching real state; call `poke.poke()` whenever it may have drifted. Returns a
     /// guard whose Drop stops the watch. Kinds with nothing to watch return `Ok(None)`.
     fn watch(&self, ctx: &WatchCtx, poke: Poke) -> Result<Option<WatchGuard>, ResourceError>;
@@ -36,60 +34,14 @@ pub trait Resource: Send + Sync + 'static {
     /// upstream resource changed something along a `notify: true` edge.
     async fn check_apply(&self, ctx: &ApplyCtx) -> Result<Outcome, ResourceError>;
 
-    /// True when `other` describes the same desired state (graph swap keeps such a resource
-    /// running, its watch and state untouched).
-    fn compare(&self, other: &dyn Resource) -> bool;
-
-    /// For `compare`: lets an implementation downcast `other` to its own type.
-    fn as_any(&self) -> &dyn Any;
-
-    /// Paths this resource creates or manages (for autoedges: whoever needs one runs after).
-    fn manages(&self) -> Vec<PathBuf> {
-        Vec::new()
-    }
-
-    /// Paths this resource needs to exist first (for autoedges).
-    fn needs(&self) -> Vec<PathBuf> {
-        Vec::new()
-    }
-
-    /// Values this kind can send (`recv: {field: "kind:name.key"}` on a receiver), with
-    /// their types, checked before a graph runs.
-    fn sends(&self) -> &'static [(&'static str, ValueType)] {
-        &[]
-    }
-
     /// The values it sends now; read by the engine after this resource succeeded.
     fn sent(&self) -> Option<Map<String, Value>> {
         None
     }
 
-    /// Fields this kind can receive from another resource, with their types.
-    fn receives(&self) -> &'static [(&'static str, ValueType)] {
-        &[]
-    }
-
     /// After a change: a message for whoever runs the engine (`msg` uses it).
     fn message(&self) -> Option<String> {
         None
-    }
-}
-
-/// The type of a sent or received value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ValueType {
-    /// A string.
-    Str,
-    /// An integer.
-    Int,
-}
-
-impl std::fmt::Display for ValueType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ValueType::Str => "string",
-            ValueType::Int => "integer",
-        })
     }
 }
 
@@ -158,6 +110,16 @@ impl WatchGuard {
 impl std::fmt::Debug for WatchGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("WatchGuard")
+    }
+}
+
+/// A spawned task that ends when its handle is dropped: a watch's background task tied to
+/// its [`WatchGuard`], or a check-apply cut off by a stop.
+pub(crate) struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

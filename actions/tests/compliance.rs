@@ -1,4 +1,4 @@
-//! Every kind passes the resource contract (actions::compliance): first check runs without
+//! Every kind passes the resource contract (engine::compliance): first check runs without
 //! a watch event, a second check after converging is Converged, compare is reflexive.
 
 mod util;
@@ -19,7 +19,7 @@ async fn every_kind_complies() {
                "env": {"A": "1"}, "cwd": p(d), "ifcmd": "true"}),
     ];
     for case in cases {
-        if let Err(e) = actions::compliance::check(case.clone()).await {
+        if let Err(e) = engine::compliance::check(case.clone()).await {
             panic!("{case}: {e}");
         }
     }

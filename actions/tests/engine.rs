@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 mod util;
 
-use actions::{Engine, RunOptions};
+use engine::{Engine, RunOptions};
 use serde_json::{json, Value};
 use util::{eventually, expect_changed, file_id, graph, p, DEADLINE};
 

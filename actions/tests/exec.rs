@@ -2,7 +2,7 @@
 
 mod util;
 
-use actions::{Engine, RunOptions};
+use engine::{Engine, RunOptions};
 use serde_json::json;
 use util::*;
 

@@ -6,7 +6,7 @@ mod util;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use actions::{Engine, RunOptions};
+use engine::{Engine, RunOptions};
 use serde_json::json;
 use util::*;
 
@@ -124,7 +124,7 @@ async fn directory_forms_comply() {
         json!({"kind": "file", "name": format!("{}/d2/", p(dir.path())), "source": p(&src), "recurse": true, "purge": true}),
         json!({"kind": "file", "name": p(&dir.path().join("copy")), "source": p(&dir.path().join("one")), "owner": "root"}),
     ] {
-        if let Err(e) = actions::compliance::check(case.clone()).await {
+        if let Err(e) = engine::compliance::check(case.clone()).await {
             panic!("{case}: {e}");
         }
     }

@@ -2,7 +2,7 @@
 
 mod util;
 
-use actions::{Engine, RunOptions};
+use engine::{Engine, RunOptions};
 use serde_json::json;
 use util::*;
 
@@ -103,7 +103,7 @@ async fn exec_stdout_is_received_as_file_content_with_an_implied_edge() {
 #[test]
 fn send_recv_ends_and_types_are_checked_before_running() {
     let err = |v: serde_json::Value| {
-        actions::Graph::from_value(&v)
+        graph::Graph::from_value(&v)
             .expect_err("must fail")
             .to_string()
     };

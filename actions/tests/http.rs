@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use actions::{Engine, RunOptions};
+use engine::{Engine, RunOptions};
 use serde_json::json;
 use util::*;
 
@@ -124,21 +124,21 @@ async fn an_unexpected_status_is_an_error_naming_it() {
     );
     running.stop().await;
     let (url, _seen) = serve(200, "ok");
-    actions::compliance::check(json!({"kind": "http", "name": url}))
+    engine::compliance::check(json!({"kind": "http", "name": url}))
         .await
         .expect("http complies");
 }
 
 #[test]
 fn bad_urls_and_methods_are_rejected() {
-    let e = actions::Graph::from_value(&json!([{"kind": "http", "name": "ftp://x"}]))
+    let e = graph::Graph::from_value(&json!([{"kind": "http", "name": "ftp://x"}]))
         .expect_err("bad url")
         .to_string();
     assert!(
         e.contains("field `name`") && e.contains("not an http(s) URL"),
         "{e}"
     );
-    let e = actions::Graph::from_value(
+    let e = graph::Graph::from_value(
         &json!([{"kind": "http", "name": "h", "url": "http://x", "method": "GE T"}]),
     )
     .expect_err("bad method")

@@ -4,7 +4,7 @@ mod util;
 
 use std::time::Duration;
 
-use actions::{Engine, EngineEvent, RunOptions};
+use engine::{Engine, EngineEvent, RunOptions};
 use serde_json::json;
 use util::*;
 
@@ -60,13 +60,13 @@ async fn timer_and_msg_comply() {
         json!({"kind": "timer", "name": "t", "interval": 3600}),
         json!({"kind": "msg", "name": "m", "body": "hello"}),
     ] {
-        if let Err(e) = actions::compliance::check(case.clone()).await {
+        if let Err(e) = engine::compliance::check(case.clone()).await {
             panic!("{case}: {e}");
         }
     }
 }
 
-async fn next_message(running: &mut actions::Running) -> (String, String) {
+async fn next_message(running: &mut engine::Running) -> (String, String) {
     let fut = async {
         loop {
             match running.next_event().await {
@@ -118,7 +118,7 @@ async fn a_password_is_generated_once_sent_to_a_file_and_kept_encrypted() {
     eventually("the secret is restored", || read(&f) == secret).await;
     running.stop().await;
 
-    actions::compliance::check(json!({"kind": "password", "name": "p"}))
+    engine::compliance::check(json!({"kind": "password", "name": "p"}))
         .await
         .expect("password complies");
 }

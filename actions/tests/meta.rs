@@ -6,7 +6,7 @@ mod util;
 use std::fs;
 use std::time::Duration;
 
-use actions::{Engine, RunOptions};
+use engine::{Engine, RunOptions};
 use serde_json::json;
 use util::*;
 

@@ -7,7 +7,7 @@ mod util;
 use std::path::Path;
 use std::process::Command;
 
-use actions::{Engine, RunOptions};
+use engine::{Engine, RunOptions};
 use serde_json::json;
 use util::*;
 
@@ -131,7 +131,7 @@ async fn packages_install_grouped_repair_and_remove() {
     assert!(report.ok, "{report:?}");
     assert!(PKGS.iter().all(|p| installed(p)));
     assert_eq!(
-        actions::kinds::pkg::transactions(),
+        engine::kinds::pkg::transactions(),
         1,
         "the two installs were not grouped"
     );
@@ -155,7 +155,7 @@ async fn packages_install_grouped_repair_and_remove() {
     assert!(report.ok, "{report:?}");
     assert!(PKGS.iter().all(|p| !installed(p)));
     running.stop().await;
-    actions::compliance::check(json!({"kind": "pkg", "name": PKGS[0], "state": "absent"}))
+    engine::compliance::check(json!({"kind": "pkg", "name": PKGS[0], "state": "absent"}))
         .await
         .expect("pkg complies");
 }

@@ -1,11 +1,12 @@
 //! Refresh notifications along `notify: true` edges, and pending refreshes that survive a
-//! restart (seed 002's hysteresis point).
+//! restart (the hysteresis of mgmt's design: a refresh sent and not consumed must survive a
+//! crash).
 
 mod util;
 
 use std::fs;
 
-use actions::{Engine, RunOptions};
+use engine::{Engine, RunOptions};
 use serde_json::{json, Value};
 use util::*;
 

@@ -5,7 +5,7 @@ mod util;
 
 use std::process::Command;
 
-use actions::{Engine, RunOptions};
+use engine::{Engine, RunOptions};
 use serde_json::json;
 use util::*;
 
@@ -80,11 +80,11 @@ async fn a_unit_is_started_kept_running_restarted_on_refresh_and_stopped() {
 
 #[test]
 fn unit_names_and_states_are_validated_and_the_unit_file_is_an_autoedge() {
-    let e = actions::Graph::from_value(&json!([{"kind": "svc", "name": "ssh", "state": "up"}]))
+    let e = graph::Graph::from_value(&json!([{"kind": "svc", "name": "ssh", "state": "up"}]))
         .expect_err("bad state")
         .to_string();
     assert!(e.starts_with("svc:ssh: field `state`"), "{e}");
-    let e = actions::Graph::from_value(&json!([{"kind": "svc", "name": "a b"}]))
+    let e = graph::Graph::from_value(&json!([{"kind": "svc", "name": "a b"}]))
         .expect_err("bad name")
         .to_string();
     assert!(e.starts_with("svc:a b: field `name`"), "{e}");

@@ -6,7 +6,7 @@ mod util;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use actions::{Engine, RunOptions, SwapStats};
+use engine::{Engine, RunOptions, SwapStats};
 use serde_json::{json, Value};
 use util::*;
 

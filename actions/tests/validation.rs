@@ -1,6 +1,6 @@
 //! Every bad graph is rejected before anything runs, naming what is at fault.
 
-use actions::{Graph, GraphError};
+use graph::{Graph, GraphError};
 use serde_json::{json, Value};
 
 fn err(v: Value) -> String {

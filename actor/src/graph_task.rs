@@ -2,7 +2,8 @@
 //! outcome as `actor/result`, then repairs, failures and messages as they happen, tells the serve
 //! loop each time the graph crosses between converged and diverged, and swaps in later actions.
 
-use crate::files::{atomic_write, safe_name};
+use crate::store::safe_name;
+use engine::os::atomic_write;
 use bus::{Action, Event};
 use serde_json::json;
 use std::collections::VecDeque;
@@ -27,7 +28,7 @@ impl InForce {
     /// `started` is `None` for a restored graph whose first report was already taken.
     pub(crate) fn start(
         ctx: &Ctx,
-        running: actions::Running,
+        running: engine::Running,
         action: Action,
         started: Option<Instant>,
         serial: u64,
@@ -60,7 +61,7 @@ impl InForce {
 pub(crate) enum Cmd {
     /// Diff the running graph against this one (GraphSync) and report the new action.
     Swap {
-        graph: actions::Graph,
+        graph: graph::Graph,
         action: Box<Action>,
         started: Instant,
     },
@@ -93,11 +94,11 @@ impl Ctx {
     }
 
     /// Write the graph's picture, if asked to.
-    pub(crate) fn write_dot(&self, name: &str, running: &actions::Running) {
+    pub(crate) fn write_dot(&self, name: &str, running: &engine::Running) {
         let Some(dir) = &self.graphviz else { return };
         let file = dir.join(format!("{}.dot", safe_name(name)));
         if let Err(e) = std::fs::create_dir_all(dir)
-            .and_then(|()| atomic_write(&file, running.to_dot(name).as_bytes()))
+            .and_then(|()| atomic_write(&file, running.to_dot(name).as_bytes(), None))
         {
             tracing::warn!(file = %file.display(), "cannot write graphviz: {e}");
         }
@@ -128,7 +129,7 @@ pub(crate) fn result_data(
 /// Runs one named graph until it is stopped (see the module doc).
 async fn graph_task(
     ctx: Ctx,
-    mut running: actions::Running,
+    mut running: engine::Running,
     mut action: Action,
     mut started: Option<Instant>,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
@@ -165,15 +166,15 @@ async fn graph_task(
             }
             tokio::select! {
                 ev = running.next_event() => match ev {
-                    Some(actions::EngineEvent::Changed { id }) => {
+                    Some(engine::EngineEvent::Changed { id }) => {
                         tracing::info!(name = %name, resource = %id, "drift repaired");
                         ctx.emit("actor/repaired", json!({"name": name, "action": action.id, "resource": id}));
                     }
-                    Some(actions::EngineEvent::Failed { id, error }) => {
+                    Some(engine::EngineEvent::Failed { id, error }) => {
                         tracing::warn!(name = %name, resource = %id, "check failed: {error}");
                         ctx.emit("actor/error", json!({"name": name, "action": action.id, "resource": id, "error": error}));
                     }
-                    Some(actions::EngineEvent::Message { id, text }) => {
+                    Some(engine::EngineEvent::Message { id, text }) => {
                         ctx.emit("actor/msg", json!({"name": name, "action": action.id, "resource": id, "text": text}));
                     }
                     None => break None,
@@ -209,7 +210,7 @@ async fn graph_task(
 }
 
 /// Resolves with the new state once a graph crosses from diverged to converged or back.
-async fn transition(conv: &mut actions::Convergence, converged: bool, idle: Duration) -> bool {
+async fn transition(conv: &mut engine::Convergence, converged: bool, idle: Duration) -> bool {
     if converged {
         conv.diverged().await;
         false

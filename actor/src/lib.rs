@@ -1,7 +1,7 @@
 //! The reflex actor: the hands on a host.
 //!
 //! It subscribes to the publisher for `all/`, its host and its groups, runs every action it
-//! receives through the resource-graph engine ([`actions`]) and reports back to the manager as
+//! receives through the resource-graph engine ([`engine`]) and reports back to the manager as
 //! events: `actor/result` once an action's graph first converged (or failed), `actor/repaired`
 //! each time the engine repairs drift afterwards, `actor/error` when a later check fails, and
 //! `actor/msg` for what a `msg` resource says, `actor/up` each time its subscription reaches a
@@ -44,7 +44,6 @@
 
 #![deny(missing_docs)]
 
-mod files;
 mod graph_task;
 mod intake;
 mod replay;
@@ -74,7 +73,7 @@ pub enum ActorError {
     Zmq(#[from] zmq::Error),
     /// The engine could not start.
     #[error("engine: {0}")]
-    Engine(#[from] actions::EngineError),
+    Engine(#[from] engine::EngineError),
     /// A thread or the tokio runtime could not start.
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 pub(crate) struct Actor {
     name: String,
     groups: Vec<String>,
-    engine: actions::Engine,
+    engine: engine::Engine,
     store: Option<Store>,
     ctx: Ctx,
     /// The graphs in force by name, with their convergence.
@@ -56,7 +56,7 @@ impl Actor {
     ) -> Result<Actor, ActorError> {
         let (crossed, crossings) = mpsc::unbounded_channel();
         Ok(Actor {
-            engine: actions::Engine::new()?,
+            engine: engine::Engine::new()?,
             store: cfg.state.as_deref().map(|s| Store::new(s, &cfg.name)),
             ctx: Ctx {
                 host: cfg.name.clone(),
@@ -128,7 +128,7 @@ impl Actor {
         let Some(store) = &self.store else { return };
         let mut restored = Vec::new();
         for action in store.load() {
-            match actions::Graph::from_value(&action.graph) {
+            match graph::Graph::from_value(&action.graph) {
                 Ok(g) if !g.is_empty() => {
                     self.intake.saw(action.seq);
                     let running = self.engine.run(g, self.run_options(&action.name));
@@ -190,7 +190,7 @@ impl Actor {
     /// Put an action's graph in force under its name: started, swapped in, or (empty) removed.
     async fn apply(&mut self, action: Action) {
         let started = Instant::now();
-        let graph = match actions::Graph::from_value(&action.graph) {
+        let graph = match graph::Graph::from_value(&action.graph) {
             Ok(g) => g,
             Err(e) => {
                 // The graph in force under this name (if any) keeps running.
@@ -254,15 +254,15 @@ impl Actor {
     }
 
     /// Hand a running graph to a new task, as the one in force under its name.
-    fn start(&mut self, running: actions::Running, action: Action, started: Option<Instant>) {
+    fn start(&mut self, running: engine::Running, action: Action, started: Option<Instant>) {
         self.serials += 1;
         let name = action.name.clone();
         let inf = InForce::start(&self.ctx, running, action, started, self.serials);
         self.graphs.insert(name, inf);
     }
 
-    fn run_options(&self, name: &str) -> actions::RunOptions {
-        actions::RunOptions {
+    fn run_options(&self, name: &str) -> engine::RunOptions {
+        engine::RunOptions {
             noop: false,
             state_dir: self.store.as_ref().map(|s| s.engine_dir(name)),
         }

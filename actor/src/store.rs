@@ -1,7 +1,7 @@
 //! The on-disk graph store: the graphs in force, kept under the state dir so that they converge
 //! again after a restart, and each graph's engine state (its pending refreshes).
 
-use crate::files::{atomic_write, hex, safe_name};
+use engine::os::{atomic_write, hex};
 use bus::Action;
 use std::path::{Path, PathBuf};
 
@@ -36,7 +36,7 @@ impl Store {
             .map_err(std::io::Error::other)
             .and_then(|bytes| {
                 std::fs::create_dir_all(&self.graphs)?;
-                atomic_write(&file, &bytes)
+                atomic_write(&file, &bytes, None)
             });
         if let Err(e) = result {
             tracing::error!(name = %action.name, file = %file.display(), "cannot persist graph: {e}");
@@ -77,6 +77,20 @@ impl Store {
         actions
     }
 }
+
+/// `name` as a file name: anything but `[A-Za-z0-9._-]` becomes `_`.
+pub(crate) fn safe_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 
 #[cfg(test)]
 mod tests {

@@ -267,7 +267,7 @@ fn number(d: &Dynamic, what: &str) -> FnResult<f64> {
 fn make_action(ctx: &Shared, target: &str, graph: &Dynamic, opts: &Map) -> FnResult<()> {
     let target = Target::parse(target).map_err(|e| format!("act: {e}"))?;
     let graph = to_json(graph)?;
-    actions::Graph::from_value(&graph).map_err(|e| format!("act: invalid graph: {e}"))?;
+    graph::Graph::from_value(&graph).map_err(|e| format!("act: invalid graph: {e}"))?;
     let mut name = None;
     let mut expires = None;
     for (k, v) in opts {

@@ -8,27 +8,22 @@
 //! the process. It sends its `stdout`. A failed run is retried when poked again (or per
 //! `meta.retry`).
 
-use std::any::Any;
-use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use graph::kinds::ExecSpec;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::Command;
 use tokio::task::JoinHandle;
 
-use crate::error::{GraphError, ResourceError};
-use crate::fields::{type_name, Fields};
-use crate::resource::{ApplyCtx, Outcome, Poke, Resource, ValueType, WatchCtx, WatchGuard};
-
-/// The kind name.
-pub const KIND: &str = "exec";
+use crate::error::ResourceError;
+use crate::os;
+use crate::resource::{AbortOnDrop, ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
 
 /// Bytes of stdout/stderr kept (the end of the stream).
 const KEEP: usize = 4096;
@@ -41,8 +36,7 @@ const PIPE_GRACE: Duration = Duration::from_millis(200);
 /// A command to run.
 #[derive(Debug)]
 pub struct Exec {
-    id: String,
-    spec: Spec,
+    spec: ExecSpec,
     /// Set once the command succeeded (or, in noop mode, was reported as WouldChange).
     done: AtomicBool,
     /// Set by the `watchcmd` watch: its output asked for another run.
@@ -51,123 +45,8 @@ pub struct Exec {
     last_stdout: Mutex<Option<String>>,
 }
 
-/// Everything that defines an exec's desired behaviour (what `compare` compares).
-#[derive(Debug, Clone, PartialEq)]
-struct Spec {
-    cmd: String,
-    /// Seconds, as written (kept for the error message).
-    timeout: Option<f64>,
-    /// Run `cmd` only when this exits 0.
-    ifcmd: Option<String>,
-    /// Skip `cmd` when this path exists (and let users of the path run after us).
-    creates: Option<PathBuf>,
-    /// Run only when a refresh arrives.
-    refresh_only: bool,
-    /// A long-running command; each line it prints asks for another run.
-    watchcmd: Option<String>,
-    user: Option<String>,
-    env: BTreeMap<String, String>,
-    cwd: Option<PathBuf>,
-}
-
-pub(crate) fn build(
-    id: String,
-    _name: &str,
-    fields: &mut Fields,
-) -> Result<Arc<dyn Resource>, GraphError> {
-    let cmd = fields.req_str("cmd")?;
-    if cmd.trim().is_empty() {
-        return Err(fields.invalid("cmd", "must not be empty"));
-    }
-    let timeout = fields.opt_number("timeout")?;
-    if let Some(t) = timeout {
-        if t.is_nan() || t <= 0.0 || Duration::try_from_secs_f64(t).is_err() {
-            return Err(fields.invalid(
-                "timeout",
-                format!("{t} is not a positive number of seconds"),
-            ));
-        }
-    }
-    let ifcmd = fields.opt_str("ifcmd")?;
-    let watchcmd = fields.opt_str("watchcmd")?;
-    for (field, value) in [("ifcmd", &ifcmd), ("watchcmd", &watchcmd)] {
-        if value.as_ref().is_some_and(|v| v.trim().is_empty()) {
-            return Err(fields.invalid(field, "must not be empty"));
-        }
-    }
-    let absolute = |fields: &mut Fields, field: &str| -> Result<Option<PathBuf>, GraphError> {
-        match fields.opt_str(field)? {
-            None => Ok(None),
-            Some(p) if Path::new(&p).is_absolute() => Ok(Some(PathBuf::from(p))),
-            Some(p) => Err(fields.invalid(field, format!("`{p}` is not an absolute path"))),
-        }
-    };
-    let creates = absolute(fields, "creates")?;
-    let cwd = absolute(fields, "cwd")?;
-    let refresh_only = match fields.opt_value("refresh_only") {
-        None => false,
-        Some(Value::Bool(b)) => b,
-        Some(other) => {
-            return Err(fields.invalid(
-                "refresh_only",
-                format!("expected true or false, got {}", type_name(&other)),
-            ))
-        }
-    };
-    let user = fields.opt_str("user")?;
-    if user
-        .as_ref()
-        .is_some_and(|u| u.is_empty() || u.contains('\0'))
-    {
-        return Err(fields.invalid("user", "must be a user name"));
-    }
-    let env = match fields.opt_value("env") {
-        None => BTreeMap::new(),
-        Some(Value::Object(map)) => {
-            let mut env = BTreeMap::new();
-            for (k, v) in map {
-                let Value::String(v) = v else {
-                    return Err(fields.invalid(
-                        "env",
-                        format!("`{k}`: expected a string, got {}", type_name(&v)),
-                    ));
-                };
-                if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-                    return Err(fields.invalid("env", format!("`{k}` is not a valid variable")));
-                }
-                env.insert(k, v);
-            }
-            env
-        }
-        Some(other) => {
-            return Err(fields.invalid(
-                "env",
-                format!("expected a map of strings, got {}", type_name(&other)),
-            ))
-        }
-    };
-    Ok(Arc::new(Exec::new(
-        id,
-        Spec {
-            cmd,
-            timeout,
-            ifcmd,
-            creates,
-            refresh_only,
-            watchcmd,
-            user,
-            env,
-            cwd,
-        },
-    )))
-}
-
 #[async_trait]
 impl Resource for Exec {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
     fn watch(&self, _ctx: &WatchCtx, poke: Poke) -> Result<Option<WatchGuard>, ResourceError> {
         let Some(watchcmd) = &self.spec.watchcmd else {
             return Ok(None);
@@ -184,7 +63,7 @@ impl Resource for Exec {
             .map(GroupKiller);
         let stdout = child.stdout.take();
         let rerun = Arc::clone(&self.rerun);
-        let id = self.id.clone();
+        let id = self.spec.id.clone();
         let task = tokio::spawn(async move {
             // Owned here so the child is killed (kill_on_drop) when the watch is dropped.
             let _child = child;
@@ -197,7 +76,7 @@ impl Resource for Exec {
             tracing::warn!(%id, "watchcmd ended; no more watch events");
         });
         Ok(Some(WatchGuard::new(WatchCmd {
-            task,
+            _task: AbortOnDrop(task),
             _group: group,
         })))
     }
@@ -235,53 +114,24 @@ impl Resource for Exec {
         Ok(Outcome::Changed)
     }
 
-    fn compare(&self, other: &dyn Resource) -> bool {
-        other
-            .as_any()
-            .downcast_ref::<Exec>()
-            .is_some_and(|o| o.id == self.id && o.spec == self.spec)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn manages(&self) -> Vec<PathBuf> {
-        self.spec.creates.iter().cloned().collect()
-    }
-
-    fn sends(&self) -> &'static [(&'static str, ValueType)] {
-        &[("stdout", ValueType::Str)]
-    }
-
     fn sent(&self) -> Option<serde_json::Map<String, Value>> {
         let out = self.last_stdout()?;
         let mut sent = serde_json::Map::new();
         sent.insert("stdout".into(), Value::String(out));
         Some(sent)
     }
-
-    fn needs(&self) -> Vec<PathBuf> {
-        self.spec.cwd.iter().cloned().collect()
-    }
 }
 
 /// The running `watchcmd`: dropping it ends the reader and kills the command's group.
 struct WatchCmd {
-    task: JoinHandle<()>,
+    _task: AbortOnDrop<()>,
     _group: Option<GroupKiller>,
 }
 
-impl Drop for WatchCmd {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 impl Exec {
-    fn new(id: String, spec: Spec) -> Exec {
+    /// The command `spec` describes, not run yet.
+    pub fn new(spec: ExecSpec) -> Exec {
         Exec {
-            id,
             spec,
             done: AtomicBool::new(false),
             rerun: Arc::new(AtomicBool::new(false)),
@@ -309,7 +159,7 @@ impl Exec {
         if let Some(cwd) = &self.spec.cwd {
             cmd.current_dir(cwd);
         }
-        if let Some((uid, gid)) = self.spec.user.as_deref().and_then(lookup_user) {
+        if let Some((uid, gid)) = self.spec.user.as_deref().and_then(os::user) {
             cmd.uid(uid).gid(gid);
         }
         cmd
@@ -318,7 +168,7 @@ impl Exec {
     /// Run one command line; its stdout on exit 0.
     async fn run(&self, line: &str) -> Result<String, ResourceError> {
         if let Some(user) = &self.spec.user {
-            if lookup_user(user).is_none() {
+            if os::user(user).is_none() {
                 return Err(ResourceError::Failed(format!("no such user `{user}`")));
             }
         }
@@ -360,32 +210,12 @@ impl Exec {
         let out = stdout.finish().await;
         let err = stderr.finish().await;
         if status.success() {
-            tracing::debug!(id = %self.id, stdout = %out, "exec succeeded");
+            tracing::debug!(id = %self.spec.id, stdout = %out, "exec succeeded");
             Ok(out)
         } else {
             Err(ResourceError::Failed(describe(status, &err)))
         }
     }
-}
-
-/// uid and primary gid of `user`, from the system's user database.
-fn lookup_user(user: &str) -> Option<(u32, u32)> {
-    let name = std::ffi::CString::new(user).ok()?;
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; getpwnam_r writes only into `pwd` and
-    // `buf` (whose length it is told) and sets `result` to null or to `&mut pwd`.
-    let rc = unsafe {
-        libc::getpwnam_r(
-            name.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
 }
 
 fn describe(status: ExitStatus, stderr: &str) -> String {
@@ -485,20 +315,10 @@ mod tests {
     use super::*;
 
     fn exec(cmd: &str, timeout: Option<f64>) -> Exec {
-        Exec::new(
-            format!("exec:{cmd}"),
-            Spec {
-                cmd: cmd.to_string(),
-                timeout,
-                ifcmd: None,
-                creates: None,
-                refresh_only: false,
-                watchcmd: None,
-                user: None,
-                env: BTreeMap::new(),
-                cwd: None,
-            },
-        )
+        Exec::new(ExecSpec {
+            timeout,
+            ..ExecSpec::command(format!("exec:{cmd}"), cmd)
+        })
     }
 
     fn ctx(apply: bool) -> ApplyCtx {

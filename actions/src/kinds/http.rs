@@ -3,8 +3,6 @@
 //! `notify` edge into an `http` is "call this when that changed". Sends the response's
 //! `status` and `body`; can receive its `body`.
 
-use std::any::Any;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -12,12 +10,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
-use crate::error::{GraphError, ResourceError};
-use crate::fields::{type_name, Fields};
-use crate::resource::{ApplyCtx, Outcome, Poke, Resource, ValueType, WatchCtx, WatchGuard};
+use graph::kinds::HttpSpec;
 
-/// The kind name.
-pub const KIND: &str = "http";
+use crate::error::ResourceError;
+use crate::resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
 
 /// Bytes of a response body kept (and sent).
 const KEEP: u64 = 64 * 1024;
@@ -27,94 +23,24 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A request to make.
 #[derive(Debug)]
 pub struct Http {
-    id: String,
-    spec: Arc<Spec>,
+    spec: Arc<HttpSpec>,
     done: AtomicBool,
     last: Mutex<Option<(u16, String)>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Spec {
-    url: String,
-    method: String,
-    headers: BTreeMap<String, String>,
-    body: Option<String>,
-    /// Exact status wanted; None: any 2xx.
-    status: Option<u16>,
-}
-
-pub(crate) fn build(
-    id: String,
-    name: &str,
-    fields: &mut Fields,
-) -> Result<Arc<dyn Resource>, GraphError> {
-    // The name is the URL unless `url` is given.
-    let url = fields.opt_str("url")?.unwrap_or_else(|| name.to_string());
-    let field = if url == name { "name" } else { "url" };
-    match url.parse::<ureq::http::Uri>() {
-        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
-        _ => return Err(fields.invalid(field, format!("`{url}` is not an http(s) URL"))),
-    }
-    let method = fields
-        .opt_str("method")?
-        .unwrap_or_else(|| "GET".into())
-        .to_ascii_uppercase();
-    if method.parse::<ureq::http::Method>().is_err() || method.is_empty() {
-        return Err(fields.invalid("method", format!("`{method}` is not an HTTP method")));
-    }
-    let headers = match fields.opt_value("headers") {
-        None => BTreeMap::new(),
-        Some(Value::Object(map)) => {
-            let mut headers = BTreeMap::new();
-            for (k, v) in map {
-                let Value::String(v) = v else {
-                    return Err(fields.invalid(
-                        "headers",
-                        format!("`{k}`: expected a string, got {}", type_name(&v)),
-                    ));
-                };
-                if ureq::http::HeaderName::try_from(k.as_str()).is_err()
-                    || ureq::http::HeaderValue::try_from(v.as_str()).is_err()
-                {
-                    return Err(fields.invalid("headers", format!("`{k}` is not a valid header")));
-                }
-                headers.insert(k, v);
-            }
-            headers
+impl Http {
+    /// The request `spec` describes, not made yet.
+    pub fn new(spec: HttpSpec) -> Http {
+        Http {
+            spec: Arc::new(spec),
+            done: AtomicBool::new(false),
+            last: Mutex::new(None),
         }
-        Some(other) => {
-            return Err(fields.invalid(
-                "headers",
-                format!("expected a map of strings, got {}", type_name(&other)),
-            ))
-        }
-    };
-    let body = fields.opt_str("body")?;
-    let status = match fields.opt_number("status")? {
-        None => None,
-        Some(n) if n.fract() == 0.0 && (100.0..=599.0).contains(&n) => Some(n as u16),
-        Some(n) => return Err(fields.invalid("status", format!("{n} is not an HTTP status"))),
-    };
-    Ok(Arc::new(Http {
-        id,
-        spec: Arc::new(Spec {
-            url,
-            method,
-            headers,
-            body,
-            status,
-        }),
-        done: AtomicBool::new(false),
-        last: Mutex::new(None),
-    }))
+    }
 }
 
 #[async_trait]
 impl Resource for Http {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
     fn watch(&self, _ctx: &WatchCtx, _poke: Poke) -> Result<Option<WatchGuard>, ResourceError> {
         Ok(None)
     }
@@ -155,21 +81,6 @@ impl Resource for Http {
         Ok(Outcome::Changed)
     }
 
-    fn compare(&self, other: &dyn Resource) -> bool {
-        other
-            .as_any()
-            .downcast_ref::<Http>()
-            .is_some_and(|o| o.id == self.id && o.spec == self.spec)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn sends(&self) -> &'static [(&'static str, ValueType)] {
-        &[("status", ValueType::Int), ("body", ValueType::Str)]
-    }
-
     fn sent(&self) -> Option<Map<String, Value>> {
         let (status, body) = self
             .last
@@ -181,14 +92,10 @@ impl Resource for Http {
         sent.insert("body".into(), Value::String(body));
         Some(sent)
     }
-
-    fn receives(&self) -> &'static [(&'static str, ValueType)] {
-        &[("body", ValueType::Str)]
-    }
 }
 
 /// Make the request; (status, body text up to KEEP bytes).
-fn request(spec: &Spec, body: Option<String>) -> Result<(u16, String), ResourceError> {
+fn request(spec: &HttpSpec, body: Option<String>) -> Result<(u16, String), ResourceError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         // A 4xx/5xx is an answer to compare with `status`, not a transport error.
         .http_status_as_error(false)

@@ -1,10 +1,11 @@
-//! The registry of resource kinds: kind name -> constructor. This table is the one source
-//! of truth for which kinds exist.
+//! The kinds' executing code: one [`Resource`] per kind of `graph::Spec`, built from the
+//! spec the graph crate parsed and validated. Which kinds exist is the graph crate's table;
+//! the match in [`build`] makes the compiler hold every kind to an implementation here.
 
 use std::sync::Arc;
 
-use crate::error::GraphError;
-use crate::fields::Fields;
+use graph::Spec;
+
 use crate::resource::Resource;
 
 pub mod exec;
@@ -17,60 +18,17 @@ pub mod pkg;
 pub mod svc;
 pub mod timer;
 
-/// Builds a resource from its `name` and the rest of its fields. `id` is `kind:name`.
-/// Leftover fields are rejected by the caller, so a builder only takes what it knows.
-pub(crate) type Build =
-    fn(id: String, name: &str, fields: &mut Fields) -> Result<Arc<dyn Resource>, GraphError>;
-
-pub(crate) struct KindDef {
-    pub name: &'static str,
-    pub build: Build,
-}
-
-const KINDS: &[KindDef] = &[
-    KindDef {
-        name: file::KIND,
-        build: file::build,
-    },
-    KindDef {
-        name: exec::KIND,
-        build: exec::build,
-    },
-    KindDef {
-        name: noop::KIND,
-        build: noop::build,
-    },
-    KindDef {
-        name: msg::KIND,
-        build: msg::build,
-    },
-    KindDef {
-        name: timer::KIND,
-        build: timer::build,
-    },
-    KindDef {
-        name: password::KIND,
-        build: password::build,
-    },
-    KindDef {
-        name: http::KIND,
-        build: http::build,
-    },
-    KindDef {
-        name: pkg::KIND,
-        build: pkg::build,
-    },
-    KindDef {
-        name: svc::KIND,
-        build: svc::build,
-    },
-];
-
-pub(crate) fn lookup(kind: &str) -> Option<&'static KindDef> {
-    KINDS.iter().find(|k| k.name == kind)
-}
-
-/// The names of every known kind, in registry order.
-pub fn kind_names() -> Vec<&'static str> {
-    KINDS.iter().map(|k| k.name).collect()
+/// The resource that makes `spec` true.
+pub fn build(spec: &Spec) -> Arc<dyn Resource> {
+    match spec {
+        Spec::File(s) => Arc::new(file::File::new(s.clone())),
+        Spec::Exec(s) => Arc::new(exec::Exec::new(s.clone())),
+        Spec::Noop(_) => Arc::new(noop::Noop),
+        Spec::Msg(s) => Arc::new(msg::Msg::new(s.clone())),
+        Spec::Timer(s) => Arc::new(timer::Timer::new(s.clone())),
+        Spec::Password(s) => Arc::new(password::Password::new(s.clone())),
+        Spec::Http(s) => Arc::new(http::Http::new(s.clone())),
+        Spec::Pkg(s) => Arc::new(pkg::Pkg::new(s.clone())),
+        Spec::Svc(s) => Arc::new(svc::Svc::new(s.clone())),
+    }
 }

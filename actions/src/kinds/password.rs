@@ -6,32 +6,29 @@
 //! (mode 0600) in `<state>/secrets/` — so it survives restarts while the graph files, logs and
 //! events never hold it in the clear. Without one (`reflex apply`), it lives for the run.
 
-use std::any::Any;
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use async_trait::async_trait;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use serde_json::{Map, Value};
 
-use crate::error::{GraphError, ResourceError};
-use crate::fields::Fields;
-use crate::resource::{ApplyCtx, Outcome, Poke, Resource, ValueType, WatchCtx, WatchGuard};
+use graph::kinds::PasswordSpec;
 
-/// The kind name.
-pub const KIND: &str = "password";
+use crate::error::ResourceError;
+use crate::os::hex;
+use crate::resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
 
 const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 const NONCE: usize = 12;
 
 /// A generated secret.
 pub struct Password {
-    id: String,
-    length: usize,
+    spec: PasswordSpec,
     secret: Mutex<Option<String>>,
 }
 
@@ -39,35 +36,13 @@ impl std::fmt::Debug for Password {
     // Never the secret, not even in a debug dump.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Password")
-            .field("id", &self.id)
-            .field("length", &self.length)
+            .field("spec", &self.spec)
             .finish_non_exhaustive()
     }
 }
 
-pub(crate) fn build(
-    id: String,
-    _name: &str,
-    fields: &mut Fields,
-) -> Result<Arc<dyn Resource>, GraphError> {
-    let length = match fields.opt_number("length")? {
-        None => 32,
-        Some(n) if n.fract() == 0.0 && (8.0..=1024.0).contains(&n) => n as usize,
-        Some(n) => return Err(fields.invalid("length", format!("{n} is not between 8 and 1024"))),
-    };
-    Ok(Arc::new(Password {
-        id,
-        length,
-        secret: Mutex::new(None),
-    }))
-}
-
 #[async_trait]
 impl Resource for Password {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
     fn watch(&self, _ctx: &WatchCtx, _poke: Poke) -> Result<Option<WatchGuard>, ResourceError> {
         Ok(None)
     }
@@ -76,9 +51,9 @@ impl Resource for Password {
         if self.current().is_some() {
             return Ok(Outcome::Converged);
         }
-        let store = ctx.state_dir.as_ref().map(|d| Store::new(d, &self.id));
+        let store = ctx.state_dir.as_ref().map(|d| Store::new(d, &self.spec.id));
         if let Some(store) = &store {
-            if let Some(secret) = store.load()?.filter(|s| s.len() == self.length) {
+            if let Some(secret) = store.load()?.filter(|s| s.len() == self.spec.length) {
                 *self.lock() = Some(secret);
                 return Ok(Outcome::Converged);
             }
@@ -86,27 +61,12 @@ impl Resource for Password {
         if !ctx.apply {
             return Ok(Outcome::WouldChange);
         }
-        let secret = generate(self.length)?;
+        let secret = generate(self.spec.length)?;
         if let Some(store) = &store {
             store.save(&secret)?;
         }
         *self.lock() = Some(secret);
         Ok(Outcome::Changed)
-    }
-
-    fn compare(&self, other: &dyn Resource) -> bool {
-        other
-            .as_any()
-            .downcast_ref::<Password>()
-            .is_some_and(|o| o.id == self.id && o.length == self.length)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn sends(&self) -> &'static [(&'static str, ValueType)] {
-        &[("value", ValueType::Str)]
     }
 
     fn sent(&self) -> Option<Map<String, Value>> {
@@ -118,6 +78,14 @@ impl Resource for Password {
 }
 
 impl Password {
+    /// The secret `spec` describes, not generated (or loaded) yet.
+    pub fn new(spec: PasswordSpec) -> Password {
+        Password {
+            spec,
+            secret: Mutex::new(None),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
         self.secret.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -162,10 +130,9 @@ static KEY_LOCK: Mutex<()> = Mutex::new(());
 impl Store {
     fn new(state: &Path, id: &str) -> Store {
         let dir = state.join("secrets");
-        let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
         Store {
             key: dir.join("key"),
-            file: dir.join(hex),
+            file: dir.join(hex(id)),
             aad: id.as_bytes().to_vec(),
         }
     }

@@ -6,89 +6,42 @@
 //! installs and removals that are ready at the same moment (the graph allows them to run in
 //! parallel) are collected for a short window and run as ONE apt-get transaction; apt runs one
 //! at a time. Grouping never touches the graph, so it can never create a cycle. Autoedges:
-//! files the package owns (dpkg's list, directories excluded) depend on it.
+//! files the package owns depend on it
+//! (the graph crate reads dpkg's list).
 
-use std::any::Any;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::process::Command;
 use tokio::sync::oneshot;
 
-use crate::error::{GraphError, ResourceError};
-use crate::fields::Fields;
-use crate::resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
+use graph::kinds::{PkgSpec, PkgState};
 
-/// The kind name.
-pub const KIND: &str = "pkg";
+use crate::error::ResourceError;
+use crate::resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
 
 const DPKG_STATUS: &str = "/var/lib/dpkg/status";
 /// How long a transaction waits for other ready packages to join it.
 const GROUP_WINDOW: Duration = Duration::from_millis(50);
 
-/// What the package should be.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Want {
-    Installed,
-    Absent,
-    Version(String),
-}
-
 /// A managed package.
 #[derive(Debug)]
 pub struct Pkg {
-    id: String,
-    name: String,
-    want: Want,
+    spec: PkgSpec,
 }
 
-pub(crate) fn build(
-    id: String,
-    name: &str,
-    fields: &mut Fields,
-) -> Result<Arc<dyn Resource>, GraphError> {
-    // Debian policy: lowercase alphanumerics and + - . , at least two characters.
-    let valid = name.len() >= 2
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
-        && name.as_bytes()[0].is_ascii_alphanumeric();
-    if !valid {
-        return Err(fields.invalid("name", format!("`{name}` is not a Debian package name")));
+impl Pkg {
+    /// The package `spec` describes.
+    pub fn new(spec: PkgSpec) -> Pkg {
+        Pkg { spec }
     }
-    let want = match fields.opt_str("state")?.as_deref() {
-        None | Some("installed") => Want::Installed,
-        Some("absent") => Want::Absent,
-        Some(v)
-            if !v.is_empty()
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b".+-~:".contains(&b)) =>
-        {
-            Want::Version(v.to_string())
-        }
-        Some(other) => {
-            return Err(fields.invalid(
-                "state",
-                format!("expected `installed`, `absent` or a version, got `{other}`"),
-            ))
-        }
-    };
-    Ok(Arc::new(Pkg {
-        id,
-        name: name.to_string(),
-        want,
-    }))
 }
 
 #[async_trait]
 impl Resource for Pkg {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
     fn watch(&self, ctx: &WatchCtx, poke: Poke) -> Result<Option<WatchGuard>, ResourceError> {
         ctx.files()
             .subscribe(Path::new(DPKG_STATUS), poke)
@@ -96,10 +49,11 @@ impl Resource for Pkg {
     }
 
     async fn check_apply(&self, ctx: &ApplyCtx) -> Result<Outcome, ResourceError> {
-        let installed = installed_version(&self.name).await?;
-        let ok = match (&self.want, &installed) {
-            (Want::Installed, Some(_)) | (Want::Absent, None) => true,
-            (Want::Version(v), Some(have)) => v == have,
+        let name = &self.spec.name;
+        let installed = installed_version(name).await?;
+        let ok = match (&self.spec.state, &installed) {
+            (PkgState::Installed, Some(_)) | (PkgState::Absent, None) => true,
+            (PkgState::Version(v), Some(have)) => v == have,
             _ => false,
         };
         if ok {
@@ -108,31 +62,13 @@ impl Resource for Pkg {
         if !ctx.apply {
             return Ok(Outcome::WouldChange);
         }
-        let op = match &self.want {
-            Want::Installed => Op::Install(self.name.clone()),
-            Want::Version(v) => Op::Install(format!("{}={v}", self.name)),
-            Want::Absent => Op::Remove(self.name.clone()),
+        let op = match &self.spec.state {
+            PkgState::Installed => Op::Install(name.clone()),
+            PkgState::Version(v) => Op::Install(format!("{name}={v}")),
+            PkgState::Absent => Op::Remove(name.clone()),
         };
         transaction(op).await.map_err(ResourceError::Failed)?;
         Ok(Outcome::Changed)
-    }
-
-    fn compare(&self, other: &dyn Resource) -> bool {
-        other
-            .as_any()
-            .downcast_ref::<Pkg>()
-            .is_some_and(|o| o.id == self.id && o.want == self.want)
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn manages(&self) -> Vec<PathBuf> {
-        if self.want == Want::Absent {
-            return Vec::new();
-        }
-        owned_files(&self.name)
     }
 }
 
@@ -150,34 +86,6 @@ async fn installed_version(name: &str) -> Result<Option<String>, ResourceError> 
         Some(("installed", version)) => Some(version.trim().to_string()),
         _ => None,
     })
-}
-
-/// Regular files (not directories) dpkg lists for `name`.
-fn owned_files(name: &str) -> Vec<PathBuf> {
-    let info = Path::new("/var/lib/dpkg/info");
-    let Ok(entries) = std::fs::read_dir(info) else {
-        return Vec::new();
-    };
-    let mut files = Vec::new();
-    for entry in entries.flatten() {
-        let fname = entry.file_name();
-        let fname = fname.to_string_lossy();
-        let matches = fname == format!("{name}.list")
-            || fname
-                .strip_prefix(&format!("{name}:"))
-                .is_some_and(|r| r.ends_with(".list"));
-        if !matches {
-            continue;
-        }
-        if let Ok(text) = std::fs::read_to_string(entry.path()) {
-            files.extend(
-                text.lines()
-                    .map(PathBuf::from)
-                    .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir())),
-            );
-        }
-    }
-    files
 }
 
 #[derive(Debug, Clone)]

@@ -5,10 +5,7 @@
 //! so a unit stopped or crashed by anyone is started again at once. Autoedge: the unit runs
 //! after a `file` resource that manages its unit file.
 
-use std::any::Any;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,12 +13,10 @@ use zbus::export::futures_core::Stream;
 use zbus::zvariant::OwnedObjectPath;
 use zbus::{Connection, Proxy};
 
-use crate::error::{GraphError, ResourceError};
-use crate::fields::Fields;
-use crate::resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
+use graph::kinds::{SvcRun, SvcSpec};
 
-/// The kind name.
-pub const KIND: &str = "svc";
+use crate::error::ResourceError;
+use crate::resource::{AbortOnDrop, ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
 
 const DEST: &str = "org.freedesktop.systemd1";
 const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
@@ -30,66 +25,17 @@ const UNIT: &str = "org.freedesktop.systemd1.Unit";
 /// How long a start/stop/restart job may take to settle.
 const SETTLE: Duration = Duration::from_secs(90);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Run {
-    Running,
-    Stopped,
-}
-
 /// A managed unit.
 #[derive(Debug)]
 pub struct Svc {
-    id: String,
-    unit: String,
-    state: Option<Run>,
-    /// Some(true): enabled, Some(false): disabled, None: not managed.
-    enabled: Option<bool>,
+    spec: SvcSpec,
 }
 
-pub(crate) fn build(
-    id: String,
-    name: &str,
-    fields: &mut Fields,
-) -> Result<Arc<dyn Resource>, GraphError> {
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b":-_.@\\".contains(&b));
-    if !valid {
-        return Err(fields.invalid("name", format!("`{name}` is not a systemd unit name")));
+impl Svc {
+    /// The unit `spec` describes.
+    pub fn new(spec: SvcSpec) -> Svc {
+        Svc { spec }
     }
-    let unit = if name.contains('.') {
-        name.to_string()
-    } else {
-        format!("{name}.service")
-    };
-    let state = match fields.opt_str("state")?.as_deref() {
-        None | Some("running") => Some(Run::Running),
-        Some("stopped") => Some(Run::Stopped),
-        Some(other) => {
-            return Err(fields.invalid(
-                "state",
-                format!("expected `running` or `stopped`, got `{other}`"),
-            ))
-        }
-    };
-    let enabled = match fields.opt_str("startup")?.as_deref() {
-        None => None,
-        Some("enabled") => Some(true),
-        Some("disabled") => Some(false),
-        Some(other) => {
-            return Err(fields.invalid(
-                "startup",
-                format!("expected `enabled` or `disabled`, got `{other}`"),
-            ))
-        }
-    };
-    Ok(Arc::new(Svc {
-        id,
-        unit,
-        state,
-        enabled,
-    }))
 }
 
 fn bus_error(what: &str, e: zbus::Error) -> ResourceError {
@@ -137,13 +83,9 @@ async fn active_state(
 
 #[async_trait]
 impl Resource for Svc {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
     fn watch(&self, _ctx: &WatchCtx, poke: Poke) -> Result<Option<WatchGuard>, ResourceError> {
-        let unit = self.unit.clone();
-        let id = self.id.clone();
+        let unit = self.spec.unit.clone();
+        let id = self.spec.id.clone();
         let task = tokio::spawn(async move {
             if let Err(e) = watch_unit(&unit, &poke).await {
                 // The check reports the same failure as this resource's error.
@@ -157,15 +99,15 @@ impl Resource for Svc {
         let conn = connect().await?;
         let mgr = manager(&conn).await?;
         let mut differs = false;
-        if let Some(want) = self.enabled {
+        if let Some(want) = self.spec.enabled {
             let state: String = mgr
-                .call("GetUnitFileState", &(self.unit.as_str(),))
+                .call("GetUnitFileState", &(self.spec.unit.as_str(),))
                 .await
                 .map_err(|e| bus_error("GetUnitFileState", e))?;
             if (state == "enabled") != want {
                 differs = true;
                 if ctx.apply {
-                    let files = vec![self.unit.as_str()];
+                    let files = vec![self.spec.unit.as_str()];
                     if want {
                         let _: (bool, Vec<(String, String, String)>) = mgr
                             .call("EnableUnitFiles", &(files, false, true))
@@ -184,20 +126,20 @@ impl Resource for Svc {
                 }
             }
         }
-        let (_, active) = active_state(&conn, &mgr, &self.unit).await?;
+        let (_, active) = active_state(&conn, &mgr, &self.spec.unit).await?;
         let running = matches!(active.as_str(), "active" | "activating" | "reloading");
-        let job = match self.state {
-            Some(Run::Running) if !running => Some("StartUnit"),
-            Some(Run::Stopped) if running => Some("StopUnit"),
+        let job = match self.spec.state {
+            Some(SvcRun::Running) if !running => Some("StartUnit"),
+            Some(SvcRun::Stopped) if running => Some("StopUnit"),
             // A refresh restarts a unit that should run and does.
-            Some(Run::Running) if ctx.refresh => Some("RestartUnit"),
+            Some(SvcRun::Running) if ctx.refresh => Some("RestartUnit"),
             _ => None,
         };
         if let Some(method) = job {
             differs = true;
             if ctx.apply {
                 let _: OwnedObjectPath = mgr
-                    .call(method, &(self.unit.as_str(), "replace"))
+                    .call(method, &(self.spec.unit.as_str(), "replace"))
                     .await
                     .map_err(|e| bus_error(method, e))?;
                 self.settle(&conn, &mgr, method != "StopUnit").await?;
@@ -208,30 +150,6 @@ impl Resource for Svc {
             (true, true) => Outcome::Changed,
             (true, false) => Outcome::WouldChange,
         })
-    }
-
-    fn compare(&self, other: &dyn Resource) -> bool {
-        other.as_any().downcast_ref::<Svc>().is_some_and(|o| {
-            o.id == self.id
-                && o.unit == self.unit
-                && o.state == self.state
-                && o.enabled == self.enabled
-        })
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn needs(&self) -> Vec<PathBuf> {
-        [
-            "/etc/systemd/system",
-            "/lib/systemd/system",
-            "/usr/lib/systemd/system",
-        ]
-        .iter()
-        .map(|d| PathBuf::from(d).join(&self.unit))
-        .collect()
     }
 }
 
@@ -245,16 +163,19 @@ impl Svc {
     ) -> Result<(), ResourceError> {
         let deadline = tokio::time::Instant::now() + SETTLE;
         loop {
-            let (_, active) = active_state(conn, mgr, &self.unit).await?;
+            let (_, active) = active_state(conn, mgr, &self.spec.unit).await?;
             match (up, active.as_str()) {
                 (true, "active") | (false, "inactive") => return Ok(()),
                 (_, "failed") => {
-                    return Err(ResourceError::Failed(format!("unit {} failed", self.unit)))
+                    return Err(ResourceError::Failed(format!(
+                        "unit {} failed",
+                        self.spec.unit
+                    )))
                 }
                 _ if tokio::time::Instant::now() >= deadline => {
                     return Err(ResourceError::Failed(format!(
                         "unit {} still {active} after {}s",
-                        self.unit,
+                        self.spec.unit,
                         SETTLE.as_secs()
                     )))
                 }
@@ -288,12 +209,4 @@ async fn watch_unit(unit: &str, poke: &Poke) -> Result<(), ResourceError> {
         poke.poke();
     }
     Ok(())
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

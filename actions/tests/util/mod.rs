@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use actions::{EngineEvent, Graph, Running};
+use engine::{EngineEvent, Running};
+use graph::Graph;
 use serde_json::Value;
 
 /// Only for waiting; never a bound on how long something took.

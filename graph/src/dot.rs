@@ -2,16 +2,11 @@
 
 use std::fmt::Write;
 
-use crate::graph::Edge;
+use crate::schema::Edge;
 
 /// DOT text for graph `name`. `states`, when given, is one label per id ("converged",
 /// "failed", ...) shown under the id and used to colour the box.
-pub(crate) fn render(
-    name: &str,
-    ids: &[String],
-    states: Option<&[&str]>,
-    edges: &[Edge],
-) -> String {
+pub fn render(name: &str, ids: &[String], states: Option<&[&str]>, edges: &[Edge]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph {} {{", quote(name));
     let _ = writeln!(out, "  label={};", quote(name));

@@ -1,0 +1,69 @@
+//! Waiting for a running graph to settle: every first outcome in, nothing busy, nothing
+//! changed for a while.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+/// What `converged` needs to know.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Status {
+    /// Resources still waiting for their first outcome.
+    pub pending: usize,
+    /// Check-applies in progress.
+    pub busy: usize,
+    /// Last change, failure, first outcome or swap.
+    pub last_activity: Instant,
+}
+
+/// Waits on a running graph's convergence; see [`super::Running::convergence`].
+pub struct Convergence {
+    rx: watch::Receiver<Status>,
+    /// `last_activity` when `converged` last resolved.
+    mark: Option<Instant>,
+}
+
+impl Convergence {
+    pub(super) fn new(rx: watch::Receiver<Status>) -> Convergence {
+        Convergence { rx, mark: None }
+    }
+
+    /// Resolves when every resource has had its first outcome, no check-apply is in
+    /// progress, and nothing changed or failed for `idle`.
+    pub async fn converged(&mut self, idle: Duration) {
+        loop {
+            let status = *self.rx.borrow_and_update();
+            let settled = status.pending == 0 && status.busy == 0;
+            let quiet = status.last_activity.elapsed();
+            if settled && quiet >= idle {
+                self.mark = Some(status.last_activity);
+                return;
+            }
+            if settled {
+                tokio::select! {
+                    _ = tokio::time::sleep(idle - quiet) => {}
+                    _ = self.rx.changed() => {}
+                }
+            } else if self.rx.changed().await.is_err() {
+                // The graph is gone: nothing will ever change again.
+                return;
+            }
+        }
+    }
+
+    /// After `converged` resolved: resolves when something changed, failed, started or was
+    /// swapped in since.
+    pub async fn diverged(&mut self) {
+        loop {
+            let status = *self.rx.borrow_and_update();
+            let mark = *self.mark.get_or_insert(status.last_activity);
+            if status.pending > 0 || status.last_activity != mark {
+                self.mark = None;
+                return;
+            }
+            if self.rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
