@@ -742,7 +742,7 @@ mod tests {
             id: "a1".into(),
             name: "deploy/app".into(),
             seq: 7,
-            target: "all".into(),
+            target: Target::All,
             graph: json!([{"kind": "noop", "name": "n"}]),
             origin: bus::Origin::default(),
             expires: None,

@@ -13,13 +13,13 @@ pub mod glob;
 pub mod rules;
 
 use bus::monitor;
-use bus::{Action, DecodeError, Endpoints, Event};
+use bus::{Action, BadFrames, Endpoints, Event};
 use registers::Registers;
 use rules::Change;
 use rules::{Limits, Produced, Rules};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -67,7 +67,7 @@ pub struct Config {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Stats {
     pub events: u64,
-    pub malformed: BTreeMap<&'static str, u64>,
+    pub malformed: BadFrames,
     pub hits: u64,
     pub rule_errors: u64,
     pub actions: u64,
@@ -321,12 +321,9 @@ impl Manager {
     }
 
     fn handle_frame(&mut self, frame: &[u8], stop: &AtomicBool) -> Result<(), ManagerError> {
-        let head: Head = match bus::decode_with_limit(frame, self.cfg.max_frame) {
-            Ok(h) => h,
-            Err(e) => {
-                self.malformed(&e);
-                return Ok(());
-            }
+        let decoded = bus::decode_with_limit::<Head>(frame, self.cfg.max_frame);
+        let Some(head) = self.stats.malformed.keep(decoded) else {
+            return Ok(());
         };
         self.stats.events += 1;
         self.publish_event(head.tag, frame)?;
@@ -336,12 +333,9 @@ impl Manager {
             }
             return self.drain_internal(stop);
         }
-        let event: Event = match bus::decode_with_limit(frame, self.cfg.max_frame) {
-            Ok(e) => e,
-            Err(e) => {
-                self.malformed(&e);
-                return Ok(());
-            }
+        let decoded = bus::decode_with_limit::<Event>(frame, self.cfg.max_frame);
+        let Some(event) = self.stats.malformed.keep(decoded) else {
+            return Ok(());
         };
         self.process(&event, stop)?;
         self.drain_internal(stop)
@@ -416,19 +410,6 @@ impl Manager {
         }
         self.produced = out;
         Ok(())
-    }
-
-    fn malformed(&mut self, e: &DecodeError) {
-        let kind = e.kind();
-        let n = self.stats.malformed.entry(kind.as_str()).or_insert(0);
-        *n += 1;
-        // Logged once per kind: a flood of garbage must not flood the log too.
-        if *n == 1 {
-            tracing::warn!(
-                kind = kind.as_str(),
-                "dropped a bad frame: {e} (further ones of this kind are only counted)"
-            );
-        }
     }
 
     fn publish_event(&self, tag: &str, frame: &[u8]) -> Result<(), ManagerError> {

@@ -302,7 +302,7 @@ fn make_action(ctx: &Shared, target: &str, graph: &Dynamic, opts: &Map) -> FnRes
         id: bus::new_id(),
         name: name.unwrap_or_else(|| c.rule.clone()),
         seq: 0,
-        target: target.to_string(),
+        target,
         graph,
         origin: Origin {
             event: c.event.clone(),

@@ -12,7 +12,7 @@
 //! is in force, for an actor starting from nothing. `gap` is true when actions after `since` were
 //! already pruned from the log.
 
-use bus::{Action, Endpoints, Target};
+use bus::{Action, BadFrames, Endpoints, MalformedKind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -55,7 +55,7 @@ pub struct Publisher {
     next_seq: u64,
     keep: u64,
     max_frame: usize,
-    bad: [u64; 4],
+    bad: BadFrames,
     /// Actions published since start.
     pub published: u64,
 }
@@ -89,7 +89,7 @@ impl Publisher {
             next_seq,
             keep: cfg.keep.max(1),
             max_frame: cfg.max_frame,
-            bad: [0; 4],
+            bad: BadFrames::new("action frame"),
             published: 0,
         })
     }
@@ -163,10 +163,7 @@ impl Publisher {
             let Ok(action) = bus::decode::<Action>(&v) else {
                 continue;
             };
-            let Ok(target) = Target::parse(&action.target) else {
-                continue;
-            };
-            if r.topics.contains(&target.topic()) {
+            if r.topics.contains(&action.target.topic()) {
                 picked.push((seq_of(&k), action.name, v.to_vec()));
             }
         }
@@ -197,22 +194,16 @@ impl Publisher {
 
     /// Number, log and publish one action frame; false when the frame was bad and dropped.
     fn handle(&mut self, frame: &[u8]) -> Result<bool, PublisherError> {
-        let mut action: Action = match bus::decode_with_limit(frame, self.max_frame) {
-            Ok(a) => a,
-            Err(e) => {
-                self.count_bad(e.kind() as usize, &e.to_string());
-                return Ok(false);
-            }
-        };
-        let target = match Target::parse(&action.target) {
-            Ok(t) => t,
-            Err(e) => {
-                self.count_bad(3, &e.to_string());
-                return Ok(false);
-            }
+        // A bad target does not decode: it is counted as a malformed frame.
+        let Some(mut action) = self
+            .bad
+            .keep(bus::decode_with_limit::<Action>(frame, self.max_frame))
+        else {
+            return Ok(false);
         };
         if action.name.is_empty() || action.name.contains(char::is_control) {
-            self.count_bad(3, &format!("bad action name {:?}", action.name));
+            let why = format!("bad action name {:?}", action.name);
+            self.bad.count(MalformedKind::Malformed, &why);
             return Ok(false);
         }
         action.seq = self.next_seq;
@@ -224,21 +215,12 @@ impl Publisher {
         if action.seq > self.keep && action.seq.is_multiple_of(1024) {
             self.prune(action.seq - self.keep)?;
         }
-        self.publish.send(target.topic().as_bytes(), zmq::SNDMORE)?;
+        self.publish
+            .send(action.target.topic().as_bytes(), zmq::SNDMORE)?;
         self.publish.send(out, 0)?;
         self.published += 1;
         tracing::debug!(seq = action.seq, name = %action.name, target = %action.target, "published");
         Ok(true)
-    }
-
-    fn count_bad(&mut self, kind: usize, why: &str) {
-        let n = &mut self.bad[kind.min(3)];
-        *n += 1;
-        if *n == 1 {
-            tracing::warn!(
-                "dropped a bad action frame: {why} (further ones of this kind are only counted)"
-            );
-        }
     }
 
     /// Drop log entries with a sequence number below `below`, except the newest action of each
@@ -299,7 +281,7 @@ mod tests {
             id: bus::new_id(),
             name: name.into(),
             seq: 0,
-            target: target.into(),
+            target: bus::Target::parse(target).unwrap(),
             graph: json!([]),
             origin: Default::default(),
             expires: None,
