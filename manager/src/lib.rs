@@ -11,6 +11,7 @@
 
 pub mod glob;
 pub mod rules;
+pub mod watch;
 
 use bus::monitor;
 use bus::{Action, BadFrames, Endpoints, Event};
@@ -22,7 +23,6 @@ use serde_json::{json, Value};
 use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -35,8 +35,12 @@ pub enum ManagerError {
     Zmq(#[from] zmq::Error),
     #[error(transparent)]
     Registers(#[from] registers::RegisterError),
-    #[error("watching the rules folder: {0}")]
-    Watch(String),
+    #[error("watching the rules folder {dir}: {source}")]
+    Watch {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("rules folder {dir}: {source}")]
     RulesDir {
         dir: PathBuf,
@@ -113,8 +117,8 @@ pub struct Manager {
     /// Events made inside the manager (emitted by rules, or about the manager itself), run
     /// right after the event that caused them.
     internal: VecDeque<Event>,
-    /// Rule file changes reported by the watcher, with when the last one arrived.
-    watcher: Option<(notify::RecommendedWatcher, mpsc::Receiver<PathBuf>)>,
+    /// The rules folder watch, the rule files it reported, and when the last one arrived.
+    watcher: Option<watch::Watch>,
     pending: BTreeSet<PathBuf>,
     last_change: Instant,
 }
@@ -128,32 +132,6 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 /// How often expired registers are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(5);
 
-fn watch_rules(
-    dir: &std::path::Path,
-) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<PathBuf>), ManagerError> {
-    use notify::Watcher;
-    let (tx, rx) = mpsc::channel();
-    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-        // Only changes count: reading a rule (as a reload does) must not trigger another reload.
-        Ok(ev)
-            if matches!(
-                ev.kind,
-                notify::EventKind::Access(_)
-                    | notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_))
-            ) => {}
-        Ok(ev) => {
-            for p in ev.paths {
-                let _ = tx.send(p);
-            }
-        }
-        Err(e) => tracing::warn!("rules watcher: {e}"),
-    })
-    .map_err(|e| ManagerError::Watch(e.to_string()))?;
-    w.watch(dir, notify::RecursiveMode::NonRecursive)
-        .map_err(|e| ManagerError::Watch(format!("{}: {e}", dir.display())))?;
-    Ok((w, rx))
-}
-
 impl Manager {
     /// Open the register store, load the rules and bind the sockets.
     pub fn new(cfg: Config) -> Result<Manager, ManagerError> {
@@ -164,11 +142,16 @@ impl Manager {
             source,
         };
         // Watch before the first load, so a file dropped in meanwhile is not missed.
-        let watcher = if cfg.watch_rules {
-            Some(watch_rules(&cfg.rules_dir)?)
-        } else {
-            None
-        };
+        let watcher =
+            match cfg.watch_rules {
+                true => Some(watch::Watch::new(&cfg.rules_dir).map_err(|source| {
+                    ManagerError::Watch {
+                        dir: cfg.rules_dir.clone(),
+                        source,
+                    }
+                })?),
+                false => None,
+            };
         let changes = rules.load_dir(&cfg.rules_dir).map_err(rules_dir_err)?;
         let ep = &cfg.endpoints;
         let ingest = bus::sockets::bind(zmq::PULL, &ep.ingest)?;
@@ -256,13 +239,25 @@ impl Manager {
     }
 
     fn collect_rule_changes(&mut self) {
-        let Some((_, rx)) = &self.watcher else { return };
+        let Some(watch) = &mut self.watcher else {
+            return;
+        };
+        let changed = watch.changed();
         let mut any = false;
-        while let Ok(p) = rx.try_recv() {
+        for p in changed.paths {
             if rules::is_rule_file(&p) {
                 self.pending.insert(p);
                 any = true;
             }
+        }
+        if changed.overflow {
+            // Changes were lost: look again at every rule there is or was.
+            tracing::warn!("rules watcher overflowed: rechecking every rule file");
+            let known = self.rules.rules().iter().map(|r| r.file.clone());
+            self.pending.extend(known);
+            let present = rules::rule_files(&self.cfg.rules_dir).unwrap_or_default();
+            self.pending.extend(present);
+            any = true;
         }
         if any {
             self.last_change = Instant::now();

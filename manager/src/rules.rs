@@ -372,6 +372,16 @@ pub fn is_rule_file(p: &Path) -> bool {
             .is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
+/// The rule files in `dir`, in file-name order (the order rules run in).
+pub fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_rule_file(p) && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 fn position_of(err: &EvalAltResult) -> (Option<usize>, Option<usize>) {
     let p = err.position();
     (p.line(), p.position())
@@ -479,11 +489,7 @@ impl Rules {
     /// Replace the rule set with the `*.rhai` files of `dir`, in file-name order: what loaded
     /// and what failed, per file.
     pub fn load_dir(&mut self, dir: &Path) -> Result<Vec<Change>, std::io::Error> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_rule_file(p) && p.is_file())
-            .collect();
-        files.sort();
+        let files = rule_files(dir)?;
         let mut rules = Vec::new();
         let mut changes = Vec::new();
         for file in files {
