@@ -130,20 +130,21 @@ fn build(f: &mut Fields) -> Result<Spec, ConfigError> {
     let kind = f
         .string("kind")?
         .ok_or_else(|| f.error_at_table("kind", "missing: every beacon needs a kind"))?;
-    let Some(defaults) = crate::kinds::defaults(&kind) else {
+    let Some(found) = crate::kinds::find(&kind) else {
         return Err(f.error(
             "kind",
             format!(
                 "unknown kind {kind:?}; known kinds: {}",
-                crate::kinds::KINDS.join(", ")
+                crate::kinds::names()
             ),
         ));
     };
+    let defaults = found.defaults;
     f.what = format!("kind {kind:?}");
     let interval = f.duration("interval")?.unwrap_or(defaults.interval);
     let label = f.string("label")?;
     let gate = GateConfig::from_fields(f, &defaults)?;
-    let beacon = crate::kinds::build(&kind, f)?;
+    let beacon = (found.build)(f)?;
     f.finish()?;
     Ok(Spec {
         beacon,
