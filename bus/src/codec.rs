@@ -190,8 +190,9 @@ mod tests {
         expires: Option<u64>,
     }
 
-    fn action(target: Target) -> Action {
-        Action {
+    /// The same action as an [`Action`] with `target` and as a [`StringTargetAction`] with `s`.
+    fn both(target: Target, s: &str) -> (Action, StringTargetAction<'_>) {
+        let typed = Action {
             id: "a1".into(),
             name: "n".into(),
             seq: 3,
@@ -199,7 +200,17 @@ mod tests {
             graph: json!([]),
             origin: Origin::default(),
             expires: None,
-        }
+        };
+        let plain = StringTargetAction {
+            id: "a1",
+            name: "n",
+            seq: 3,
+            target: s,
+            graph: json!([]),
+            origin: Origin::default(),
+            expires: None,
+        };
+        (typed, plain)
     }
 
     #[test]
@@ -209,31 +220,15 @@ mod tests {
             (Target::Host("web1".into()), "host/web1"),
             (Target::Group("db".into()), "group/db"),
         ] {
-            let old = StringTargetAction {
-                id: "a1",
-                name: "n",
-                seq: 3,
-                target: s,
-                graph: json!([]),
-                origin: Origin::default(),
-                expires: None,
-            };
-            assert_eq!(encode(&action(target)), encode(&old), "{s}");
+            let (typed, plain) = both(target, s);
+            assert_eq!(encode(&typed), encode(&plain), "{s}");
         }
     }
 
     #[test]
     fn a_bad_target_is_a_malformed_frame() {
         for s in ["hosts/x", "host/a/b", "", "all/"] {
-            let frame = encode(&StringTargetAction {
-                id: "a1",
-                name: "n",
-                seq: 3,
-                target: s,
-                graph: json!([]),
-                origin: Origin::default(),
-                expires: None,
-            });
+            let frame = encode(&both(Target::All, s).1);
             let err = decode::<Action>(&frame).unwrap_err();
             assert_eq!(err.kind(), MalformedKind::Malformed, "{s:?}");
             assert!(err.to_string().contains("bad target"), "{err}");
