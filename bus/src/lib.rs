@@ -27,6 +27,8 @@
 //! assert_eq!(back.target.topic(), "host/web1/");
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod bad;
 pub mod codec;
 pub mod endpoints;

@@ -9,6 +9,8 @@
 //! All sockets live on the one thread that runs [`Manager::run`]: ZeroMQ sockets are not
 //! thread-safe, and one thread keeps every host's events in order.
 
+#![deny(missing_docs)]
+
 pub mod glob;
 pub mod rules;
 pub mod watch;
@@ -27,23 +29,33 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+/// Why the manager could not start or had to stop.
 #[derive(Debug, Error)]
 pub enum ManagerError {
+    /// A socket could not be bound or connected.
     #[error(transparent)]
     Socket(#[from] bus::sockets::SocketError),
+    /// A socket failed while running.
     #[error("zeromq: {0}")]
     Zmq(#[from] zmq::Error),
+    /// The register store failed.
     #[error(transparent)]
     Registers(#[from] registers::RegisterError),
+    /// The rules folder cannot be watched.
     #[error("watching the rules folder {dir}: {source}")]
     Watch {
+        /// The rules folder.
         dir: PathBuf,
+        /// What inotify said.
         #[source]
         source: std::io::Error,
     },
+    /// The rules folder cannot be read.
     #[error("rules folder {dir}: {source}")]
     RulesDir {
+        /// The rules folder.
         dir: PathBuf,
+        /// Why it cannot be read.
         #[source]
         source: std::io::Error,
     },
@@ -55,11 +67,15 @@ pub const MAX_DEPTH: u32 = 8;
 /// How to run a manager.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where it binds (ingest, monitor, control) and connects (the link).
     pub endpoints: Endpoints,
+    /// The state dir; registers are `<state>/registers`.
     pub state_dir: PathBuf,
+    /// The folder of `*.rhai` rule files.
     pub rules_dir: PathBuf,
     /// Largest event frame accepted, in bytes.
     pub max_frame: usize,
+    /// What one rule run may use.
     pub limits: Limits,
     /// Host name on the manager's own events (`manager/...`).
     pub host: String,
@@ -70,14 +86,23 @@ pub struct Config {
 /// Counters, as the control socket reports them.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Stats {
+    /// Events taken in (from outside and from inside the manager).
     pub events: u64,
+    /// Frames dropped because they did not decode, by kind.
     pub malformed: BadFrames,
+    /// Rule runs that went through.
     pub hits: u64,
+    /// Rule runs that failed.
     pub rule_errors: u64,
+    /// Actions handed to the publisher.
     pub actions: u64,
+    /// Events dropped for a chain deeper than [`MAX_DEPTH`].
     pub loops: u64,
+    /// Rule files reloaded after a change.
     pub reloads: u64,
+    /// The loaded rules, in run order.
     pub rules: Vec<String>,
+    /// The rules disabled for failing.
     pub disabled: Vec<String>,
 }
 

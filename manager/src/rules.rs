@@ -29,9 +29,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub struct Limits {
     /// Rhai operations one `react` call may take before it is cut off.
     pub max_operations: u64,
+    /// Deepest function call nesting.
     pub max_call_levels: usize,
+    /// Longest string a rule may build, in bytes.
     pub max_string_size: usize,
+    /// Most elements in one array.
     pub max_array_size: usize,
+    /// Most entries in one map.
     pub max_map_size: usize,
 }
 
@@ -50,9 +54,13 @@ impl Default for Limits {
 /// A rule file that could not be loaded, with the position Rhai reported.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadError {
+    /// The rule file.
     pub file: PathBuf,
+    /// The line of the mistake, when Rhai knows it.
     pub line: Option<usize>,
+    /// Its column, when Rhai knows it.
     pub column: Option<usize>,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -76,7 +84,9 @@ pub const DISABLE_AFTER: u32 = 100;
 pub struct Rule {
     /// The file stem: `10-hello` for `10-hello.rhai`. Actions are named after it by default.
     pub name: String,
+    /// The file it was loaded from.
     pub file: PathBuf,
+    /// The tags it asks for (`MATCH`; `**` when it says none).
     pub globs: Vec<String>,
     ast: AST,
     scope: Scope<'static>,
@@ -84,14 +94,18 @@ pub struct Rule {
     source: String,
     /// Failures in a row; reset by a success.
     failures: u32,
+    /// Disabled after [`DISABLE_AFTER`] failures in a row, until its file changes.
     pub disabled: bool,
 }
 
 /// An event a rule emitted with `emit(tag, data)`.
 #[derive(Debug, Clone)]
 pub struct Emitted {
+    /// The rule that emitted it.
     pub rule: String,
+    /// The new event's tag.
     pub tag: String,
+    /// The new event's data.
     pub data: Value,
 }
 
@@ -99,25 +113,36 @@ pub struct Emitted {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// The file compiled and now runs (new or replacing its old version).
-    Loaded { file: PathBuf },
+    Loaded {
+        /// The rule file.
+        file: PathBuf,
+    },
     /// The file failed to compile; its previous version (if any) keeps running.
     Failed(LoadError),
     /// The file is gone (deleted or renamed away); its rule no longer runs.
-    Removed { file: PathBuf },
+    Removed {
+        /// The rule file.
+        file: PathBuf,
+    },
 }
 
 /// What running the rules for one event produced.
 #[derive(Debug, Default)]
 pub struct Produced {
+    /// The actions the rules appended, in order.
     pub actions: Vec<Action>,
+    /// One per rule that ran through.
     pub hits: Vec<Hit>,
+    /// One per rule that failed (or an event no rule could be given).
     pub errors: Vec<RuleError>,
+    /// The events the rules emitted, to run next.
     pub emitted: Vec<Emitted>,
     /// Rules disabled by this event (name, file), for the `manager/rules/disabled` event.
     pub disabled: Vec<(String, PathBuf)>,
 }
 
 impl Produced {
+    /// Empty it for the next event, keeping its allocations.
     pub fn clear(&mut self) {
         self.actions.clear();
         self.hits.clear();
@@ -388,6 +413,7 @@ fn position_of(err: &EvalAltResult) -> (Option<usize>, Option<usize>) {
 }
 
 impl Rules {
+    /// No rules yet, an engine with `limits` whose rules reach `store`.
     pub fn new(store: Registers, limits: &Limits) -> Rules {
         let ctx: Shared = Arc::default();
         Rules {
@@ -398,6 +424,7 @@ impl Rules {
         }
     }
 
+    /// The loaded rules, in the order they run.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }

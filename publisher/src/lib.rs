@@ -12,37 +12,51 @@
 //! is in force, for an actor starting from nothing. `gap` is true when actions after `since` were
 //! already pruned from the log.
 
+#![deny(missing_docs)]
+
 use bus::{Action, BadFrames, Endpoints, MalformedKind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+/// Why the publisher could not start or had to stop.
 #[derive(Debug, Error)]
 pub enum PublisherError {
+    /// A socket could not be bound.
     #[error(transparent)]
     Socket(#[from] bus::sockets::SocketError),
+    /// A socket failed while running.
     #[error("zeromq: {0}")]
     Zmq(#[from] zmq::Error),
+    /// The action log could not be opened.
     #[error("action log {path}: {source} (is another publisher running on this state dir?)")]
     Log {
+        /// Where the log lives.
         path: PathBuf,
+        /// What sled said.
         #[source]
         source: sled::Error,
     },
+    /// Reading or writing the action log failed.
     #[error("action log: {0}")]
     Store(#[from] sled::Error),
 }
 
+/// How to run a publisher.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where it binds: the link, the PUB fan-out and the replay socket.
     pub endpoints: Endpoints,
+    /// The state dir; the log is `<state>/publisher`.
     pub state_dir: PathBuf,
+    /// Largest action frame accepted from the link, in bytes.
     pub max_frame: usize,
     /// How many of the newest actions the log keeps.
     pub keep: u64,
 }
 
+/// A running publisher's sockets and log.
 pub struct Publisher {
     link: zmq::Socket,
     publish: zmq::Socket,
@@ -63,6 +77,7 @@ pub struct Publisher {
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 impl Publisher {
+    /// Open the log (numbering resumes after its last action) and bind the sockets.
     pub fn new(cfg: &Config) -> Result<Publisher, PublisherError> {
         let path = cfg.state_dir.join("publisher");
         let db = sled::Config::new()
@@ -94,6 +109,7 @@ impl Publisher {
         })
     }
 
+    /// Serve the link and the replay socket until `stop` is set, then flush the log.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), PublisherError> {
         let mut frame = zmq::Message::new();
         let mut last_flush = Instant::now();
@@ -264,6 +280,7 @@ fn seq_of(key: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
+/// Run a publisher until `stop` is set.
 pub fn run(cfg: Config, stop: &AtomicBool) -> Result<(), PublisherError> {
     let mut p = Publisher::new(&cfg)?;
     p.run(stop)

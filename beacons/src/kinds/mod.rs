@@ -23,14 +23,19 @@ use std::time::Duration;
 /// What a kind does when the config says nothing: chosen so a healthy host stays quiet.
 #[derive(Debug, Clone, Copy)]
 pub struct Defaults {
+    /// How often it samples.
     pub interval: Duration,
+    /// Which readings are sent.
     pub mode: Mode,
     /// The number the mode looks at; None for kinds that send happenings, not measurements.
     pub field: Option<&'static str>,
     /// The numbers a `field` may name.
     pub fields: &'static [&'static str],
+    /// The threshold above which the field is a problem.
     pub above: Option<f64>,
+    /// The threshold below which the field is a problem.
     pub below: Option<f64>,
+    /// The band a value must come back past to be normal again.
     pub hysteresis: f64,
 }
 
