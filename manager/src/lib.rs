@@ -167,16 +167,15 @@ impl Manager {
             source,
         };
         // Watch before the first load, so a file dropped in meanwhile is not missed.
-        let watcher =
-            match cfg.watch_rules {
-                true => Some(watch::Watch::new(&cfg.rules_dir).map_err(|source| {
-                    ManagerError::Watch {
-                        dir: cfg.rules_dir.clone(),
-                        source,
-                    }
-                })?),
-                false => None,
-            };
+        let watch_err = |source| ManagerError::Watch {
+            dir: cfg.rules_dir.clone(),
+            source,
+        };
+        let watcher = if cfg.watch_rules {
+            Some(watch::Watch::new(&cfg.rules_dir).map_err(watch_err)?)
+        } else {
+            None
+        };
         let changes = rules.load_dir(&cfg.rules_dir).map_err(rules_dir_err)?;
         let ep = &cfg.endpoints;
         let ingest = bus::sockets::bind(zmq::PULL, &ep.ingest)?;
