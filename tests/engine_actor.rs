@@ -64,16 +64,17 @@ impl Fake {
 
     fn act(&mut self, name: &str, graph: Value) -> String {
         self.seq += 1;
+        let target = Target::parse("host/t").expect("target");
+        let topic = target.topic();
         let action = Action {
             id: bus::new_id(),
             name: name.to_string(),
             seq: self.seq,
-            target: "host/t".into(),
+            target,
             graph,
             origin: Origin::default(),
             expires: None,
         };
-        let topic = Target::parse("host/t").expect("target").topic();
         self.publish
             .send_multipart([topic.as_bytes(), &bus::encode(&action)], 0)
             .expect("publish");

@@ -3,8 +3,8 @@
 //! loop each time the graph crosses between converged and diverged, and swaps in later actions.
 
 use crate::store::safe_name;
-use engine::os::atomic_write;
 use bus::{Action, Event};
+use engine::os::atomic_write;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::path::PathBuf;

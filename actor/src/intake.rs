@@ -104,7 +104,7 @@ mod tests {
             id: format!("a{seq}"),
             name: format!("n{seq}"),
             seq,
-            target: "all".into(),
+            target: bus::Target::All,
             graph: json!([{"kind": "noop", "name": "n"}]),
             origin: bus::Origin::default(),
             expires,

@@ -1,8 +1,8 @@
 //! The on-disk graph store: the graphs in force, kept under the state dir so that they converge
 //! again after a restart, and each graph's engine state (its pending refreshes).
 
-use engine::os::{atomic_write, hex};
 use bus::Action;
+use engine::os::{atomic_write, hex};
 use std::path::{Path, PathBuf};
 
 /// Where the actor keeps its graphs and their engine state: `<state>/actor-<name>/`.
@@ -91,7 +91,6 @@ pub(crate) fn safe_name(name: &str) -> String {
         .collect()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,7 +105,7 @@ mod tests {
             id: "a1".into(),
             name: "deploy/app".into(),
             seq: 7,
-            target: "all".into(),
+            target: bus::Target::All,
             graph: json!([{"kind": "noop", "name": "n"}]),
             origin: bus::Origin::default(),
             expires: None,

@@ -3,7 +3,7 @@
 //! channel to the serve loop, so live actions keep being taken in while a replay is in flight.
 
 use crate::{ActorError, Config};
-use bus::{Action, Target};
+use bus::{Action, BadFrames, MalformedKind, Target};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -57,7 +57,7 @@ fn sub_loop(
     max_frame: usize,
     stop: &AtomicBool,
 ) {
-    let mut bad = 0u64;
+    let mut bad = BadFrames::new("action frame");
     while !stop.load(Ordering::Relaxed) {
         let (data, shake) = {
             let mut items = [
@@ -78,25 +78,17 @@ fn sub_loop(
             continue;
         }
         while let Ok(parts) = sub.recv_multipart(zmq::DONTWAIT) {
-            let decoded = match parts.as_slice() {
-                [_topic, frame] => {
-                    bus::decode_with_limit::<Action>(frame, max_frame).map_err(|e| e.to_string())
+            let action = match parts.as_slice() {
+                [_topic, frame] => bad.keep(bus::decode_with_limit::<Action>(frame, max_frame)),
+                _ => {
+                    let why = format!("expected 2 frames, got {}", parts.len());
+                    bad.count(MalformedKind::Malformed, &why);
+                    None
                 }
-                _ => Err(format!("expected 2 frames, got {}", parts.len())),
             };
-            match decoded {
-                Ok(a) => {
-                    if tx.blocking_send(Inbound::Action(Box::new(a))).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    bad += 1;
-                    if bad == 1 {
-                        tracing::warn!(
-                            "dropped a bad action frame: {e} (further ones are only counted)"
-                        );
-                    }
+            if let Some(a) = action {
+                if tx.blocking_send(Inbound::Action(Box::new(a))).is_err() {
+                    return;
                 }
             }
         }

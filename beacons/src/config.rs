@@ -31,9 +31,13 @@ use toml_edit::{ImDocument, Item, Table, Value};
 #[derive(Debug, Error, Clone, PartialEq)]
 #[error("{source_name}:{line}: {}{message}", field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default())]
 pub struct ConfigError {
+    /// The file (or what the text came from).
     pub source_name: String,
+    /// The line of the mistake.
     pub line: usize,
+    /// The field, when the mistake is in one.
     pub field: Option<String>,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -41,14 +45,19 @@ pub struct ConfigError {
 pub struct Config {
     /// The host name events carry, when the file sets it.
     pub host: Option<String>,
+    /// The beacons, in file order.
     pub beacons: Vec<Spec>,
 }
 
 /// One configured beacon.
 pub struct Spec {
+    /// The beacon, built from its fields.
     pub beacon: Box<dyn Beacon>,
+    /// How often it samples.
     pub interval: Duration,
+    /// Its mode.
     pub gate: GateConfig,
+    /// A label its events carry, to tell two beacons of one kind apart.
     pub label: Option<String>,
     /// The line of its `[[beacon]]` header, for messages.
     pub line: usize,
@@ -130,20 +139,21 @@ fn build(f: &mut Fields) -> Result<Spec, ConfigError> {
     let kind = f
         .string("kind")?
         .ok_or_else(|| f.error_at_table("kind", "missing: every beacon needs a kind"))?;
-    let Some(defaults) = crate::kinds::defaults(&kind) else {
+    let Some(found) = crate::kinds::find(&kind) else {
         return Err(f.error(
             "kind",
             format!(
                 "unknown kind {kind:?}; known kinds: {}",
-                crate::kinds::KINDS.join(", ")
+                crate::kinds::names()
             ),
         ));
     };
+    let defaults = found.defaults;
     f.what = format!("kind {kind:?}");
     let interval = f.duration("interval")?.unwrap_or(defaults.interval);
     let label = f.string("label")?;
     let gate = GateConfig::from_fields(f, &defaults)?;
-    let beacon = crate::kinds::build(&kind, f)?;
+    let beacon = (found.build)(f)?;
     f.finish()?;
     Ok(Spec {
         beacon,
@@ -267,6 +277,7 @@ impl<'a> Fields<'a> {
         self.error(key, format!("must be {want}, not {}", got.type_name()))
     }
 
+    /// A string.
     pub fn string(&mut self, key: &str) -> Result<Option<String>, ConfigError> {
         match self.value(key)? {
             None => Ok(None),
@@ -295,6 +306,7 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A number (an integer or a float).
     pub fn f64(&mut self, key: &str) -> Result<Option<f64>, ConfigError> {
         match self.value(key)? {
             None => Ok(None),
@@ -306,6 +318,7 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// An integer of 0 or more.
     pub fn u64(&mut self, key: &str) -> Result<Option<u64>, ConfigError> {
         match self.value(key)? {
             None => Ok(None),
@@ -317,6 +330,7 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// true or false.
     pub fn bool(&mut self, key: &str) -> Result<Option<bool>, ConfigError> {
         match self.value(key)? {
             None => Ok(None),
@@ -344,6 +358,7 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A regular expression, compiled.
     pub fn regex(&mut self, key: &str) -> Result<Option<regex::Regex>, ConfigError> {
         match self.string(key)? {
             None => Ok(None),

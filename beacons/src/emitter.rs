@@ -17,12 +17,21 @@ use std::sync::Mutex;
 use std::time::Duration;
 use thiserror::Error;
 
+/// Why events could not be sent.
 #[derive(Debug, Error)]
 pub enum SendError {
+    /// The socket could not be made or connected.
     #[error(transparent)]
     Socket(#[from] bus::sockets::SocketError),
+    /// Nothing took the events in time.
     #[error("no manager answered at {endpoint} within {secs:.1}s")]
-    NoManager { endpoint: String, secs: f64 },
+    NoManager {
+        /// The manager's ingest endpoint.
+        endpoint: String,
+        /// How long it waited.
+        secs: f64,
+    },
+    /// Sending failed.
     #[error("zeromq: {0}")]
     Zmq(#[from] zmq::Error),
 }

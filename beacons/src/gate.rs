@@ -15,14 +15,20 @@ use crate::Reading;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
+/// Which of a beacon's readings are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Send every reading.
     Every,
+    /// Send when the field moved by at least `delta`.
     Change,
+    /// Send when the field crosses `above` or `below`, and when it comes back past the
+    /// hysteresis band.
     Threshold,
 }
 
 impl Mode {
+    /// The mode as a config names it.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Every => "every",
@@ -32,18 +38,25 @@ impl Mode {
     }
 }
 
+/// A beacon's mode, as configured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GateConfig {
+    /// Which readings are sent.
     pub mode: Mode,
     /// The field whose number the mode looks at (booleans count as 1 and 0).
     pub field: Option<String>,
+    /// Threshold mode: a value above this is a problem.
     pub above: Option<f64>,
+    /// Threshold mode: a value below this is a problem.
     pub below: Option<f64>,
+    /// Threshold mode: how far back past the threshold a value must come to be normal again.
     pub hysteresis: f64,
+    /// Change mode: the smallest move that is sent (0: any move).
     pub delta: f64,
 }
 
 impl GateConfig {
+    /// Every reading is sent.
     pub fn every() -> GateConfig {
         GateConfig {
             mode: Mode::Every,
@@ -77,6 +90,7 @@ pub struct Gate {
 }
 
 impl Gate {
+    /// A gate that has seen nothing yet.
     pub fn new(cfg: GateConfig) -> Gate {
         Gate {
             cfg,
@@ -84,6 +98,7 @@ impl Gate {
         }
     }
 
+    /// What it was made with.
     pub fn config(&self) -> &GateConfig {
         &self.cfg
     }

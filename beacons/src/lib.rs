@@ -17,6 +17,8 @@
 //! mistake. The [`Emitter`] is the small sending library beacons, `reflex send` and any
 //! application share: non-blocking, bounded, drops counted, reconnecting by itself.
 
+#![deny(missing_docs)]
+
 pub mod config;
 pub mod emitter;
 pub mod gate;
@@ -57,6 +59,7 @@ pub trait Beacon: Send {
 /// What one sample produced.
 #[derive(Debug, Default)]
 pub struct Out {
+    /// The measurements and happenings, in order.
     pub readings: Vec<Reading>,
     /// (subject, message): failures of one part of a beacon.
     pub problems: Vec<(String, String)>,
@@ -90,8 +93,11 @@ impl Out {
 /// One measurement or happening, before identity and mode are applied.
 #[derive(Debug, Clone)]
 pub struct Reading {
+    /// What it is about: a mount, an interface, a unit; "" for the host as a whole.
     pub subject: String,
+    /// The event's data.
     pub data: Map<String, Value>,
+    /// A measurement the mode gate decides on; false for a happening, always sent.
     pub gated: bool,
 }
 

@@ -90,6 +90,7 @@ impl Running {
         self.threads.len()
     }
 
+    /// True when no beacon runs.
     pub fn is_empty(&self) -> bool {
         self.threads.is_empty()
     }
@@ -162,6 +163,7 @@ pub struct Runner<'e> {
 }
 
 impl<'e> Runner<'e> {
+    /// A runner for `beacon`, sending through `emitter`.
     pub fn new(
         beacon: Box<dyn Beacon>,
         gate: GateConfig,

@@ -12,12 +12,22 @@ pub const MAX_FRAME: usize = 1 << 20;
 /// Why a frame was rejected.
 #[derive(Debug, Error)]
 pub enum DecodeError {
+    /// The frame has no bytes at all.
     #[error("empty frame")]
     Empty,
+    /// The version byte is not [`VERSION`].
     #[error("unknown wire version {0} (this build speaks {VERSION})")]
     Version(u8),
+    /// The frame is larger than the receiver accepts.
     #[error("frame of {size} bytes is over the {limit}-byte limit")]
-    Oversize { size: usize, limit: usize },
+    Oversize {
+        /// The frame's size in bytes.
+        size: usize,
+        /// The limit it is over.
+        limit: usize,
+    },
+    /// The body is not the expected message: bad msgpack, a missing field, or a field that does
+    /// not validate (such as a bad target).
     #[error("malformed msgpack: {0}")]
     Malformed(#[from] rmp_serde::decode::Error),
 }
@@ -25,13 +35,18 @@ pub enum DecodeError {
 /// The kinds of bad frame, for counting and for logging once per kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MalformedKind {
+    /// [`DecodeError::Empty`].
     Empty,
+    /// [`DecodeError::Version`].
     Version,
+    /// [`DecodeError::Oversize`].
     Oversize,
+    /// [`DecodeError::Malformed`].
     Malformed,
 }
 
 impl MalformedKind {
+    /// Every kind, in declaration order (`kind as usize` indexes it).
     pub const ALL: [MalformedKind; 4] = [
         MalformedKind::Empty,
         MalformedKind::Version,
@@ -39,6 +54,7 @@ impl MalformedKind {
         MalformedKind::Malformed,
     ];
 
+    /// The kind's name in counters and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             MalformedKind::Empty => "empty",
@@ -50,6 +66,7 @@ impl MalformedKind {
 }
 
 impl DecodeError {
+    /// Which kind of bad frame this is.
     pub fn kind(&self) -> MalformedKind {
         match self {
             DecodeError::Empty => MalformedKind::Empty,
@@ -97,7 +114,7 @@ pub fn decode_with_limit<'a, T: Deserialize<'a>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Action, Event, Origin};
+    use crate::{Action, Event, Origin, Target};
     use serde_json::json;
 
     #[test]
@@ -117,7 +134,7 @@ mod tests {
             id: crate::new_id(),
             name: "hello".into(),
             seq: 7,
-            target: "host/web1".into(),
+            target: Target::Host("web1".into()),
             graph: json!({"resources": [{"kind": "noop", "name": "x"}]}),
             origin: Origin {
                 event: "e1".into(),
@@ -159,5 +176,62 @@ mod tests {
         // An action is not an event.
         let action = encode(&json!({"id": "x"}));
         assert!(decode::<Event>(&action).is_err());
+    }
+
+    /// The action as it was on the wire when its target was a plain string.
+    #[derive(Serialize)]
+    struct StringTargetAction<'a> {
+        id: &'a str,
+        name: &'a str,
+        seq: u64,
+        target: &'a str,
+        graph: serde_json::Value,
+        origin: Origin,
+        expires: Option<u64>,
+    }
+
+    /// The same action as an [`Action`] with `target` and as a [`StringTargetAction`] with `s`.
+    fn both(target: Target, s: &str) -> (Action, StringTargetAction<'_>) {
+        let typed = Action {
+            id: "a1".into(),
+            name: "n".into(),
+            seq: 3,
+            target,
+            graph: json!([]),
+            origin: Origin::default(),
+            expires: None,
+        };
+        let plain = StringTargetAction {
+            id: "a1",
+            name: "n",
+            seq: 3,
+            target: s,
+            graph: json!([]),
+            origin: Origin::default(),
+            expires: None,
+        };
+        (typed, plain)
+    }
+
+    #[test]
+    fn a_typed_target_keeps_the_wire_byte_identical() {
+        for (target, s) in [
+            (Target::All, "all"),
+            (Target::Host("web1".into()), "host/web1"),
+            (Target::Group("db".into()), "group/db"),
+        ] {
+            let (typed, plain) = both(target, s);
+            assert_eq!(encode(&typed), encode(&plain), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_bad_target_is_a_malformed_frame() {
+        for s in ["hosts/x", "host/a/b", "", "all/"] {
+            let frame = encode(&both(Target::All, s).1);
+            let err = decode::<Action>(&frame).unwrap_err();
+            assert_eq!(err.kind(), MalformedKind::Malformed, "{s:?}");
+            assert!(err.to_string().contains("bad target"), "{err}");
+        }
     }
 }

@@ -24,6 +24,8 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
+    /// The endpoints of a stack on `host`, its TCP ports counted from `port_base`, its link
+    /// under `state_dir`.
     pub fn new(host: &str, port_base: u16, state_dir: &Path) -> Endpoints {
         let tcp = |off: u16| format!("tcp://{host}:{}", port_base.saturating_add(off));
         Endpoints {
@@ -36,6 +38,7 @@ impl Endpoints {
         }
     }
 
+    /// [`Endpoints::new`] on the loopback address.
     pub fn local(port_base: u16, state_dir: &Path) -> Endpoints {
         Endpoints::new("127.0.0.1", port_base, state_dir)
     }

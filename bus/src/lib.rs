@@ -6,8 +6,30 @@
 //! and size limit; the default [`Endpoints`]; the publish [`Target`]s and their topic frames; and
 //! the few socket options every process sets the same way ([`sockets`]).
 //!
+//! Receivers count what they drop with [`BadFrames`].
+//!
 //! This crate depends on no other reflex crate: it is the bottom of the graph.
+//!
+//! ```
+//! use bus::{Action, Origin, Target};
+//!
+//! let action = Action {
+//!     id: bus::new_id(),
+//!     name: "motd".into(),
+//!     seq: 0,
+//!     target: Target::parse("host/web1").unwrap(),
+//!     graph: serde_json::json!([{"kind": "noop", "name": "x"}]),
+//!     origin: Origin::default(),
+//!     expires: None,
+//! };
+//! let frame = bus::encode(&action);
+//! let back: Action = bus::decode(&frame).unwrap();
+//! assert_eq!(back.target.topic(), "host/web1/");
+//! ```
 
+#![deny(missing_docs)]
+
+pub mod bad;
 pub mod codec;
 pub mod endpoints;
 pub mod monitor;
@@ -15,6 +37,7 @@ pub mod sockets;
 pub mod target;
 pub mod wire;
 
+pub use bad::BadFrames;
 pub use codec::{
     decode, decode_with_limit, encode, DecodeError, MalformedKind, MAX_FRAME, VERSION,
 };

@@ -42,15 +42,19 @@ pub fn connect(kind: zmq::SocketType, endpoint: &str) -> Result<zmq::Socket, Soc
     Ok(s)
 }
 
+/// A socket could not be made, bound or connected.
 #[derive(Debug, thiserror::Error)]
 #[error("{endpoint}: {source}")]
 pub struct SocketError {
+    /// The endpoint it was for.
     pub endpoint: String,
+    /// What ZeroMQ said.
     #[source]
     pub source: zmq::Error,
 }
 
 impl SocketError {
+    /// The error `source` about `endpoint`.
     pub fn new(endpoint: &str, source: zmq::Error) -> SocketError {
         SocketError {
             endpoint: endpoint.to_string(),

@@ -1,6 +1,7 @@
 //! The two messages of the system: events (facts, flowing to the manager) and actions (desired
 //! state, flowing from the manager to actors).
 
+use crate::Target;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -50,7 +51,9 @@ impl Event {
 /// Where an action came from: the event that caused it and the rule that made it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Origin {
+    /// The id of the event the rule was reacting to.
     pub event: String,
+    /// The rule's name (its file stem).
     pub rule: String,
 }
 
@@ -58,17 +61,20 @@ pub struct Origin {
 /// actions with the same name replace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Action {
+    /// Unique id (UUIDv7 text), given by the manager.
     pub id: String,
     /// Actors hold one graph per name; a new action with the same name replaces it.
     pub name: String,
     /// Strictly increasing number the publisher assigns; 0 until then.
     #[serde(default)]
     pub seq: u64,
-    /// `all`, `host/<name>` or `group/<name>` (see [`crate::Target`]).
-    pub target: String,
+    /// Who it is for; on the wire the string `all`, `host/<name>` or `group/<name>`, checked
+    /// when the frame is decoded.
+    pub target: Target,
     /// The resource graph, in the one graph schema (`resources:` and `edges:`); the engine
     /// validates it.
     pub graph: Value,
+    /// The event and rule that made it.
     #[serde(default)]
     pub origin: Origin,
     /// Unix time in milliseconds after which actors must not run it; `None` = never expires.

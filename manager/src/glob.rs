@@ -16,6 +16,7 @@ pub struct Glob {
 }
 
 impl Glob {
+    /// The glob `text`: `*` and `?` within a segment, `**` for any number of segments.
     pub fn new(text: &str) -> Glob {
         Glob {
             text: text.to_string(),
@@ -23,6 +24,7 @@ impl Glob {
         }
     }
 
+    /// The glob as written.
     pub fn as_str(&self) -> &str {
         &self.text
     }
@@ -38,6 +40,7 @@ impl Glob {
             .filter(|s| !s.contains(['*', '?']))
     }
 
+    /// True when `tag` matches.
     pub fn matches(&self, tag: &str) -> bool {
         let parts: Vec<&str> = tag.split('/').collect();
         match_segments(&self.segments, &parts)

@@ -9,37 +9,53 @@
 //! All sockets live on the one thread that runs [`Manager::run`]: ZeroMQ sockets are not
 //! thread-safe, and one thread keeps every host's events in order.
 
+#![deny(missing_docs)]
+
 pub mod glob;
 pub mod rules;
+pub mod watch;
 
 use bus::monitor;
-use bus::{Action, DecodeError, Endpoints, Event};
+use bus::{Action, BadFrames, Endpoints, Event};
 use registers::Registers;
 use rules::Change;
 use rules::{Limits, Produced, Rules};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+/// Why the manager could not start or had to stop.
 #[derive(Debug, Error)]
 pub enum ManagerError {
+    /// A socket could not be bound or connected.
     #[error(transparent)]
     Socket(#[from] bus::sockets::SocketError),
+    /// A socket failed while running.
     #[error("zeromq: {0}")]
     Zmq(#[from] zmq::Error),
+    /// The register store failed.
     #[error(transparent)]
     Registers(#[from] registers::RegisterError),
-    #[error("watching the rules folder: {0}")]
-    Watch(String),
+    /// The rules folder cannot be watched.
+    #[error("watching the rules folder {dir}: {source}")]
+    Watch {
+        /// The rules folder.
+        dir: PathBuf,
+        /// What inotify said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The rules folder cannot be read.
     #[error("rules folder {dir}: {source}")]
     RulesDir {
+        /// The rules folder.
         dir: PathBuf,
+        /// Why it cannot be read.
         #[source]
         source: std::io::Error,
     },
@@ -51,11 +67,15 @@ pub const MAX_DEPTH: u32 = 8;
 /// How to run a manager.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where it binds (ingest, monitor, control) and connects (the link).
     pub endpoints: Endpoints,
+    /// The state dir; registers are `<state>/registers`.
     pub state_dir: PathBuf,
+    /// The folder of `*.rhai` rule files.
     pub rules_dir: PathBuf,
     /// Largest event frame accepted, in bytes.
     pub max_frame: usize,
+    /// What one rule run may use.
     pub limits: Limits,
     /// Host name on the manager's own events (`manager/...`).
     pub host: String,
@@ -66,14 +86,23 @@ pub struct Config {
 /// Counters, as the control socket reports them.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Stats {
+    /// Events taken in (from outside and from inside the manager).
     pub events: u64,
-    pub malformed: BTreeMap<&'static str, u64>,
+    /// Frames dropped because they did not decode, by kind.
+    pub malformed: BadFrames,
+    /// Rule runs that went through.
     pub hits: u64,
+    /// Rule runs that failed.
     pub rule_errors: u64,
+    /// Actions handed to the publisher.
     pub actions: u64,
+    /// Events dropped for a chain deeper than [`MAX_DEPTH`].
     pub loops: u64,
+    /// Rule files reloaded after a change.
     pub reloads: u64,
+    /// The loaded rules, in run order.
     pub rules: Vec<String>,
+    /// The rules disabled for failing.
     pub disabled: Vec<String>,
 }
 
@@ -113,8 +142,8 @@ pub struct Manager {
     /// Events made inside the manager (emitted by rules, or about the manager itself), run
     /// right after the event that caused them.
     internal: VecDeque<Event>,
-    /// Rule file changes reported by the watcher, with when the last one arrived.
-    watcher: Option<(notify::RecommendedWatcher, mpsc::Receiver<PathBuf>)>,
+    /// The rules folder watch, the rule files it reported, and when the last one arrived.
+    watcher: Option<watch::Watch>,
     pending: BTreeSet<PathBuf>,
     last_change: Instant,
 }
@@ -128,32 +157,6 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 /// How often expired registers are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(5);
 
-fn watch_rules(
-    dir: &std::path::Path,
-) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<PathBuf>), ManagerError> {
-    use notify::Watcher;
-    let (tx, rx) = mpsc::channel();
-    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-        // Only changes count: reading a rule (as a reload does) must not trigger another reload.
-        Ok(ev)
-            if matches!(
-                ev.kind,
-                notify::EventKind::Access(_)
-                    | notify::EventKind::Modify(notify::event::ModifyKind::Metadata(_))
-            ) => {}
-        Ok(ev) => {
-            for p in ev.paths {
-                let _ = tx.send(p);
-            }
-        }
-        Err(e) => tracing::warn!("rules watcher: {e}"),
-    })
-    .map_err(|e| ManagerError::Watch(e.to_string()))?;
-    w.watch(dir, notify::RecursiveMode::NonRecursive)
-        .map_err(|e| ManagerError::Watch(format!("{}: {e}", dir.display())))?;
-    Ok((w, rx))
-}
-
 impl Manager {
     /// Open the register store, load the rules and bind the sockets.
     pub fn new(cfg: Config) -> Result<Manager, ManagerError> {
@@ -164,8 +167,12 @@ impl Manager {
             source,
         };
         // Watch before the first load, so a file dropped in meanwhile is not missed.
+        let watch_err = |source| ManagerError::Watch {
+            dir: cfg.rules_dir.clone(),
+            source,
+        };
         let watcher = if cfg.watch_rules {
-            Some(watch_rules(&cfg.rules_dir)?)
+            Some(watch::Watch::new(&cfg.rules_dir).map_err(watch_err)?)
         } else {
             None
         };
@@ -256,13 +263,25 @@ impl Manager {
     }
 
     fn collect_rule_changes(&mut self) {
-        let Some((_, rx)) = &self.watcher else { return };
+        let Some(watch) = &mut self.watcher else {
+            return;
+        };
+        let changed = watch.changed();
         let mut any = false;
-        while let Ok(p) = rx.try_recv() {
+        for p in changed.paths {
             if rules::is_rule_file(&p) {
                 self.pending.insert(p);
                 any = true;
             }
+        }
+        if changed.overflow {
+            // Changes were lost: look again at every rule there is or was.
+            tracing::warn!("rules watcher overflowed: rechecking every rule file");
+            let known = self.rules.rules().iter().map(|r| r.file.clone());
+            self.pending.extend(known);
+            let present = rules::rule_files(&self.cfg.rules_dir).unwrap_or_default();
+            self.pending.extend(present);
+            any = true;
         }
         if any {
             self.last_change = Instant::now();
@@ -321,12 +340,9 @@ impl Manager {
     }
 
     fn handle_frame(&mut self, frame: &[u8], stop: &AtomicBool) -> Result<(), ManagerError> {
-        let head: Head = match bus::decode_with_limit(frame, self.cfg.max_frame) {
-            Ok(h) => h,
-            Err(e) => {
-                self.malformed(&e);
-                return Ok(());
-            }
+        let decoded = bus::decode_with_limit::<Head>(frame, self.cfg.max_frame);
+        let Some(head) = self.stats.malformed.keep(decoded) else {
+            return Ok(());
         };
         self.stats.events += 1;
         self.publish_event(head.tag, frame)?;
@@ -336,12 +352,9 @@ impl Manager {
             }
             return self.drain_internal(stop);
         }
-        let event: Event = match bus::decode_with_limit(frame, self.cfg.max_frame) {
-            Ok(e) => e,
-            Err(e) => {
-                self.malformed(&e);
-                return Ok(());
-            }
+        let decoded = bus::decode_with_limit::<Event>(frame, self.cfg.max_frame);
+        let Some(event) = self.stats.malformed.keep(decoded) else {
+            return Ok(());
         };
         self.process(&event, stop)?;
         self.drain_internal(stop)
@@ -416,19 +429,6 @@ impl Manager {
         }
         self.produced = out;
         Ok(())
-    }
-
-    fn malformed(&mut self, e: &DecodeError) {
-        let kind = e.kind();
-        let n = self.stats.malformed.entry(kind.as_str()).or_insert(0);
-        *n += 1;
-        // Logged once per kind: a flood of garbage must not flood the log too.
-        if *n == 1 {
-            tracing::warn!(
-                kind = kind.as_str(),
-                "dropped a bad frame: {e} (further ones of this kind are only counted)"
-            );
-        }
     }
 
     fn publish_event(&self, tag: &str, frame: &[u8]) -> Result<(), ManagerError> {

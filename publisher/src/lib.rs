@@ -12,37 +12,51 @@
 //! is in force, for an actor starting from nothing. `gap` is true when actions after `since` were
 //! already pruned from the log.
 
-use bus::{Action, Endpoints, Target};
+#![deny(missing_docs)]
+
+use bus::{Action, BadFrames, Endpoints, MalformedKind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+/// Why the publisher could not start or had to stop.
 #[derive(Debug, Error)]
 pub enum PublisherError {
+    /// A socket could not be bound.
     #[error(transparent)]
     Socket(#[from] bus::sockets::SocketError),
+    /// A socket failed while running.
     #[error("zeromq: {0}")]
     Zmq(#[from] zmq::Error),
+    /// The action log could not be opened.
     #[error("action log {path}: {source} (is another publisher running on this state dir?)")]
     Log {
+        /// Where the log lives.
         path: PathBuf,
+        /// What sled said.
         #[source]
         source: sled::Error,
     },
+    /// Reading or writing the action log failed.
     #[error("action log: {0}")]
     Store(#[from] sled::Error),
 }
 
+/// How to run a publisher.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where it binds: the link, the PUB fan-out and the replay socket.
     pub endpoints: Endpoints,
+    /// The state dir; the log is `<state>/publisher`.
     pub state_dir: PathBuf,
+    /// Largest action frame accepted from the link, in bytes.
     pub max_frame: usize,
     /// How many of the newest actions the log keeps.
     pub keep: u64,
 }
 
+/// A running publisher's sockets and log.
 pub struct Publisher {
     link: zmq::Socket,
     publish: zmq::Socket,
@@ -55,7 +69,7 @@ pub struct Publisher {
     next_seq: u64,
     keep: u64,
     max_frame: usize,
-    bad: [u64; 4],
+    bad: BadFrames,
     /// Actions published since start.
     pub published: u64,
 }
@@ -63,6 +77,7 @@ pub struct Publisher {
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 impl Publisher {
+    /// Open the log (numbering resumes after its last action) and bind the sockets.
     pub fn new(cfg: &Config) -> Result<Publisher, PublisherError> {
         let path = cfg.state_dir.join("publisher");
         let db = sled::Config::new()
@@ -89,11 +104,12 @@ impl Publisher {
             next_seq,
             keep: cfg.keep.max(1),
             max_frame: cfg.max_frame,
-            bad: [0; 4],
+            bad: BadFrames::new("action frame"),
             published: 0,
         })
     }
 
+    /// Serve the link and the replay socket until `stop` is set, then flush the log.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), PublisherError> {
         let mut frame = zmq::Message::new();
         let mut last_flush = Instant::now();
@@ -163,10 +179,7 @@ impl Publisher {
             let Ok(action) = bus::decode::<Action>(&v) else {
                 continue;
             };
-            let Ok(target) = Target::parse(&action.target) else {
-                continue;
-            };
-            if r.topics.contains(&target.topic()) {
+            if r.topics.contains(&action.target.topic()) {
                 picked.push((seq_of(&k), action.name, v.to_vec()));
             }
         }
@@ -197,22 +210,16 @@ impl Publisher {
 
     /// Number, log and publish one action frame; false when the frame was bad and dropped.
     fn handle(&mut self, frame: &[u8]) -> Result<bool, PublisherError> {
-        let mut action: Action = match bus::decode_with_limit(frame, self.max_frame) {
-            Ok(a) => a,
-            Err(e) => {
-                self.count_bad(e.kind() as usize, &e.to_string());
-                return Ok(false);
-            }
-        };
-        let target = match Target::parse(&action.target) {
-            Ok(t) => t,
-            Err(e) => {
-                self.count_bad(3, &e.to_string());
-                return Ok(false);
-            }
+        // A bad target does not decode: it is counted as a malformed frame.
+        let Some(mut action) = self
+            .bad
+            .keep(bus::decode_with_limit::<Action>(frame, self.max_frame))
+        else {
+            return Ok(false);
         };
         if action.name.is_empty() || action.name.contains(char::is_control) {
-            self.count_bad(3, &format!("bad action name {:?}", action.name));
+            let why = format!("bad action name {:?}", action.name);
+            self.bad.count(MalformedKind::Malformed, &why);
             return Ok(false);
         }
         action.seq = self.next_seq;
@@ -224,21 +231,12 @@ impl Publisher {
         if action.seq > self.keep && action.seq.is_multiple_of(1024) {
             self.prune(action.seq - self.keep)?;
         }
-        self.publish.send(target.topic().as_bytes(), zmq::SNDMORE)?;
+        self.publish
+            .send(action.target.topic().as_bytes(), zmq::SNDMORE)?;
         self.publish.send(out, 0)?;
         self.published += 1;
         tracing::debug!(seq = action.seq, name = %action.name, target = %action.target, "published");
         Ok(true)
-    }
-
-    fn count_bad(&mut self, kind: usize, why: &str) {
-        let n = &mut self.bad[kind.min(3)];
-        *n += 1;
-        if *n == 1 {
-            tracing::warn!(
-                "dropped a bad action frame: {why} (further ones of this kind are only counted)"
-            );
-        }
     }
 
     /// Drop log entries with a sequence number below `below`, except the newest action of each
@@ -282,6 +280,7 @@ fn seq_of(key: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
+/// Run a publisher until `stop` is set.
 pub fn run(cfg: Config, stop: &AtomicBool) -> Result<(), PublisherError> {
     let mut p = Publisher::new(&cfg)?;
     p.run(stop)
@@ -299,7 +298,7 @@ mod tests {
             id: bus::new_id(),
             name: name.into(),
             seq: 0,
-            target: target.into(),
+            target: bus::Target::parse(target).unwrap(),
             graph: json!([]),
             origin: Default::default(),
             expires: None,

@@ -22,6 +22,8 @@
 //! Every operation that depends on time has an `_at` form taking "now" in Unix milliseconds,
 //! so its semantics are tested without sleeping.
 
+#![deny(missing_docs)]
+
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -30,27 +32,56 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
 
+/// What a register operation can fail with.
 #[derive(Debug, Error)]
 pub enum RegisterError {
+    /// sled failed (disk full, I/O error, a store another process holds).
     #[error("register store: {0}")]
     Store(#[from] sled::Error),
+    /// The stored bytes do not decode.
     #[error("register {key:?} holds a value that cannot be read: {message}")]
-    Corrupt { key: String, message: String },
+    Corrupt {
+        /// The register.
+        key: String,
+        /// Why it does not decode.
+        message: String,
+    },
+    /// `incr` on a register that holds something else.
     #[error("register {key:?} holds {found}, not an integer")]
-    NotInteger { key: String, found: &'static str },
+    NotInteger {
+        /// The register.
+        key: String,
+        /// The JSON type it holds.
+        found: &'static str,
+    },
+    /// `incr` past the range of a 64-bit integer.
     #[error("register {key:?} would overflow")]
-    Overflow { key: String },
+    Overflow {
+        /// The register.
+        key: String,
+    },
+    /// A duration that is negative, infinite or NaN.
     #[error("{what} must be a finite number of seconds >= 0, not {secs}")]
-    BadSeconds { what: &'static str, secs: f64 },
+    BadSeconds {
+        /// The argument it was given as.
+        what: &'static str,
+        /// The number given.
+        secs: f64,
+    },
 }
 
 /// Statistics over the samples of a time window.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct WindowStats {
+    /// How many samples the window holds.
     pub count: u64,
+    /// Their sum.
     pub sum: f64,
+    /// Their mean (0 for an empty window).
     pub avg: f64,
+    /// The smallest.
     pub min: f64,
+    /// The largest.
     pub max: f64,
 }
 
@@ -221,10 +252,12 @@ impl Registers {
         self.dirty.store(true, Ordering::Relaxed);
     }
 
+    /// The value of `key`, None when it is absent or expired.
     pub fn get(&self, key: &str) -> Result<Option<Value>, RegisterError> {
         self.get_at(key, now_ms())
     }
 
+    /// [`Registers::get`] with "now" given, in Unix milliseconds.
     pub fn get_at(&self, key: &str, now: u64) -> Result<Option<Value>, RegisterError> {
         let Some(bytes) = self.values.get(key.as_bytes())? else {
             return Ok(None);
@@ -274,6 +307,7 @@ impl Registers {
         self.incr_at(key, by, now_ms())
     }
 
+    /// [`Registers::incr`] with "now" given, in Unix milliseconds.
     pub fn incr_at(&self, key: &str, by: i64, now: u64) -> Result<i64, RegisterError> {
         let n = update(&self.values, key, |old| {
             let (current, expires) = match old.map(|b| Stored::decode(key, b)).transpose()? {
@@ -308,6 +342,7 @@ impl Registers {
         self.expire_at(key, secs, now_ms())
     }
 
+    /// [`Registers::expire`] with "now" given, in Unix milliseconds.
     pub fn expire_at(&self, key: &str, secs: f64, now: u64) -> Result<bool, RegisterError> {
         let ms = millis("expire", secs)?;
         let found = update(&self.values, key, |old| {
@@ -331,6 +366,7 @@ impl Registers {
         self.purge_expired_at(now_ms())
     }
 
+    /// [`Registers::purge_expired`] with "now" given, in Unix milliseconds.
     pub fn purge_expired_at(&self, now: u64) -> Result<usize, RegisterError> {
         let mut n = 0;
         for item in self.values.iter() {
@@ -383,6 +419,7 @@ impl Registers {
         self.window_at(key, value, secs, now_ms())
     }
 
+    /// [`Registers::window`] with "now" given, in Unix milliseconds.
     pub fn window_at(
         &self,
         key: &str,
@@ -413,6 +450,7 @@ impl Registers {
         self.mark_at(key, now_ms())
     }
 
+    /// [`Registers::mark`] with "now" given, in Unix milliseconds.
     pub fn mark_at(&self, key: &str, now: u64) -> Result<(), RegisterError> {
         self.marks.insert(key.as_bytes(), &now.to_be_bytes())?;
         self.touched();
@@ -424,6 +462,7 @@ impl Registers {
         self.seen_at(key, secs, now_ms())
     }
 
+    /// [`Registers::seen`] with "now" given, in Unix milliseconds.
     pub fn seen_at(&self, key: &str, secs: f64, now: u64) -> Result<bool, RegisterError> {
         let span = millis("seen", secs)?;
         Ok(match self.marks.get(key.as_bytes())? {
@@ -438,6 +477,7 @@ impl Registers {
         self.once_within_at(key, secs, now_ms())
     }
 
+    /// [`Registers::once_within`] with "now" given, in Unix milliseconds.
     pub fn once_within_at(&self, key: &str, secs: f64, now: u64) -> Result<bool, RegisterError> {
         let span = millis("once_within", secs)?;
         let tkey = format!("once/{key}");
@@ -460,6 +500,7 @@ impl Registers {
         self.accumulate_at(key, threshold, secs, now_ms())
     }
 
+    /// [`Registers::accumulate`] with "now" given, in Unix milliseconds.
     pub fn accumulate_at(
         &self,
         key: &str,

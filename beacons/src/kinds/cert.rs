@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// What `cert` does when its config says nothing.
 pub const DEFAULTS: Defaults = Defaults {
     interval: Duration::from_secs(3600),
     mode: Mode::Threshold,
@@ -31,21 +32,29 @@ pub const DEFAULTS: Defaults = Defaults {
     hysteresis: 1.0,
 };
 
+/// Where the certificate is read.
 pub enum Source {
+    /// A PEM file.
     File(PathBuf),
+    /// A TLS server, through a handshake.
     Server {
+        /// Where to connect.
         host: String,
+        /// Its port.
         port: u16,
+        /// The name sent in the handshake (SNI).
         server_name: String,
     },
 }
 
+/// The `cert` beacon: days until a certificate expires.
 pub struct Cert {
     source: Source,
     timeout: Duration,
 }
 
 impl Cert {
+    /// Build it from the fields of its `[[beacon]]` table.
     pub fn from_config(f: &mut Fields) -> Result<Cert, ConfigError> {
         let path = f.string("path")?;
         let host = f.string("host")?;
@@ -90,6 +99,7 @@ impl Cert {
         Ok(Cert { source, timeout })
     }
 
+    /// Read the certificate at `source`, giving up on a server after `timeout`.
     pub fn new(source: Source, timeout: Duration) -> Cert {
         Cert { source, timeout }
     }

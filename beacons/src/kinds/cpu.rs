@@ -8,6 +8,7 @@ use crate::gate::Mode;
 use crate::{obj, round2, Beacon, Out};
 use std::time::Duration;
 
+/// What `cpu` does when its config says nothing.
 pub const DEFAULTS: Defaults = Defaults {
     interval: Duration::from_secs(10),
     mode: Mode::Threshold,
@@ -27,6 +28,7 @@ struct Times {
     steal: u64,
 }
 
+/// The `cpu` beacon: CPU usage over the last interval.
 #[derive(Default)]
 pub struct Cpu {
     last: Option<Times>,

@@ -12,6 +12,7 @@ use crate::{obj, Beacon, Out};
 use std::collections::HashSet;
 use std::time::Duration;
 
+/// What `disk` does when its config says nothing.
 pub const DEFAULTS: Defaults = Defaults {
     interval: Duration::from_secs(60),
     mode: Mode::Threshold,
@@ -22,17 +23,20 @@ pub const DEFAULTS: Defaults = Defaults {
     hysteresis: 2.0,
 };
 
+/// The `disk` beacon: space and inodes used, per mount.
 pub struct Disk {
     mounts: Option<Vec<String>>,
 }
 
 impl Disk {
+    /// Build it from the fields of its `[[beacon]]` table.
     pub fn from_config(f: &mut Fields) -> Result<Disk, ConfigError> {
         Ok(Disk {
             mounts: f.strings("mounts")?,
         })
     }
 
+    /// The given mounts, or every mount of a real filesystem (and `/`) when None.
     pub fn new(mounts: Option<Vec<String>>) -> Disk {
         Disk { mounts }
     }

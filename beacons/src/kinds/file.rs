@@ -19,10 +19,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// What `file` does when its config says nothing.
 pub const DEFAULTS: Defaults = Defaults::happenings(Duration::from_secs(10));
 
 const OPS: &[&str] = &["created", "modified", "deleted", "moved"];
 
+/// The `file` beacon: files created, modified, deleted or moved.
 pub struct File {
     paths: Vec<PathBuf>,
     recursive: bool,
@@ -34,6 +36,7 @@ pub struct File {
 }
 
 impl File {
+    /// Build it from the fields of its `[[beacon]]` table.
     pub fn from_config(f: &mut Fields) -> Result<File, ConfigError> {
         let paths = f
             .strings("paths")?
@@ -59,6 +62,8 @@ impl File {
         ))
     }
 
+    /// Watch `paths` (their trees when `recursive`), reporting the operations in `ops` (all
+    /// when None).
     pub fn new(paths: Vec<PathBuf>, recursive: bool, ops: Option<HashSet<String>>) -> File {
         File {
             paths,

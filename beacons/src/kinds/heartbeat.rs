@@ -6,14 +6,17 @@ use super::Defaults;
 use crate::{obj, round2, Beacon, Out};
 use std::time::{Duration, Instant};
 
+/// What `heartbeat` does when its config says nothing.
 pub const DEFAULTS: Defaults = Defaults::happenings(Duration::from_secs(60));
 
+/// The `heartbeat` beacon: "this host is alive", every interval.
 pub struct Heartbeat {
     started: Instant,
     seq: u64,
 }
 
 impl Heartbeat {
+    /// A heartbeat that has sent nothing yet.
     pub fn new() -> Heartbeat {
         Heartbeat {
             started: Instant::now(),

@@ -14,6 +14,7 @@ use crate::{obj, round2, Beacon, Out};
 use regex::Regex;
 use std::time::{Duration, Instant};
 
+/// What `http` does when its config says nothing.
 pub const DEFAULTS: Defaults = Defaults {
     interval: Duration::from_secs(30),
     mode: Mode::Threshold,
@@ -27,6 +28,7 @@ pub const DEFAULTS: Defaults = Defaults {
 /// The most of a body read for matching.
 const MAX_BODY: u64 = 1 << 20;
 
+/// The `http` beacon: a URL check.
 pub struct Http {
     url: String,
     expect: Option<u16>,
@@ -35,6 +37,7 @@ pub struct Http {
 }
 
 impl Http {
+    /// Build it from the fields of its `[[beacon]]` table.
     pub fn from_config(f: &mut Fields) -> Result<Http, ConfigError> {
         let url = f
             .string("url")?
@@ -52,6 +55,8 @@ impl Http {
         Ok(Http::new(url, expect, body, timeout))
     }
 
+    /// Check `url`, expecting status `expect` (any 2xx or 3xx after redirects when None) and
+    /// a body matching `body`.
     pub fn new(url: String, expect: Option<u16>, body: Option<Regex>, timeout: Duration) -> Http {
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))

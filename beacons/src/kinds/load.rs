@@ -8,6 +8,7 @@ use crate::gate::Mode;
 use crate::{obj, round2, Beacon, Out};
 use std::time::Duration;
 
+/// What `load` does when its config says nothing.
 pub const DEFAULTS: Defaults = Defaults {
     interval: Duration::from_secs(10),
     mode: Mode::Threshold,
@@ -18,11 +19,13 @@ pub const DEFAULTS: Defaults = Defaults {
     hysteresis: 0.5,
 };
 
+/// The `load` beacon: the load averages.
 pub struct Load {
     cpus: usize,
 }
 
 impl Load {
+    /// A load beacon.
     pub fn new() -> Load {
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get())

@@ -19,11 +19,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// What `log` does when its config says nothing.
 pub const DEFAULTS: Defaults = Defaults::happenings(Duration::from_secs(1));
 
 /// Longest line kept; the rest of a longer one is cut.
 const MAX_LINE: usize = 16 * 1024;
 
+/// The `log` beacon: the matching lines of a log file.
 pub struct Log {
     path: PathBuf,
     re: Regex,
@@ -36,6 +38,7 @@ pub struct Log {
 }
 
 impl Log {
+    /// Build it from the fields of its `[[beacon]]` table.
     pub fn from_config(f: &mut Fields) -> Result<Log, ConfigError> {
         let path = f
             .string("path")?
@@ -48,6 +51,8 @@ impl Log {
         Ok(Log::new(PathBuf::from(path), re, from_start, max_lines))
     }
 
+    /// Follow `path` (from its start when `from_start`), sending the lines matching `re`, at
+    /// most `max_lines` per check.
     pub fn new(path: PathBuf, re: Regex, from_start: bool, max_lines: usize) -> Log {
         Log {
             path,

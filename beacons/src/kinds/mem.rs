@@ -7,6 +7,7 @@ use crate::gate::Mode;
 use crate::{obj, Beacon, Out};
 use std::time::Duration;
 
+/// What `mem` does when its config says nothing.
 pub const DEFAULTS: Defaults = Defaults {
     interval: Duration::from_secs(10),
     mode: Mode::Threshold,
@@ -17,6 +18,7 @@ pub const DEFAULTS: Defaults = Defaults {
     hysteresis: 5.0,
 };
 
+/// The `mem` beacon: memory in use and available.
 pub struct Mem;
 
 impl Beacon for Mem {

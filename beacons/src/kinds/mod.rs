@@ -20,34 +20,22 @@ use crate::gate::Mode;
 use crate::Beacon;
 use std::time::Duration;
 
-/// Every kind, as named in a config file.
-pub const KINDS: &[&str] = &[
-    "load",
-    "mem",
-    "swap",
-    "cpu",
-    "disk",
-    "net",
-    "proc",
-    "svc",
-    "file",
-    "log",
-    "http",
-    "cert",
-    "heartbeat",
-];
-
 /// What a kind does when the config says nothing: chosen so a healthy host stays quiet.
 #[derive(Debug, Clone, Copy)]
 pub struct Defaults {
+    /// How often it samples.
     pub interval: Duration,
+    /// Which readings are sent.
     pub mode: Mode,
     /// The number the mode looks at; None for kinds that send happenings, not measurements.
     pub field: Option<&'static str>,
     /// The numbers a `field` may name.
     pub fields: &'static [&'static str],
+    /// The threshold above which the field is a problem.
     pub above: Option<f64>,
+    /// The threshold below which the field is a problem.
     pub below: Option<f64>,
+    /// The band a value must come back past to be normal again.
     pub hysteresis: f64,
 }
 
@@ -66,44 +54,54 @@ impl Defaults {
     }
 }
 
-/// A kind's defaults, None for an unknown kind.
-pub fn defaults(kind: &str) -> Option<Defaults> {
-    Some(match kind {
-        "load" => load::DEFAULTS,
-        "mem" => mem::DEFAULTS,
-        "swap" => swap::DEFAULTS,
-        "cpu" => cpu::DEFAULTS,
-        "disk" => disk::DEFAULTS,
-        "net" => net::DEFAULTS,
-        "proc" => proc::DEFAULTS,
-        "svc" => svc::DEFAULTS,
-        "file" => file::DEFAULTS,
-        "log" => log::DEFAULTS,
-        "http" => http::DEFAULTS,
-        "cert" => cert::DEFAULTS,
-        "heartbeat" => heartbeat::DEFAULTS,
-        _ => return None,
-    })
+/// One beacon kind: its name in a config file, its defaults, and how to build it from the
+/// fields of its `[[beacon]]` table.
+pub struct Kind {
+    /// The name a config's `kind = "..."` gives, and the tag's `beacon/<name>`.
+    pub name: &'static str,
+    /// What it does when the config says nothing.
+    pub defaults: Defaults,
+    /// Build it from its own fields (the common ones are read already).
+    pub build: fn(&mut Fields) -> Result<Box<dyn Beacon>, ConfigError>,
 }
 
-/// Build a kind from its own fields.
-pub fn build(kind: &str, f: &mut Fields) -> Result<Box<dyn Beacon>, ConfigError> {
-    Ok(match kind {
-        "load" => Box::new(load::Load::new()),
-        "mem" => Box::new(mem::Mem),
-        "swap" => Box::new(swap::Swap),
-        "cpu" => Box::new(cpu::Cpu::default()),
-        "disk" => Box::new(disk::Disk::from_config(f)?),
-        "net" => Box::new(net::Net::from_config(f)?),
-        "proc" => Box::new(proc::Proc::from_config(f)?),
-        "svc" => Box::new(svc::Svc::from_config(f)?),
-        "file" => Box::new(file::File::from_config(f)?),
-        "log" => Box::new(log::Log::from_config(f)?),
-        "http" => Box::new(http::Http::from_config(f)?),
-        "cert" => Box::new(cert::Cert::from_config(f)?),
-        "heartbeat" => Box::new(heartbeat::Heartbeat::new()),
-        other => return Err(f.error("kind", format!("unknown kind {other:?}"))),
-    })
+/// One row of [`KINDS`]: the kind's module (whose name is the kind's name) and how to make
+/// its beacon from the fields `f`.
+macro_rules! kind {
+    ($module:ident, |$f:pat_param| $beacon:expr) => {
+        Kind {
+            name: stringify!($module),
+            defaults: $module::DEFAULTS,
+            build: |$f| Ok(Box::new($beacon)),
+        }
+    };
+}
+
+/// Every kind, in the order `reflex` lists them: the one table of kinds.
+pub const KINDS: &[Kind] = &[
+    kind!(load, |_| load::Load::new()),
+    kind!(mem, |_| mem::Mem),
+    kind!(swap, |_| swap::Swap),
+    kind!(cpu, |_| cpu::Cpu::default()),
+    kind!(disk, |f| disk::Disk::from_config(f)?),
+    kind!(net, |f| net::Net::from_config(f)?),
+    kind!(proc, |f| proc::Proc::from_config(f)?),
+    kind!(svc, |f| svc::Svc::from_config(f)?),
+    kind!(file, |f| file::File::from_config(f)?),
+    kind!(log, |f| log::Log::from_config(f)?),
+    kind!(http, |f| http::Http::from_config(f)?),
+    kind!(cert, |f| cert::Cert::from_config(f)?),
+    kind!(heartbeat, |_| heartbeat::Heartbeat::new()),
+];
+
+/// The kind named `name`, None for an unknown kind.
+pub fn find(name: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+/// The names of every kind, comma-separated, for an error message.
+pub fn names() -> String {
+    KINDS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
 }
 
 /// Read a small system file, with the path in the error.

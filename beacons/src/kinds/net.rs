@@ -12,6 +12,7 @@ use crate::{obj, round2, Beacon, Out};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// What `net` does when its config says nothing.
 pub const DEFAULTS: Defaults = Defaults {
     interval: Duration::from_secs(10),
     mode: Mode::Threshold,
@@ -30,16 +31,19 @@ pub const DEFAULTS: Defaults = Defaults {
     hysteresis: 0.0,
 };
 
+/// The `net` beacon: bytes per second in and out, per interface.
 pub struct Net {
     interfaces: Option<Vec<String>>,
     last: HashMap<String, (Instant, u64, u64)>,
 }
 
 impl Net {
+    /// Build it from the fields of its `[[beacon]]` table.
     pub fn from_config(f: &mut Fields) -> Result<Net, ConfigError> {
         Ok(Net::new(f.strings("interfaces")?))
     }
 
+    /// The given interfaces, or every one but loopback when None.
     pub fn new(interfaces: Option<Vec<String>>) -> Net {
         Net {
             interfaces,

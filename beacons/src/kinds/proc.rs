@@ -14,6 +14,7 @@ use regex::Regex;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// What `proc` does when its config says nothing.
 pub const DEFAULTS: Defaults = Defaults {
     interval: Duration::from_secs(10),
     mode: Mode::Threshold,
@@ -24,11 +25,15 @@ pub const DEFAULTS: Defaults = Defaults {
     hysteresis: 0.0,
 };
 
+/// How the process is found.
 pub enum Matcher {
+    /// Its name, exactly.
     Name(String),
+    /// A pattern its command line matches.
     Pattern(Regex),
 }
 
+/// The `proc` beacon: a process present or not, how many, their memory and CPU.
 pub struct Proc {
     matcher: Matcher,
     /// CPU ticks per pid at the last sample, to turn into a rate.
@@ -38,6 +43,7 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Build it from the fields of its `[[beacon]]` table.
     pub fn from_config(f: &mut Fields) -> Result<Proc, ConfigError> {
         let name = f.string("name")?;
         let pattern = f.regex("pattern")?;
@@ -52,6 +58,7 @@ impl Proc {
         Ok(Proc::new(matcher))
     }
 
+    /// Watch the processes `matcher` finds.
     pub fn new(matcher: Matcher) -> Proc {
         // SAFETY: sysconf only reads a system constant.
         let (page, hz) = unsafe {

@@ -18,11 +18,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 
+/// What `svc` does when its config says nothing.
 pub const DEFAULTS: Defaults = Defaults::happenings(Duration::from_secs(30));
 
 const SYSTEMD: &str = "org.freedesktop.systemd1";
 const UNIT_PATHS: &str = "/org/freedesktop/systemd1/unit";
 
+/// The `svc` beacon: systemd units changing state.
 pub struct Svc {
     units: Vec<String>,
     queue: Arc<Mutex<Vec<Map<String, Value>>>>,
@@ -33,10 +35,12 @@ pub struct Svc {
 }
 
 impl Svc {
+    /// Build it from the fields of its `[[beacon]]` table.
     pub fn from_config(f: &mut Fields) -> Result<Svc, ConfigError> {
         Ok(Svc::new(f.strings("units")?.unwrap_or_default()))
     }
 
+    /// Watch `units`.
     pub fn new(units: Vec<String>) -> Svc {
         Svc {
             units,
