@@ -215,13 +215,24 @@ impl Manager {
         self.drain_internal(stop)?;
         while !stop.load(Ordering::Relaxed) {
             let timeout = if self.pending.is_empty() { 100 } else { 20 };
-            let (ready_ingest, ready_control) = {
+            let (ready_ingest, ready_control, ready_watch) = {
                 let mut items = [
                     self.ingest.as_poll_item(zmq::POLLIN),
                     self.control.as_poll_item(zmq::POLLIN),
+                    // The rules watch, read only when it has something: no syscall per batch.
+                    zmq::PollItem::from_fd(0, zmq::PollEvents::empty()),
                 ];
-                bus::sockets::poll(&mut items, timeout)?;
-                (items[0].is_readable(), items[1].is_readable())
+                let n = match &self.watcher {
+                    Some(w) => {
+                        items[2] = zmq::PollItem::from_fd(w.fd(), zmq::POLLIN);
+                        3
+                    }
+                    None => 2,
+                };
+                bus::sockets::poll(&mut items[..n], timeout)?;
+                let [ingest, control, watch] = &items;
+                let watch = n == 3 && watch.is_readable();
+                (ingest.is_readable(), control.is_readable(), watch)
             };
             if ready_ingest {
                 for _ in 0..BATCH {
@@ -237,7 +248,9 @@ impl Manager {
             }
             // Rule reloads happen here, between events: every event is run by either the old
             // or the new rule set, whole.
-            self.collect_rule_changes();
+            if ready_watch {
+                self.collect_rule_changes();
+            }
             if !self.pending.is_empty() && self.last_change.elapsed() >= DEBOUNCE {
                 self.apply_rule_changes();
                 self.drain_internal(stop)?;

@@ -4,11 +4,13 @@
 //! Only changes count: a reload reads the rule it reloads, so the watch asks for no read-only
 //! event (`IN_ACCESS`, `IN_OPEN`, `IN_CLOSE_NOWRITE`) and no attribute change (`IN_ATTRIB`, a
 //! touch or a chmod), else every reload would trigger another. What is left is a file written,
-//! created, deleted, or renamed into or out of the folder. The watch is not recursive, and is
-//! read without blocking from the manager's loop, which debounces what it reports.
+//! created, deleted, or renamed into or out of the folder. The watch is not recursive. The
+//! manager's loop polls its descriptor beside the sockets ([`Watch::fd`]) and reads it only
+//! when readable, so a busy ingest pays no syscall for it; the loop debounces what it reports.
 
 use inotify::{EventMask, Inotify, WatchMask};
 use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 /// The events that change a rule file in the folder.
@@ -45,6 +47,11 @@ impl Watch {
             // Room for many events of the longest name (16 bytes + NAME_MAX + 1 each).
             buf: vec![0; 16 * 1024],
         })
+    }
+
+    /// The inotify descriptor, to poll for readability (then call [`Watch::changed`]).
+    pub fn fd(&self) -> RawFd {
+        self.inotify.as_raw_fd()
     }
 
     /// Take what happened since the last call, without waiting.
