@@ -118,17 +118,10 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
 /// A key pair could not be made or used.
 #[derive(Debug, Error)]
 pub enum KeyError {
-    /// The key directory or a key file cannot be used.
+    /// The key directory or a key file cannot be used, or a secret file is not one reflex
+    /// wrote.
     #[error(transparent)]
     Private(#[from] PrivateError),
-    /// A secret key file is not one reflex wrote.
-    #[error("{}: {why}", .path.display())]
-    BadFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        why: String,
-    },
     /// libzmq could not make a key pair (a build without CURVE: see `third_party/zmq-sys`).
     #[error("cannot make a CURVE key pair (is libzmq built with CURVE?): {0}")]
     Generate(zmq::Error),
@@ -192,9 +185,11 @@ impl KeyPair {
 
     /// Parse a secret file's text.
     fn from_file_text(path: &Path, bytes: &[u8]) -> Result<KeyPair, KeyError> {
-        let bad = |why: &str| KeyError::BadFile {
-            path: path.to_path_buf(),
-            why: why.to_string(),
+        let bad = |why: &str| {
+            KeyError::from(PrivateError::Damaged {
+                path: path.to_path_buf(),
+                why: why.to_string(),
+            })
         };
         let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8 text"))?;
         let (mut public, mut secret) = (None, None);
@@ -257,11 +252,12 @@ pub fn load_or_create(dir: &Path, role: Role) -> Result<KeyPair, KeyError> {
                 fresh
             } else {
                 // Another process wrote it first: use theirs.
-                let bytes =
-                    private::read(&path, MAX_SECRET_FILE)?.ok_or_else(|| KeyError::BadFile {
+                let bytes = private::read(&path, MAX_SECRET_FILE)?.ok_or_else(|| {
+                    PrivateError::Damaged {
                         path: path.clone(),
                         why: "vanished while it was being made".into(),
-                    })?;
+                    }
+                })?;
                 KeyPair::from_file_text(&path, &bytes)?
             }
         }

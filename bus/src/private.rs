@@ -48,6 +48,15 @@ pub enum PrivateError {
         /// What is wrong with it.
         what: &'static str,
     },
+    /// The file at `path` is not one reflex wrote: it does not parse, or says something it
+    /// may not.
+    #[error("{}: {why}", .path.display())]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The file at `path` is larger than anything this module writes.
     #[error("{}: larger than {limit} bytes; not a file reflex wrote", .path.display())]
     TooLarge {

@@ -90,17 +90,9 @@ pub struct Entry {
 /// A store operation failed.
 #[derive(Debug, Error)]
 pub enum EnrollError {
-    /// The store's directory or a file in it cannot be used.
+    /// The store's directory or a file in it cannot be used, or a file is not an entry.
     #[error(transparent)]
     Private(#[from] PrivateError),
-    /// A file in the store is not an entry.
-    #[error("{}: {why}", .path.display())]
-    BadFile {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        why: String,
-    },
     /// A name or group is not a valid name.
     #[error(transparent)]
     Name(#[from] NameError),
@@ -184,9 +176,11 @@ impl Enrollment {
     }
 
     fn read_entry(&self, path: &Path) -> Result<Entry, EnrollError> {
-        let bad = |why: String| EnrollError::BadFile {
-            path: path.to_path_buf(),
-            why,
+        let bad = |why: String| {
+            EnrollError::from(PrivateError::Damaged {
+                path: path.to_path_buf(),
+                why,
+            })
         };
         let stem = path
             .file_name()
@@ -215,7 +209,7 @@ impl Enrollment {
 
     /// Write `entry` through to disk, then into memory.
     fn put(&mut self, entry: Entry) -> Result<(), EnrollError> {
-        let mut text = serde_json::to_vec_pretty(&entry).map_err(|e| EnrollError::BadFile {
+        let mut text = serde_json::to_vec_pretty(&entry).map_err(|e| PrivateError::Damaged {
             path: self.path(&entry.name),
             why: e.to_string(),
         })?;
