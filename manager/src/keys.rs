@@ -143,6 +143,8 @@ pub struct Enrollment {
     dir: PathBuf,
     entries: BTreeMap<String, Entry>,
     by_key: HashMap<PublicKey, String>,
+    /// [`MAX_PENDING`]; lower in tests, which would otherwise write a thousand files.
+    max_pending: usize,
 }
 
 impl Enrollment {
@@ -153,6 +155,7 @@ impl Enrollment {
             dir: dir.to_path_buf(),
             entries: BTreeMap::new(),
             by_key: HashMap::new(),
+            max_pending: MAX_PENDING,
         };
         let listing = std::fs::read_dir(dir).map_err(|source| PrivateError::Io {
             path: dir.to_path_buf(),
@@ -263,7 +266,7 @@ impl Enrollment {
             .values()
             .filter(|e| e.state == State::Pending)
             .count();
-        if pending >= MAX_PENDING {
+        if pending >= self.max_pending {
             return Err(EnrollError::TooManyPending);
         }
         self.put(Entry {

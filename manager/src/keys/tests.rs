@@ -142,7 +142,9 @@ fn names_from_the_network_are_checked_and_unknown_names_are_errors() {
 #[test]
 fn pending_is_bounded() {
     let (_tmp, mut s) = store();
-    for i in 0..MAX_PENDING {
+    assert_eq!(s.max_pending, MAX_PENDING);
+    s.max_pending = 20;
+    for i in 0..s.max_pending {
         let mut k = [0u8; 32];
         k[..8].copy_from_slice(&(i as u64).to_be_bytes());
         s.submit(&format!("h{i}"), &PublicKey(k)).unwrap();
