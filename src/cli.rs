@@ -69,6 +69,60 @@ impl StackArgs {
     }
 }
 
+/// Where a tool finds the keys: the state dir alone.
+#[derive(Args, Clone, Debug)]
+pub struct StateArgs {
+    /// State directory; its `keys/` holds this node's key pairs and the enrollment store.
+    #[arg(long, env = "REFLEX_STATE", default_value = ".reflex")]
+    pub state: PathBuf,
+}
+
+/// `reflex keys ...`: offline, on the state dir (see `keys_cmd.rs`).
+#[derive(Subcommand)]
+pub enum KeysCmd {
+    /// Every enrolled key: name, state, role, fingerprint, groups.
+    List {
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Accept a pending (or rejected) key with its groups; for an accepted one, set its groups.
+    Accept {
+        /// The host's name, as `keys list` shows it.
+        name: String,
+        /// A group the host is in (repeat for more); a host's groups come only from here.
+        #[arg(long = "group", value_name = "G")]
+        groups: Vec<String>,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Reject a pending or accepted key: it is refused until revoked.
+    Reject {
+        /// The host's name.
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Forget a key whatever its state: the host has to enroll again.
+    Revoke {
+        /// The host's name.
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Print a public key of this node as hex, made if missing: by default the manager's, what
+    /// hosts take as `--manager-key`.
+    Show {
+        /// Whose key: manager, host or admin.
+        #[arg(long, default_value = "manager")]
+        role: bus::keys::Role,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
 #[derive(Subcommand)]
 pub enum Cmd {
     /// The whole stack on this machine: publisher, manager, an actor and the beacons.
@@ -94,6 +148,10 @@ pub enum Cmd {
     /// Read and write registers (through the running manager, or the state dir).
     #[command(subcommand)]
     Registers(crate::rules_cmd::RegistersOp),
+    /// Enrolled keys (list, accept, reject, revoke) and this node's public key (show), on the
+    /// state dir.
+    #[command(subcommand)]
+    Keys(KeysCmd),
     /// Ask a running manager for its counters.
     Status(crate::send::StatusArgs),
     /// Benchmarks.
@@ -192,6 +250,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Status(a) => crate::send::status(a),
         Cmd::Rules(c) => crate::rules_cmd::rules(c),
         Cmd::Registers(a) => crate::rules_cmd::registers(a),
+        Cmd::Keys(k) => crate::keys_cmd::run(k),
         Cmd::Bench(b) => crate::bench::run(b),
     }
 }

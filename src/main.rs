@@ -13,6 +13,7 @@ mod bench_rules;
 mod bench_util;
 mod cli;
 mod daemons;
+mod keys_cmd;
 mod rules_cmd;
 mod send;
 mod tail;

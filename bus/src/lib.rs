@@ -6,6 +6,9 @@
 //! and size limit; the default [`Endpoints`]; the publish [`Target`]s and their topic frames; and
 //! the few socket options every process sets the same way ([`sockets`]).
 //!
+//! Trust starts here too: CURVE key pairs and public keys ([`keys`]), the private files they
+//! live in ([`private`]), and the ZAP handler that decides who may connect ([`zap`]).
+//!
 //! Receivers count what they drop with [`BadFrames`].
 //!
 //! This crate depends on no other reflex crate: it is the bottom of the graph.
@@ -32,15 +35,19 @@
 pub mod bad;
 pub mod codec;
 pub mod endpoints;
+pub mod keys;
 pub mod monitor;
+pub mod private;
 pub mod sockets;
 pub mod target;
 pub mod wire;
+pub mod zap;
 
 pub use bad::BadFrames;
 pub use codec::{
     decode, decode_with_limit, encode, DecodeError, MalformedKind, MAX_FRAME, VERSION,
 };
 pub use endpoints::Endpoints;
+pub use keys::{KeyPair, PublicKey, Role};
 pub use target::{Target, TargetError};
 pub use wire::{new_id, now_ms, Action, Event, Origin};

@@ -6,12 +6,15 @@
 //! republished on a monitor PUB socket for `reflex tail`, and a REP control socket answers
 //! status queries. Bad frames are counted by kind, logged once per kind, and never fatal.
 //!
+//! The enrollment store ([`keys`]) says which hosts' keys may speak and with which groups.
+//!
 //! All sockets live on the one thread that runs [`Manager::run`]: ZeroMQ sockets are not
 //! thread-safe, and one thread keeps every host's events in order.
 
 #![deny(missing_docs)]
 
 pub mod glob;
+pub mod keys;
 pub mod rules;
 pub mod watch;
 
