@@ -12,7 +12,9 @@
 #![deny(missing_docs)]
 
 pub mod glob;
+pub mod lint;
 pub mod rules;
+pub mod shell;
 pub mod watch;
 
 use bus::monitor;

@@ -6,7 +6,9 @@
 //!
 //! - `registers::get/set/incr/del/keys/expire`, `registers::window/mark/seen` and the throttles
 //!   `once_within(key, secs)` / `accumulate(key, threshold, secs)` reach the register store;
-//! - `act(target, graph [, #{name, expires}])` appends an action;
+//! - `act(target, graph [, #{name, expires}])` appends an action; an exec shell line (`cmd`,
+//!   `ifcmd`, `watchcmd`) that holds an event value unquoted fails the rule (see [`crate::shell`]);
+//! - `shell_quote(s)` quotes a value for a shell line;
 //! - `emit(tag, data)` sends a new event back into the manager, carrying its cause;
 //! - `stop()` ends the processing of this event: later rules do not see it.
 //!
@@ -20,7 +22,7 @@ use bus::monitor::{Hit, RuleError};
 use bus::{Action, Event, Origin, Target};
 use natives::{accumulate_fn, once_within_fn, registers_module};
 use registers::Registers;
-use rhai::{Dynamic, Engine, EvalAltResult, Map, Scope, AST, INT};
+use rhai::{Dynamic, Engine, EvalAltResult, Map, NativeCallContext, Scope, AST, INT};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -162,6 +164,17 @@ struct CallCtx {
     actions: Vec<Action>,
     emitted: Vec<Emitted>,
     stop: bool,
+    /// The exec shell lines the running rule's actions hold, checked once it returns.
+    shell_lines: Vec<ShellLine>,
+}
+
+/// One shell line of an exec resource in an appended action.
+struct ShellLine {
+    /// `exec:<name>.cmd` (or `.ifcmd`, `.watchcmd`).
+    field: String,
+    line: String,
+    /// The line of the `act` call.
+    at: Option<usize>,
 }
 
 type Shared = Arc<Mutex<CallCtx>>;
@@ -191,10 +204,17 @@ fn to_rhai(v: &Value) -> FnResult<Dynamic> {
 
 /// Build an action from `act(...)` arguments, validating the target and the graph now so the
 /// rule author sees the mistake at the rule, not on some actor later.
-fn make_action(ctx: &Shared, target: &str, graph: &Dynamic, opts: &Map) -> FnResult<()> {
+fn make_action(
+    ctx: &Shared,
+    at: rhai::Position,
+    target: &str,
+    graph: &Dynamic,
+    opts: &Map,
+) -> FnResult<()> {
     let target = Target::parse(target).map_err(|e| format!("act: {e}"))?;
     let graph = to_json(graph)?;
-    graph::Graph::from_value(&graph).map_err(|e| format!("act: invalid graph: {e}"))?;
+    let parsed =
+        graph::Graph::from_value(&graph).map_err(|e| format!("act: invalid graph: {e}"))?;
     let mut name = None;
     let mut expires = None;
     for (k, v) in opts {
@@ -225,6 +245,17 @@ fn make_action(ctx: &Shared, target: &str, graph: &Dynamic, opts: &Map) -> FnRes
         }
     }
     let mut c = lock(ctx);
+    for v in parsed.vertices() {
+        if let graph::Spec::Exec(exec) = &v.resource {
+            for (field, line) in exec.shell_lines() {
+                c.shell_lines.push(ShellLine {
+                    field: format!("{}.{field}", exec.id),
+                    line: line.to_string(),
+                    at: at.line(),
+                });
+            }
+        }
+    }
     let action = Action {
         id: bus::new_id(),
         name: name.unwrap_or_else(|| c.rule.clone()),
@@ -277,18 +308,47 @@ fn build_engine(store: Registers, ctx: Shared, limits: &Limits) -> Engine {
         });
         Ok(())
     });
-    let c = ctx.clone();
-    engine.register_fn("act", move |target: &str, graph: Dynamic| -> FnResult<()> {
-        make_action(&c, target, &graph, &Map::new())
+    engine.register_fn(crate::shell::QUOTE_FN, |s: &str| {
+        crate::shell::shell_quote(s)
     });
+    let c = ctx.clone();
+    engine.register_fn(
+        "act",
+        move |call: NativeCallContext, target: &str, graph: Dynamic| -> FnResult<()> {
+            make_action(&c, call.call_position(), target, &graph, &Map::new())
+        },
+    );
     let c = ctx;
     engine.register_fn(
         "act",
-        move |target: &str, graph: Dynamic, opts: Map| -> FnResult<()> {
-            make_action(&c, target, &graph, &opts)
+        move |call: NativeCallContext, target: &str, graph: Dynamic, opts: Map| -> FnResult<()> {
+            make_action(&c, call.call_position(), target, &graph, &opts)
         },
     );
     engine
+}
+
+/// Fail a rule whose actions' shell lines hold a value of `event` unquoted. Only exec
+/// actions pay: without shell lines the event is not looked at.
+fn refuse_splices(lines: &[ShellLine], event: &Event, file: &Path) -> Result<(), String> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let values = crate::shell::unsafe_values(event);
+    for l in lines {
+        if let Some(s) = crate::shell::find_splice(&l.line, &values) {
+            let shown: String = s.value.chars().take(80).collect();
+            let at = l.at.map(|n| format!(" (line {n})")).unwrap_or_default();
+            return Err(format!(
+                "{}: act{at}: `{}` holds the event's {} = {shown:?} unquoted: pass it in `argv`, or splice shell_quote({})",
+                file.display(),
+                l.field,
+                s.source,
+                s.source,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Rule files are `*.rhai`; editor temp and backup files are not.
@@ -530,6 +590,7 @@ impl Rules {
             let (actions_before, emitted_before) = {
                 let mut c = lock(&self.ctx);
                 c.rule.clone_from(&rule.name);
+                c.shell_lines.clear();
                 (c.actions.len(), c.emitted.len())
             };
             let result = self.engine.call_fn_with_options::<Dynamic>(
@@ -542,8 +603,11 @@ impl Rules {
                 (Dynamic::from_map(map.clone()),),
             );
             let mut c = lock(&self.ctx);
+            let result = result
+                .map_err(|e| e.to_string())
+                .and_then(|_| refuse_splices(&c.shell_lines, event, &rule.file));
             match result {
-                Ok(_) => {
+                Ok(()) => {
                     rule.failures = 0;
                     out.hits.push(Hit {
                         rule: rule.name.clone(),
@@ -552,13 +616,12 @@ impl Rules {
                         actions: (c.actions.len() - actions_before) as u32,
                     });
                 }
-                Err(e) => {
+                Err(message) => {
                     // A failed rule produces nothing: drop what it appended before failing.
                     c.actions.truncate(actions_before);
                     c.emitted.truncate(emitted_before);
                     c.stop = false;
                     rule.failures += 1;
-                    let message = e.to_string();
                     tracing::warn!(rule = %rule.file.display(), event = %event.id, "rule failed: {message}");
                     out.errors.push(RuleError {
                         rule: rule.name.clone(),
