@@ -12,6 +12,8 @@ use std::time::Duration;
 #[derive(Subcommand)]
 pub enum RulesCmd {
     /// Compile every rule; print `file:line:col: message` per error; exit 1 if any fails.
+    /// Also warn (`file:line: warning: ...`, exit code unchanged) where an exec shell line is
+    /// built from event values without `shell_quote`.
     Check {
         /// The rules folder (or one file).
         #[arg(default_value = "rules")]
@@ -58,6 +60,7 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
             .map_err(|e| Exit::usage(format!("cannot read rules folder {}: {e}", path.display())))?
     };
     let mut failed = 0;
+    let mut warnings = 0;
     for c in &changes {
         match c {
             Change::Failed(e) => {
@@ -69,11 +72,21 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
                 };
                 println!("{}:{pos}: {}", e.file.display(), e.message);
             }
-            Change::Loaded { file } => eprintln!("ok {}", file.display()),
+            Change::Loaded { file } => {
+                let source = std::fs::read_to_string(file).unwrap_or_default();
+                for w in manager::lint::shell_warnings(&source) {
+                    warnings += 1;
+                    println!("{}:{}: warning: {w}", file.display(), w.line);
+                }
+                eprintln!("ok {}", file.display());
+            }
             Change::Removed { .. } => {}
         }
     }
-    eprintln!("{} rules, {failed} failed", changes.len());
+    eprintln!(
+        "{} rules, {failed} failed, {warnings} warnings",
+        changes.len()
+    );
     Ok(if failed > 0 {
         ExitCode::FAILURE
     } else {

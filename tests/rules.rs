@@ -266,9 +266,33 @@ fn rules_check_reports_positions_and_exit_codes() {
     assert_eq!(code, 1);
     let want = format!("{}:2:", bad.join("20-b.rhai").display());
     assert!(out.starts_with(&want), "{out}");
-    // The shipped rules all compile.
+    // The shipped rules all compile, and none builds a shell line from event values.
     let (code, out, err) = run(&["rules", "check", repo().join("rules").to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("warning"), "{out}");
+    assert!(err.contains(", 0 warnings"), "{err}");
+
+    // A rule that splices an event value into `cmd`: a warning with file:line, still exit 0.
+    let spliced = tmp.path().join("spliced");
+    write_rule(
+        &spliced,
+        "10-s.rhai",
+        "fn react(event) {
+    let n = event.data.name;
+    act(\"all\", [#{kind: \"exec\", name: \"r\",
+        cmd: `systemctl restart ${n}`}]);
+    act(\"all\", [#{kind: \"exec\", name: \"q\", cmd: \"echo \" + shell_quote(n)}]);
+}
+",
+    );
+    let (code, out, err) = run(&["rules", "check", spliced.to_str().unwrap()]);
+    assert_eq!(code, 0, "a warning does not fail the check: {out}{err}");
+    let want = format!(
+        "{}:4: warning: exec `cmd` is built from n without shell_quote()",
+        spliced.join("10-s.rhai").display()
+    );
+    assert!(out.starts_with(&want), "{out}");
+    assert_eq!(out.lines().count(), 1, "only the unquoted one: {out}");
 }
 
 #[test]
@@ -402,7 +426,13 @@ fn every_shipped_rule_has_a_test_case() {
         Some(json!({"config/disk/cache_dir": "/var/cache/app"})),
     );
     assert_eq!(first_action(&r)["name"], "disk-clean:/var");
-    assert!(first_action(&r)["graph"][0]["cmd"]
+    // The folder is an argument of its own: no shell line holds it.
+    let clean = &first_action(&r)["graph"][0];
+    assert_eq!(clean["cmd"], Value::Null);
+    assert_eq!(clean["argv"][0], "sh");
+    assert_eq!(clean["argv"][3], "disk-clean");
+    assert_eq!(clean["argv"][4], "/var/cache/app");
+    assert!(!clean["argv"][2]
         .as_str()
         .unwrap()
         .contains("/var/cache/app"));
@@ -421,15 +451,21 @@ fn every_shipped_rule_has_a_test_case() {
     );
     assert_eq!(first_action(&r)["graph"][0]["cmd"], "service nginx start");
     let ev = json!({"tag": "beacon/svc", "host": "web1", "data": {"unit": "cron.service", "state": "failed"}});
+    let r = rule_test("60-restart-down.rhai", ev, None);
+    let restart = &first_action(&r)["graph"][0];
     assert_eq!(
-        first_action(&rule_test("60-restart-down.rhai", ev, None))["graph"][0]["cmd"],
-        "systemctl restart 'cron.service'"
+        restart["argv"],
+        json!(["systemctl", "restart", "--", "cron.service"])
     );
+    assert_eq!(restart["cmd"], Value::Null);
 
     // 70-cert-renew: 5 days left renews and alerts; 60 days does nothing.
     let ev = json!({"tag": "beacon/cert", "host": "edge", "data": {"source": "edge.pem", "days_left": 5.5}});
     let r = rule_test("70-cert-renew.rhai", ev, None);
-    assert_eq!(first_action(&r)["graph"][0]["cmd"], "certbot renew");
+    assert_eq!(
+        first_action(&r)["graph"][0]["argv"],
+        json!(["certbot", "renew"])
+    );
     assert_eq!(r["events"][0]["tag"], "alert/cert/expiring");
     let ev = json!({"tag": "beacon/cert", "host": "edge", "data": {"source": "edge.pem", "days_left": 60}});
     assert_eq!(

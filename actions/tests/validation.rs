@@ -82,9 +82,10 @@ fn missing_required_fields() {
     );
     let e = err(json!([{"kind": "noop", "name": "a"}, {"kind": "noop"}]));
     assert_eq!(e, "resource #2: missing required field `name`");
+    // `cmd` is no longer required alone: one of `cmd` and `argv` is (issue 9).
     assert_eq!(
         one(json!({"kind": "exec", "name": "build"})),
-        "exec:build: missing required field `cmd`"
+        "exec:build: field `cmd`: one of `cmd` (a shell line) or `argv` (a program and its arguments) is required"
     );
 }
 
@@ -220,4 +221,52 @@ fn the_readme_graph_example_is_valid() {
         .expect("a yaml block");
     let g = Graph::from_yaml(yaml).unwrap_or_else(|e| panic!("README example: {e}"));
     assert_eq!(g.len(), 7);
+}
+
+#[test]
+fn exec_needs_exactly_one_of_cmd_and_argv() {
+    let e = one(json!({"kind": "exec", "name": "b", "cmd": "true", "argv": ["true"]}));
+    assert_eq!(
+        e,
+        "exec:b: field `argv`: give `cmd` (a shell line) or `argv` (a program and its arguments), not both"
+    );
+    let e = one(json!({"kind": "exec", "name": "b"}));
+    assert_eq!(
+        e,
+        "exec:b: field `cmd`: one of `cmd` (a shell line) or `argv` (a program and its arguments) is required"
+    );
+    let e = one(json!({"kind": "exec", "name": "b", "argv": []}));
+    assert_eq!(
+        e,
+        "exec:b: field `argv`: must not be empty: it names the program"
+    );
+    let e = one(json!({"kind": "exec", "name": "b", "argv": ["echo", 3]}));
+    assert_eq!(
+        e,
+        "exec:b: field `argv`: argv[1]: expected a string, got a number"
+    );
+    let e = one(json!({"kind": "exec", "name": "b", "argv": [["sh"]]}));
+    assert_eq!(
+        e,
+        "exec:b: field `argv`: argv[0]: expected a string, got a list"
+    );
+    let e = one(json!({"kind": "exec", "name": "b", "argv": ["", "x"]}));
+    assert_eq!(
+        e,
+        "exec:b: field `argv`: argv[0] (the program) must not be empty"
+    );
+    let e = one(json!({"kind": "exec", "name": "b", "argv": "echo hi"}));
+    assert_eq!(
+        e,
+        "exec:b: field `argv`: expected a list of strings, got a string"
+    );
+    let e = one(json!({"kind": "exec", "name": "b", "argv": ["echo", "a\u{0}b"]}));
+    assert_eq!(e, "exec:b: field `argv`: argv[1] holds a NUL byte");
+    let e = one(json!({"kind": "exec", "name": "b", "cmd": "echo a\u{0}b"}));
+    assert_eq!(e, "exec:b: field `cmd`: holds a NUL byte");
+    let e = one(json!({"kind": "exec", "name": "b", "argv": ["true"], "ifcmd": "x\u{0}"}));
+    assert_eq!(e, "exec:b: field `ifcmd`: holds a NUL byte");
+    // An empty argument after the program is a real argument, not a mistake.
+    Graph::from_value(&json!([{"kind": "exec", "name": "b", "argv": ["printf", ""]}]))
+        .expect("an empty argument is allowed");
 }

@@ -5,6 +5,8 @@
 //! publisher over the `ipc://` link. Every event, rule hit, rule error and action is also
 //! republished on a monitor PUB socket for `reflex tail`, and a REP control socket answers
 //! status queries. Bad frames are counted by kind, logged once per kind, and never fatal.
+//! No event value becomes shell syntax: a rule whose exec shell line holds one unquoted fails
+//! ([`shell`]), and [`lint`] finds such rules before they run (`reflex rules check`).
 //!
 //! The enrollment store ([`keys`]) says which hosts' keys may speak and with which groups.
 //!
@@ -15,7 +17,9 @@
 
 pub mod glob;
 pub mod keys;
+pub mod lint;
 pub mod rules;
+pub mod shell;
 pub mod watch;
 
 use bus::monitor;

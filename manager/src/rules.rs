@@ -6,7 +6,9 @@
 //!
 //! - `registers::get/set/incr/del/keys/expire`, `registers::window/mark/seen` and the throttles
 //!   `once_within(key, secs)` / `accumulate(key, threshold, secs)` reach the register store;
-//! - `act(target, graph [, #{name, expires}])` appends an action;
+//! - `act(target, graph [, #{name, expires}])` appends an action; an exec shell line (`cmd`,
+//!   `ifcmd`, `watchcmd`) that holds an event value unquoted fails the rule (see [`crate::shell`]);
+//! - `shell_quote(s)` quotes a value for a shell line;
 //! - `emit(tag, data)` sends a new event back into the manager, carrying its cause;
 //! - `stop()` ends the processing of this event: later rules do not see it.
 //!
@@ -18,8 +20,9 @@
 use crate::glob::{Glob, TagIndex};
 use bus::monitor::{Hit, RuleError};
 use bus::{Action, Event, Origin, Target};
+use natives::{accumulate_fn, once_within_fn, registers_module};
 use registers::Registers;
-use rhai::{Dynamic, Engine, EvalAltResult, Map, Module, Scope, AST, INT};
+use rhai::{Dynamic, Engine, EvalAltResult, Map, NativeCallContext, Scope, AST, INT};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -161,6 +164,17 @@ struct CallCtx {
     actions: Vec<Action>,
     emitted: Vec<Emitted>,
     stop: bool,
+    /// The exec shell lines the running rule's actions hold, checked once it returns.
+    shell_lines: Vec<ShellLine>,
+}
+
+/// One shell line of an exec resource in an appended action.
+struct ShellLine {
+    /// `exec:<name>.cmd` (or `.ifcmd`, `.watchcmd`).
+    field: String,
+    line: String,
+    /// The line of the `act` call.
+    at: Option<usize>,
 }
 
 type Shared = Arc<Mutex<CallCtx>>;
@@ -188,111 +202,19 @@ fn to_rhai(v: &Value) -> FnResult<Dynamic> {
     rhai::serde::to_dynamic(v)
 }
 
-fn reg_err(e: registers::RegisterError) -> Box<EvalAltResult> {
-    e.to_string().into()
-}
-
-fn registers_module(store: Registers) -> Module {
-    let mut m = Module::new();
-    let r = store.clone();
-    m.set_native_fn("get", move |key: &str| -> FnResult<Dynamic> {
-        match r.get(key).map_err(reg_err)? {
-            Some(v) => to_rhai(&v),
-            None => Ok(Dynamic::UNIT),
-        }
-    });
-    let r = store.clone();
-    m.set_native_fn("set", move |key: &str, value: Dynamic| -> FnResult<()> {
-        r.set(key, &to_json(&value)?).map_err(reg_err)
-    });
-    let r = store.clone();
-    m.set_native_fn("incr", move |key: &str, by: INT| -> FnResult<INT> {
-        r.incr(key, by).map_err(reg_err)
-    });
-    let r = store.clone();
-    m.set_native_fn("incr", move |key: &str| -> FnResult<INT> {
-        r.incr(key, 1).map_err(reg_err)
-    });
-    let r = store.clone();
-    m.set_native_fn("del", move |key: &str| -> FnResult<bool> {
-        r.del(key).map_err(reg_err)
-    });
-    let r = store.clone();
-    m.set_native_fn("keys", move |prefix: &str| -> FnResult<rhai::Array> {
-        let keys = r.keys(prefix).map_err(reg_err)?;
-        Ok(keys.into_iter().map(Dynamic::from).collect())
-    });
-    let r = store.clone();
-    m.set_native_fn(
-        "expire",
-        move |key: &str, secs: Dynamic| -> FnResult<bool> {
-            r.expire(key, seconds(&secs)?).map_err(reg_err)
-        },
-    );
-    let r = store.clone();
-    m.set_native_fn(
-        "window",
-        move |key: &str, value: Dynamic, secs: Dynamic| -> FnResult<Map> {
-            let v = number(&value, "window value")?;
-            let w = r.window(key, v, seconds(&secs)?).map_err(reg_err)?;
-            let mut out = Map::new();
-            out.insert("count".into(), (w.count as INT).into());
-            out.insert("sum".into(), w.sum.into());
-            out.insert("avg".into(), w.avg.into());
-            out.insert("min".into(), w.min.into());
-            out.insert("max".into(), w.max.into());
-            Ok(out)
-        },
-    );
-    let r = store.clone();
-    m.set_native_fn("mark", move |key: &str| -> FnResult<()> {
-        r.mark(key).map_err(reg_err)
-    });
-    let r = store.clone();
-    m.set_native_fn("seen", move |key: &str, secs: Dynamic| -> FnResult<bool> {
-        r.seen(key, seconds(&secs)?).map_err(reg_err)
-    });
-    m.set_native_fn("once_within", once_within_fn(store.clone()));
-    m.set_native_fn("accumulate", accumulate_fn(store));
-    m
-}
-
-/// `once_within(key, secs)`: true at most once per window per key.
-fn once_within_fn(
-    r: Registers,
-) -> impl Fn(&str, Dynamic) -> FnResult<bool> + Send + Sync + Clone + 'static {
-    move |key: &str, secs: Dynamic| r.once_within(key, seconds(&secs)?).map_err(reg_err)
-}
-
-/// `accumulate(key, threshold, secs)`: true when `threshold` occurrences fall in the window.
-fn accumulate_fn(
-    r: Registers,
-) -> impl Fn(&str, INT, Dynamic) -> FnResult<bool> + Send + Sync + Clone + 'static {
-    move |key: &str, threshold: INT, secs: Dynamic| {
-        r.accumulate(key, threshold.max(1) as u64, seconds(&secs)?)
-            .map_err(reg_err)
-    }
-}
-
-/// Seconds given as an int or a float.
-fn seconds(d: &Dynamic) -> FnResult<f64> {
-    number(d, "seconds")
-}
-
-fn number(d: &Dynamic, what: &str) -> FnResult<f64> {
-    if let Ok(i) = d.as_int() {
-        return Ok(i as f64);
-    }
-    d.as_float()
-        .map_err(|t| format!("{what} must be a number, not {t}").into())
-}
-
 /// Build an action from `act(...)` arguments, validating the target and the graph now so the
 /// rule author sees the mistake at the rule, not on some actor later.
-fn make_action(ctx: &Shared, target: &str, graph: &Dynamic, opts: &Map) -> FnResult<()> {
+fn make_action(
+    ctx: &Shared,
+    at: rhai::Position,
+    target: &str,
+    graph: &Dynamic,
+    opts: &Map,
+) -> FnResult<()> {
     let target = Target::parse(target).map_err(|e| format!("act: {e}"))?;
     let graph = to_json(graph)?;
-    graph::Graph::from_value(&graph).map_err(|e| format!("act: invalid graph: {e}"))?;
+    let parsed =
+        graph::Graph::from_value(&graph).map_err(|e| format!("act: invalid graph: {e}"))?;
     let mut name = None;
     let mut expires = None;
     for (k, v) in opts {
@@ -323,6 +245,17 @@ fn make_action(ctx: &Shared, target: &str, graph: &Dynamic, opts: &Map) -> FnRes
         }
     }
     let mut c = lock(ctx);
+    for v in parsed.vertices() {
+        if let graph::Spec::Exec(exec) = &v.resource {
+            for (field, line) in exec.shell_lines() {
+                c.shell_lines.push(ShellLine {
+                    field: format!("{}.{field}", exec.id),
+                    line: line.to_string(),
+                    at: at.line(),
+                });
+            }
+        }
+    }
     let action = Action {
         id: bus::new_id(),
         name: name.unwrap_or_else(|| c.rule.clone()),
@@ -375,18 +308,47 @@ fn build_engine(store: Registers, ctx: Shared, limits: &Limits) -> Engine {
         });
         Ok(())
     });
-    let c = ctx.clone();
-    engine.register_fn("act", move |target: &str, graph: Dynamic| -> FnResult<()> {
-        make_action(&c, target, &graph, &Map::new())
+    engine.register_fn(crate::shell::QUOTE_FN, |s: &str| {
+        crate::shell::shell_quote(s)
     });
+    let c = ctx.clone();
+    engine.register_fn(
+        "act",
+        move |call: NativeCallContext, target: &str, graph: Dynamic| -> FnResult<()> {
+            make_action(&c, call.call_position(), target, &graph, &Map::new())
+        },
+    );
     let c = ctx;
     engine.register_fn(
         "act",
-        move |target: &str, graph: Dynamic, opts: Map| -> FnResult<()> {
-            make_action(&c, target, &graph, &opts)
+        move |call: NativeCallContext, target: &str, graph: Dynamic, opts: Map| -> FnResult<()> {
+            make_action(&c, call.call_position(), target, &graph, &opts)
         },
     );
     engine
+}
+
+/// Fail a rule whose actions' shell lines hold a value of `event` unquoted. Only exec
+/// actions pay: without shell lines the event is not looked at.
+fn refuse_splices(lines: &[ShellLine], event: &Event, file: &Path) -> Result<(), String> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let values = crate::shell::unsafe_values(event);
+    for l in lines {
+        if let Some(s) = crate::shell::find_splice(&l.line, &values) {
+            let shown: String = s.value.chars().take(80).collect();
+            let at = l.at.map(|n| format!(" (line {n})")).unwrap_or_default();
+            return Err(format!(
+                "{}: act{at}: `{}` holds the event's {} = {shown:?} unquoted: pass it in `argv`, or splice shell_quote({})",
+                file.display(),
+                l.field,
+                s.source,
+                s.source,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Rule files are `*.rhai`; editor temp and backup files are not.
@@ -628,6 +590,7 @@ impl Rules {
             let (actions_before, emitted_before) = {
                 let mut c = lock(&self.ctx);
                 c.rule.clone_from(&rule.name);
+                c.shell_lines.clear();
                 (c.actions.len(), c.emitted.len())
             };
             let result = self.engine.call_fn_with_options::<Dynamic>(
@@ -640,8 +603,11 @@ impl Rules {
                 (Dynamic::from_map(map.clone()),),
             );
             let mut c = lock(&self.ctx);
+            let result = result
+                .map_err(|e| e.to_string())
+                .and_then(|_| refuse_splices(&c.shell_lines, event, &rule.file));
             match result {
-                Ok(_) => {
+                Ok(()) => {
                     rule.failures = 0;
                     out.hits.push(Hit {
                         rule: rule.name.clone(),
@@ -650,13 +616,12 @@ impl Rules {
                         actions: (c.actions.len() - actions_before) as u32,
                     });
                 }
-                Err(e) => {
+                Err(message) => {
                     // A failed rule produces nothing: drop what it appended before failing.
                     c.actions.truncate(actions_before);
                     c.emitted.truncate(emitted_before);
                     c.stop = false;
                     rule.failures += 1;
-                    let message = e.to_string();
                     tracing::warn!(rule = %rule.file.display(), event = %event.id, "rule failed: {message}");
                     out.errors.push(RuleError {
                         rule: rule.name.clone(),
@@ -680,5 +645,6 @@ impl Rules {
     }
 }
 
+mod natives;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,9 @@
-//! `exec`: run a shell command once per graph run — or on each refresh.
+//! `exec`: run a command once per graph run — or on each refresh.
 //!
-//! The command runs as `sh -c cmd` in its own process group so that a timeout or a stop can
-//! kill everything it started, not just the shell. It runs on the first check (Changed on
+//! The command is `argv` (a program and its arguments, run directly: no shell sees them) or
+//! `cmd` (run as `sh -c cmd`); `ifcmd` and `watchcmd` are shell lines. Each runs in its own
+//! process group so that a timeout or a stop can kill everything it started, not just the
+//! program. It runs on the first check (Changed on
 //! exit 0); later checks are Converged until a refresh arrives (a `notify` edge) or its
 //! `watchcmd` prints a line. `refresh_only` runs it only on a refresh, `ifcmd` only when that
 //! command exits 0, `creates` only while that path is missing; `user`, `env` and `cwd` shape
@@ -15,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use graph::kinds::ExecSpec;
+use graph::kinds::{ExecCmd, ExecSpec};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::Command;
@@ -52,7 +54,7 @@ impl Resource for Exec {
             return Ok(None);
         };
         let mut child = self
-            .command(watchcmd)
+            .shell(watchcmd)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -97,7 +99,7 @@ impl Resource for Exec {
             }
         }
         if let Some(ifcmd) = &self.spec.ifcmd {
-            if self.run(ifcmd).await.is_err() {
+            if self.run(self.shell(ifcmd), "sh").await.is_err() {
                 return Ok(Outcome::Converged);
             }
         }
@@ -105,7 +107,8 @@ impl Resource for Exec {
             self.done.store(true, Ordering::SeqCst);
             return Ok(Outcome::WouldChange);
         }
-        let out = self.run(&self.spec.cmd).await?;
+        let (main, program) = self.main_command()?;
+        let out = self.run(main, program).await?;
         *self
             .last_stdout
             .lock()
@@ -148,11 +151,32 @@ impl Exec {
     }
 
     /// `sh -c line` with this exec's user, env and cwd, in its own process group.
-    fn command(&self, line: &str) -> Command {
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(line)
-            .stdin(Stdio::null())
+    fn shell(&self, line: &str) -> Command {
+        let mut cmd = self.process("sh");
+        cmd.arg("-c").arg(line);
+        cmd
+    }
+
+    /// The main command (`cmd` through the shell, `argv` directly) and its program's name.
+    fn main_command(&self) -> Result<(Command, &str), ResourceError> {
+        match &self.spec.cmd {
+            ExecCmd::Shell(line) => Ok((self.shell(line), "sh")),
+            ExecCmd::Argv(argv) => {
+                // The schema refuses an empty argv; a hand-built spec gets an error, not a panic.
+                let (program, args) = argv
+                    .split_first()
+                    .ok_or_else(|| ResourceError::Failed("argv is empty".into()))?;
+                let mut cmd = self.process(program);
+                cmd.args(args);
+                Ok((cmd, program))
+            }
+        }
+    }
+
+    /// `program` with this exec's user, env and cwd, in its own process group.
+    fn process(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.stdin(Stdio::null())
             .envs(&self.spec.env)
             .kill_on_drop(true)
             .process_group(0);
@@ -165,20 +189,19 @@ impl Exec {
         cmd
     }
 
-    /// Run one command line; its stdout on exit 0.
-    async fn run(&self, line: &str) -> Result<String, ResourceError> {
+    /// Run one command (`program` names it in errors); its stdout on exit 0.
+    async fn run(&self, mut command: Command, program: &str) -> Result<String, ResourceError> {
         if let Some(user) = &self.spec.user {
             if os::user(user).is_none() {
                 return Err(ResourceError::Failed(format!("no such user `{user}`")));
             }
         }
-        let mut child = self
-            .command(line)
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| ResourceError::io("spawn sh", e))?;
-        // Armed until the shell exits on its own: a timeout, or this future being dropped
+            .map_err(|e| ResourceError::io(format!("spawn {program}"), e))?;
+        // Armed until the program exits on its own: a timeout, or this future being dropped
         // (graph stopped), kills the whole group.
         let mut group = child
             .id()
@@ -202,8 +225,8 @@ impl Exec {
                 }
             }
         };
-        let status = waited.map_err(|e| ResourceError::io("wait for sh", e))?;
-        // The shell exited by itself: leave anything it put in the background alone.
+        let status = waited.map_err(|e| ResourceError::io(format!("wait for {program}"), e))?;
+        // The program exited by itself: leave anything it put in the background alone.
         if let Some(g) = group.take() {
             g.disarm();
         }

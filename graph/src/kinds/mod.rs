@@ -20,7 +20,7 @@ pub mod pkg;
 pub mod svc;
 pub mod timer;
 
-pub use exec::ExecSpec;
+pub use exec::{ExecCmd, ExecSpec};
 pub use file::{FileSpec, FileState};
 pub use http::HttpSpec;
 pub use msg::MsgSpec;

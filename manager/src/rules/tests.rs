@@ -217,3 +217,118 @@ fn register_helpers_are_reachable_from_rules() {
     assert_eq!(last["acc"], json!(true));
     assert_eq!(last["keys"], json!(["s"]));
 }
+
+/// The shipped restart rule as it was before argv: a manually quoted splice.
+const SPLICING: &str = r#"fn react(e) {
+    let name = e.data.name;
+    act("all", [#{kind: "exec", name: "restart", cmd: `systemctl restart '${name}'`}]);
+}"#;
+
+fn proc_event(name: &str) -> Event {
+    Event::new(
+        "beacon/proc",
+        "web1",
+        json!({"present": false, "name": name}),
+    )
+}
+
+#[test]
+fn an_event_value_spliced_into_cmd_fails_the_rule_naming_file_and_field() {
+    let (mut r, errs) = rules_with(&[
+        ("10-splice.rhai", SPLICING),
+        (
+            "20-ok.rhai",
+            r#"fn react(e) { act("all", [], #{name: "other"}); }"#,
+        ),
+    ]);
+    assert!(errs.is_empty(), "{errs:?}");
+    let mut out = Produced::default();
+    r.run(&proc_event("x'; id > /tmp/p; echo '"), &mut out);
+    assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
+    let msg = &out.errors[0].message;
+    assert_eq!(out.errors[0].rule, "10-splice");
+    assert!(
+        msg.contains("10-splice.rhai: act (line 3): `exec:restart.cmd`"),
+        "{msg}"
+    );
+    assert!(msg.contains("data.name"), "{msg}");
+    assert!(msg.contains("shell_quote"), "{msg}");
+    // Nothing of the failed rule is appended; the next rule still runs.
+    assert_eq!(out.actions.len(), 1);
+    assert_eq!(out.actions[0].name, "other");
+
+    // A value of safe characters cannot change the syntax: allowed.
+    let mut out = Produced::default();
+    r.run(&proc_event("nginx.service"), &mut out);
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    assert_eq!(
+        out.actions[0].graph[0]["cmd"],
+        "systemctl restart 'nginx.service'"
+    );
+}
+
+#[test]
+fn quoted_values_argv_and_other_kinds_pass_and_every_shell_field_is_checked() {
+    let (mut r, errs) = rules_with(&[
+        (
+            "10-quoted.rhai",
+            r#"fn react(e) { act("all", [#{kind: "exec", name: "q", cmd: "systemctl restart " + shell_quote(e.data.name)}], #{name: "quoted"}); }"#,
+        ),
+        (
+            "20-argv.rhai",
+            r#"fn react(e) { act("all", [#{kind: "exec", name: "a", argv: ["systemctl", "restart", e.data.name]}], #{name: "argv"}); }"#,
+        ),
+        (
+            "30-file.rhai",
+            r#"fn react(e) { act("all", [#{kind: "file", name: "/tmp/reflex-x", content: e.data.name}], #{name: "file"}); }"#,
+        ),
+        (
+            "40-ifcmd.rhai",
+            r#"fn react(e) { act("all", [#{kind: "exec", name: "i", argv: ["true"], ifcmd: "pgrep " + e.data.name}]); }"#,
+        ),
+        (
+            "50-watchcmd.rhai",
+            r#"fn react(e) { act("all", [#{kind: "exec", name: "w", argv: ["true"], watchcmd: `tail -f ${e.data.name}`}]); }"#,
+        ),
+        (
+            "60-tag.rhai",
+            r#"fn react(e) { act("all", [#{kind: "exec", name: "t", cmd: "logger " + e.tag}]); }"#,
+        ),
+    ]);
+    assert!(errs.is_empty(), "{errs:?}");
+    let mut out = Produced::default();
+    let mut ev = proc_event("$(touch /tmp/reflex-pwned)");
+    ev.tag = "beacon/proc;reboot".into();
+    r.run(&ev, &mut out);
+    let names: Vec<&str> = out.actions.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["quoted", "argv", "file"]);
+    let failed: Vec<(&str, bool)> = out
+        .errors
+        .iter()
+        .map(|e| (e.rule.as_str(), e.message.contains("holds the event's")))
+        .collect();
+    assert_eq!(
+        failed,
+        [("40-ifcmd", true), ("50-watchcmd", true), ("60-tag", true)],
+        "{:?}",
+        out.errors
+    );
+    assert!(out.errors[0].message.contains("`exec:i.ifcmd`"));
+    assert!(out.errors[1].message.contains("`exec:w.watchcmd`"));
+    assert!(out.errors[2].message.contains("the event's tag"));
+    assert_eq!(
+        out.actions[0].graph[0]["cmd"],
+        "systemctl restart '$(touch /tmp/reflex-pwned)'"
+    );
+}
+
+#[test]
+fn shell_quote_is_there_for_rules() {
+    let (mut r, _) = rules_with(&[(
+        "10-q.rhai",
+        r#"fn react(e) { emit("quoted/x", #{q: shell_quote("it's")}); }"#,
+    )]);
+    let mut out = Produced::default();
+    r.run(&Event::new("a/b", "h", json!(null)), &mut out);
+    assert_eq!(out.emitted[0].data["q"], r"'it'\''s'");
+}
