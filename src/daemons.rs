@@ -1,6 +1,6 @@
 //! The daemon subcommands: each parses its flags and runs one component until SIGINT/SIGTERM.
 
-use crate::cli::{hostname, stop_flag, StackArgs};
+use crate::cli::{hostname, stop_flag, Exit, StackArgs};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -132,6 +132,10 @@ pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
         graphviz: a.graphviz,
         converged_timeout: std::time::Duration::from_secs_f64(a.converged_timeout),
     };
-    actor::run(cfg, stop)?;
-    Ok(ExitCode::SUCCESS)
+    match actor::run(cfg, stop) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // A name or group that can never match is bad usage, not a failure at run time.
+        Err(e @ actor::ActorError::Config(_)) => Err(Exit::usage(e.to_string())),
+        Err(e) => Err(e.into()),
+    }
 }

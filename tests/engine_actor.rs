@@ -260,3 +260,19 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn an_actor_name_that_can_never_match_is_bad_usage() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().to_string_lossy().into_owned();
+    for args in [
+        vec!["actor", "--name", "web/1", "--state", &state],
+        vec![
+            "actor", "--name", "web1", "--group", "a/b", "--state", &state,
+        ],
+    ] {
+        let (code, _out, err) = run(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("bad actor name or group"), "{args:?}: {err}");
+    }
+}
