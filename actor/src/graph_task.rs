@@ -64,6 +64,9 @@ pub(crate) enum Cmd {
         graph: graph::Graph,
         action: Box<Action>,
         started: Instant,
+        /// The serial the task reports under from now on: a crossing it sent about the
+        /// graph before the swap is then told from one about the new graph.
+        serial: u64,
     },
     Stop,
 }
@@ -133,7 +136,7 @@ async fn graph_task(
     mut action: Action,
     mut started: Option<Instant>,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
-    serial: u64,
+    mut serial: u64,
 ) {
     let name = action.name.clone();
     let mut conv = running.convergence();
@@ -194,7 +197,9 @@ async fn graph_task(
                 graph,
                 action: new,
                 started: t0,
+                serial: next,
             }) => {
+                serial = next;
                 let stats = running.swap(graph).await;
                 tracing::info!(name = %name, kept = stats.kept, added = stats.added, removed = stats.removed, "graph swapped");
                 action = *new;

@@ -210,14 +210,19 @@ impl Actor {
         }
         let name = action.name.clone();
         // The graph in force under this name is diffed against the new one, not restarted.
+        let serial = self.serials + 1;
         let (graph, action) = match self.graphs.get_mut(&name) {
             None => (graph, Box::new(action)),
             Some(inf) => match inf.cmds.send(Cmd::Swap {
                 graph,
                 action: Box::new(action),
                 started,
+                serial,
             }) {
                 Ok(()) => {
+                    // A crossing the task sent about the old graph is stale from here on.
+                    self.serials = serial;
+                    inf.serial = serial;
                     inf.converged = false;
                     self.report_convergence();
                     return;
@@ -321,4 +326,63 @@ async fn next_catch_up(queue: &mut VecDeque<JoinHandle<Vec<Action>>>) -> Vec<Act
     let replayed = oldest.await.unwrap_or_default();
     queue.pop_front();
     replayed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(seq: u64, noop: &str) -> Action {
+        Action {
+            id: format!("a{seq}"),
+            name: "g".into(),
+            seq,
+            target: bus::Target::All,
+            graph: json!([{"kind": "noop", "name": noop}]),
+            origin: bus::Origin::default(),
+            expires: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crossing_sent_before_a_swap_does_not_mark_the_new_graph_converged() {
+        let (_keep_inbound_open, inbound) = mpsc::channel(1);
+        let (out, _events) = std_mpsc::channel();
+        let cfg = Config {
+            publish: String::new(),
+            ingest: String::new(),
+            name: "web1".into(),
+            groups: Vec::new(),
+            max_frame: 1024,
+            state: None,
+            graphviz: None,
+            converged_timeout: Duration::from_secs(3600),
+            replay: None,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut actor = Actor::new(cfg, Vec::new(), inbound, out, stop).expect("actor");
+        actor.apply(action(1, "a")).await;
+        let before = actor.graphs["g"].serial;
+        actor.apply(action(2, "b")).await;
+        let after = actor.graphs["g"].serial;
+        assert_ne!(before, after, "a swap starts a new serial");
+
+        // What the task said about the old graph, arriving after the swap: stale.
+        actor.crossed(Crossed {
+            name: "g".into(),
+            serial: before,
+            converged: true,
+        });
+        assert!(!actor.graphs["g"].converged);
+        // What it says about the new graph counts.
+        actor.crossed(Crossed {
+            name: "g".into(),
+            serial: after,
+            converged: true,
+        });
+        assert!(actor.graphs["g"].converged);
+        for (_, g) in actor.graphs.drain() {
+            g.stop().await;
+        }
+    }
 }
