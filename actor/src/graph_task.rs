@@ -168,6 +168,10 @@ async fn graph_task(
                 break Some(cmd);
             }
             tokio::select! {
+                // The engine queues an outcome's event before it moves the convergence
+                // status, so taking events first tells a repair before the divergence it
+                // caused.
+                biased;
                 ev = running.next_event() => match ev {
                     Some(engine::EngineEvent::Changed { id }) => {
                         tracing::info!(name = %name, resource = %id, "drift repaired");

@@ -411,17 +411,6 @@ impl NodeTask {
         let now = Instant::now();
         let first = !node.reported.swap(true, Ordering::SeqCst);
         let active = first || !matches!(result, Ok(Outcome::Converged));
-        self.shared.status.send_modify(|s| {
-            if checked {
-                s.busy -= 1;
-            }
-            if first {
-                s.pending -= 1;
-            }
-            if active {
-                s.last_activity = now;
-            }
-        });
         match &result {
             Ok(Outcome::Converged) => tracing::debug!(%id, "converged"),
             Ok(Outcome::Changed) => tracing::debug!(%id, "changed"),
@@ -479,6 +468,19 @@ impl NodeTask {
                 text,
             }));
         }
+        // Status last: whoever waits on convergence and also reads the events then finds
+        // this outcome's event already queued, so "repaired" is told before "diverged".
+        self.shared.status.send_modify(|s| {
+            if checked {
+                s.busy -= 1;
+            }
+            if first {
+                s.pending -= 1;
+            }
+            if active {
+                s.last_activity = now;
+            }
+        });
     }
 }
 
