@@ -46,6 +46,8 @@
 
 mod graph_task;
 mod intake;
+#[allow(dead_code)] // until the envelope and policy checks use every reason
+mod rejected;
 mod replay;
 mod serve;
 mod store;

@@ -7,7 +7,7 @@
 //! the few socket options every process sets the same way ([`sockets`]).
 //!
 //! Trust starts here too: CURVE key pairs and public keys ([`keys`]), the private files they
-//! live in ([`private`]), and the ZAP handler that decides who may connect ([`zap`]).
+//! live in ([`private`]), how sockets apply them ([`secure`]), and the ZAP handler that decides who may connect ([`zap`]).
 //!
 //! Receivers count what they drop with [`BadFrames`].
 //!
@@ -38,6 +38,7 @@ pub mod endpoints;
 pub mod keys;
 pub mod monitor;
 pub mod private;
+pub mod secure;
 pub mod sockets;
 pub mod target;
 pub mod wire;

@@ -72,6 +72,7 @@ impl Server {
             Peer {
                 name: name.into(),
                 role: Role::Host,
+                groups: Vec::new(),
             },
         );
     }
@@ -211,6 +212,7 @@ fn a_panicking_callback_does_not_stop_the_handler() {
         Peer {
             name: "web1".into(),
             role: Role::Host,
+            groups: Vec::new(),
         },
     );
     let _c = push(&web1, "ok");

@@ -380,6 +380,7 @@ impl Enrollment {
                     Peer {
                         name: e.name.clone(),
                         role: e.role,
+                        groups: e.groups.clone(),
                     },
                 )
             })

@@ -13,6 +13,8 @@ pub struct Peer {
     pub name: String,
     /// What it may do.
     pub role: Role,
+    /// The groups it was enrolled with (a host's `group/<g>/` topics); empty for others.
+    pub groups: Vec<String>,
 }
 
 #[derive(Default)]
@@ -144,6 +146,7 @@ mod tests {
         Peer {
             name: name.into(),
             role: Role::Host,
+            groups: Vec::new(),
         }
     }
 

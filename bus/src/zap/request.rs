@@ -2,7 +2,7 @@
 //! frames, so the handler thread only moves bytes, and a fuzzer can drive [`decide`] directly.
 
 use super::{KeySet, Mode, Peer};
-use crate::keys::PublicKey;
+use crate::keys::{PublicKey, Role};
 
 /// The only ZAP version there is.
 pub const VERSION: &[u8] = b"1.0";
@@ -179,7 +179,8 @@ fn reply(request_id: &[u8], status: Status, text: &str, peer: Option<&Peer>) -> 
 }
 
 /// Answer one request from `keys`: an accepted CURVE key gets 200 with its name as User-Id and
-/// its role as the `Role` property; an unknown key 400; NULL and PLAIN 400 unless `mode` is
+/// its role as the `Role` property, except a non-admin key at an admin-only door
+/// ([`crate::secure::Door::admin_only`]), refused 400; an unknown key 400; NULL and PLAIN 400 unless `mode` is
 /// [`Mode::Insecure`]; anything malformed 500.
 pub fn decide(keys: &KeySet, mode: Mode, frames: &[Vec<u8>]) -> Decision {
     let req = match Request::parse(frames) {
@@ -195,6 +196,16 @@ pub fn decide(keys: &KeySet, mode: Mode, frames: &[Vec<u8>]) -> Decision {
     let id = req.request_id;
     let (status, text, outcome) = match req.mechanism {
         Mechanism::Curve(key) => match keys.get(&key) {
+            // The monitor and control doors are the admin's alone.
+            Some(peer)
+                if crate::secure::Door::admin_only(req.domain) && peer.role != Role::Admin =>
+            {
+                (
+                    Status::Deny,
+                    "this socket is for the admin key only",
+                    Outcome::Refused,
+                )
+            }
             Some(peer) => (Status::Allow, "OK", Outcome::Accepted(Some(peer))),
             None => (
                 Status::Deny,
@@ -248,6 +259,7 @@ mod tests {
             Peer {
                 name: "web1".into(),
                 role: Role::Host,
+                groups: Vec::new(),
             },
         );
         let d = decide(&keys, Mode::Secure, &frames("CURVE", &[&good.0]));

@@ -57,7 +57,8 @@ fn submit_accept_reject_revoke_and_reopen() {
             key(1),
             Peer {
                 name: "web1".into(),
-                role: Role::Host
+                role: Role::Host,
+                groups: groups(&["eu", "web"]),
             }
         )]
     );
