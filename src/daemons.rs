@@ -37,6 +37,7 @@ pub fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
         },
         host: hostname(),
         watch_rules: !a.no_watch,
+        security: bus::secure::Security::Insecure,
     };
     manager::run(cfg, stop)?;
     Ok(ExitCode::SUCCESS)
@@ -59,6 +60,7 @@ pub fn publisher(a: PublisherArgs) -> anyhow::Result<ExitCode> {
         state_dir: a.stack.state.clone(),
         max_frame: bus::MAX_FRAME,
         keep: a.keep,
+        security: bus::secure::Security::Insecure,
     };
     publisher::run(cfg, &stop)?;
     Ok(ExitCode::SUCCESS)
@@ -131,6 +133,7 @@ pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
         state: Some(a.stack.state.clone()),
         graphviz: a.graphviz,
         converged_timeout: std::time::Duration::from_secs_f64(a.converged_timeout),
+        security: bus::secure::Security::Insecure,
     };
     match actor::run(cfg, stop) {
         Ok(()) => Ok(ExitCode::SUCCESS),

@@ -3,8 +3,8 @@
 //! manager's control socket once the daemons use the store.)
 
 use crate::cli::{Exit, KeysCmd, StateArgs};
+use bus::enroll::{store_dir, EnrollError, Enrollment, Entry};
 use bus::keys::Role;
-use manager::keys::{store_dir, EnrollError, Enrollment, Entry};
 use serde_json::json;
 use std::process::ExitCode;
 

@@ -4,9 +4,9 @@
 
 mod common;
 
+use bus::enroll::{store_dir, Enrollment, State};
 use bus::keys::{PublicKey, Role};
 use common::*;
-use manager::keys::{store_dir, Enrollment, State};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

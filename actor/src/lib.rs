@@ -36,6 +36,7 @@
 //!     graphviz: None,
 //!     converged_timeout: Duration::from_secs(5),
 //!     replay: Some("tcp://127.0.0.1:4512".into()),
+//!     security: bus::secure::Security::Insecure,
 //! };
 //! // Runs until the flag is set (from a signal handler, say).
 //! actor::run(cfg, Arc::new(AtomicBool::new(false)))?;
@@ -106,6 +107,9 @@ pub struct Config {
     /// force for its topics that it has not seen (it was down, or started late). `None`: live
     /// actions only.
     pub replay: Option<String>,
+    /// CURVE (this host's key pair, the pinned manager key) or the explicit insecure mode, for
+    /// every socket.
+    pub security: bus::secure::Security,
 }
 
 /// Run an actor until `stop` is set.
@@ -115,7 +119,7 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
     let (out_tx, out_rx) = std_mpsc::channel::<Event>();
     let (in_tx, in_rx) = mpsc::channel(1024);
 
-    let push = bus::sockets::connect(zmq::PUSH, &cfg.ingest)?;
+    let push = bus::secure::connect(zmq::PUSH, &cfg.ingest, &cfg.security)?;
     let sender = std::thread::Builder::new()
         .name("actor-push".into())
         .spawn(move || push_loop(push, out_rx))?;

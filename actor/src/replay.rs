@@ -22,6 +22,7 @@ pub(crate) struct Replay {
     pub(crate) endpoint: String,
     pub(crate) topics: Vec<String>,
     pub(crate) max_frame: usize,
+    pub(crate) security: bus::secure::Security,
 }
 
 impl Replay {
@@ -30,7 +31,8 @@ impl Replay {
     fn fetch(&self, since: u64) -> Vec<Action> {
         let req = json!({"since": since, "topics": self.topics, "latest_only": true});
         let ask = || -> Result<Vec<Vec<u8>>, String> {
-            let s = bus::sockets::connect(zmq::REQ, &self.endpoint).map_err(|e| e.to_string())?;
+            let s = bus::secure::connect(zmq::REQ, &self.endpoint, &self.security)
+                .map_err(|e| e.to_string())?;
             s.set_rcvtimeo(ANSWER_MS).map_err(|e| e.to_string())?;
             s.set_linger(0).map_err(|e| e.to_string())?;
             s.send(req.to_string().as_bytes(), 0)

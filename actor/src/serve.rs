@@ -69,6 +69,7 @@ impl Actor {
                 endpoint,
                 topics,
                 max_frame: cfg.max_frame,
+                security: cfg.security.clone(),
             }),
             name: cfg.name,
             groups: cfg.groups,
@@ -358,6 +359,7 @@ mod tests {
             graphviz: None,
             converged_timeout: Duration::from_secs(3600),
             replay: None,
+            security: bus::secure::Security::Insecure,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let mut actor = Actor::new(cfg, Vec::new(), inbound, out, stop).expect("actor");

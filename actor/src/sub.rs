@@ -39,7 +39,7 @@ pub(crate) fn spawn(
     tx: mpsc::Sender<Inbound>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, ActorError> {
-    let (sub, watch) = bus::sockets::connect_watched(zmq::SUB, &cfg.publish)?;
+    let (sub, watch) = bus::secure::connect_watched(zmq::SUB, &cfg.publish, &cfg.security)?;
     for topic in topics {
         sub.set_subscribe(topic.as_bytes())?;
     }
@@ -110,6 +110,7 @@ mod tests {
             graphviz: None,
             converged_timeout: std::time::Duration::from_secs(1),
             replay: None,
+            security: bus::secure::Security::Insecure,
         }
     }
 

@@ -7,7 +7,8 @@
 //! the few socket options every process sets the same way ([`sockets`]).
 //!
 //! Trust starts here too: CURVE key pairs and public keys ([`keys`]), the private files they
-//! live in ([`private`]), how sockets apply them ([`secure`]), and the ZAP handler that decides who may connect ([`zap`]).
+//! live in ([`private`]), how sockets apply them ([`secure`]), the ZAP handler that decides who may connect ([`zap`]), and the enrollment store of the keys it
+//! accepts ([`enroll`]).
 //!
 //! Receivers count what they drop with [`BadFrames`].
 //!
@@ -35,6 +36,7 @@
 pub mod bad;
 pub mod codec;
 pub mod endpoints;
+pub mod enroll;
 pub mod keys;
 pub mod monitor;
 pub mod private;

@@ -8,21 +8,19 @@
 //! No event value becomes shell syntax: a rule whose exec shell line holds one unquoted fails
 //! ([`shell`]), and [`lint`] finds such rules before they run (`reflex rules check`).
 //!
-//! The enrollment store ([`keys`]) says which hosts' keys may speak and with which groups.
-//!
 //! All sockets live on the one thread that runs [`Manager::run`]: ZeroMQ sockets are not
 //! thread-safe, and one thread keeps every host's events in order.
 
 #![deny(missing_docs)]
 
 pub mod glob;
-pub mod keys;
 pub mod lint;
 pub mod rules;
 pub mod shell;
 pub mod watch;
 
 use bus::monitor;
+use bus::secure::Door;
 use bus::{Action, BadFrames, Endpoints, Event};
 use registers::Registers;
 use rules::Change;
@@ -88,6 +86,9 @@ pub struct Config {
     pub host: String,
     /// Watch the rules folder and pick up changes live.
     pub watch_rules: bool,
+    /// CURVE (the manager's key pair) or the explicit insecure mode, for ingest, monitor and
+    /// control.
+    pub security: bus::secure::Security,
 }
 
 /// Counters, as the control socket reports them.
@@ -185,11 +186,12 @@ impl Manager {
         };
         let changes = rules.load_dir(&cfg.rules_dir).map_err(rules_dir_err)?;
         let ep = &cfg.endpoints;
-        let ingest = bus::sockets::bind(zmq::PULL, &ep.ingest)?;
+        let sec = &cfg.security;
+        let ingest = bus::secure::bind(zmq::PULL, &ep.ingest, sec, Door::Ingest)?;
         // The publisher binds the link; connecting first is fine: actions queue until it is up.
         let link = bus::sockets::connect(zmq::PUSH, &ep.link)?;
-        let monitor = bus::sockets::bind(zmq::PUB, &ep.monitor)?;
-        let control = bus::sockets::bind(zmq::REP, &ep.control)?;
+        let monitor = bus::secure::bind(zmq::PUB, &ep.monitor, sec, Door::Monitor)?;
+        let control = bus::secure::bind(zmq::REP, &ep.control, sec, Door::Control)?;
         tracing::info!(ingest = %ep.ingest, link = %ep.link, monitor = %ep.monitor, control = %ep.control, rules = %cfg.rules_dir.display(), "manager up");
         let mut m = Manager {
             cfg,

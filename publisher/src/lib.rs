@@ -14,6 +14,7 @@
 
 #![deny(missing_docs)]
 
+use bus::secure::Door;
 use bus::{Action, BadFrames, Endpoints, MalformedKind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +55,9 @@ pub struct Config {
     pub max_frame: usize,
     /// How many of the newest actions the log keeps.
     pub keep: u64,
+    /// CURVE (the control node's key pair) or the explicit insecure mode, for the PUB and
+    /// replay sockets. The link is `ipc://` in the 0700 state dir.
+    pub security: bus::secure::Security,
 }
 
 /// A running publisher's sockets and log.
@@ -91,8 +95,9 @@ impl Publisher {
             None => 1,
         };
         let link = bus::sockets::bind(zmq::PULL, &cfg.endpoints.link)?;
-        let publish = bus::sockets::bind(zmq::PUB, &cfg.endpoints.publish)?;
-        let replay = bus::sockets::bind(zmq::REP, &cfg.endpoints.replay)?;
+        let sec = &cfg.security;
+        let publish = bus::secure::bind(zmq::PUB, &cfg.endpoints.publish, sec, Door::Publish)?;
+        let replay = bus::secure::bind(zmq::REP, &cfg.endpoints.replay, sec, Door::Replay)?;
         tracing::info!(link = %cfg.endpoints.link, publish = %cfg.endpoints.publish, replay = %cfg.endpoints.replay, next_seq, "publisher up");
         Ok(Publisher {
             link,
@@ -329,6 +334,7 @@ mod tests {
             state_dir: dir.path().to_path_buf(),
             max_frame: bus::MAX_FRAME,
             keep: 1_000,
+            security: bus::secure::Security::Insecure,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let run = {

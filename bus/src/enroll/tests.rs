@@ -223,3 +223,21 @@ fn a_bad_file_is_an_error_naming_it() {
     write(".reflex-tmp-abc", "half");
     assert_eq!(Enrollment::open(&dir).unwrap().list().count(), 1);
 }
+
+#[test]
+fn follow_sees_another_writer_and_costs_nothing_while_quiet() {
+    let (tmp, mut writer) = store();
+    let mut follow = Follow::new(&store_dir(tmp.path()));
+    assert_eq!(follow.poll().unwrap().map(|s| s.list().count()), Some(0));
+    assert!(follow.poll().unwrap().is_none(), "nothing changed");
+    writer.submit("web1", &key(1)).unwrap();
+    writer.accept("web1", &[]).unwrap();
+    let seen = follow.poll().unwrap().expect("a change");
+    assert_eq!(
+        seen.peers().map(|(_, p)| p.name).collect::<Vec<_>>(),
+        ["web1"]
+    );
+    writer.revoke("web1").unwrap();
+    let seen = follow.poll().unwrap().expect("a change");
+    assert_eq!(seen.peers().count(), 0);
+}

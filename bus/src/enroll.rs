@@ -9,15 +9,15 @@
 //!
 //! On disk it is one JSON file per name under `<state>/keys/enrolled/` (see [`store_dir`]),
 //! written atomically, 0600, in a 0700 directory. Names come from the network, so they are
-//! checked by [`bus::keys::check_name`] before they reach a file name. A file that does not
+//! checked by [`check_name`] before they reach a file name. A file that does not
 //! parse is an error naming it.
 //!
 //! ```
 //! use bus::keys::{PublicKey, Role};
-//! use manager::keys::{Enrollment, State};
+//! use bus::enroll::{Enrollment, State};
 //!
 //! let state = tempfile::tempdir().unwrap();
-//! let mut store = Enrollment::open(&manager::keys::store_dir(state.path())).unwrap();
+//! let mut store = Enrollment::open(&bus::enroll::store_dir(state.path())).unwrap();
 //! let key = PublicKey([7; 32]);
 //! store.submit("web1", &key).unwrap();
 //! assert_eq!(store.get("web1").unwrap().state, State::Pending);
@@ -26,9 +26,9 @@
 //! assert_eq!((name, role, groups), ("web1", Role::Host, &["web".to_string()][..]));
 //! ```
 
-use bus::keys::{check_name, NameError, PublicKey, Role};
-use bus::private::{self, Existing, PrivateError};
-use bus::zap::Peer;
+use crate::keys::{check_name, NameError, PublicKey, Role};
+use crate::private::{self, Existing, PrivateError};
+use crate::zap::Peer;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -43,7 +43,7 @@ const MAX_ENTRY_FILE: u64 = 64 * 1024;
 
 /// The store's directory under a state dir: `<state>/keys/enrolled`.
 pub fn store_dir(state: &Path) -> PathBuf {
-    bus::keys::key_dir(state).join("enrolled")
+    crate::keys::key_dir(state).join("enrolled")
 }
 
 /// Where an enrolled name stands.
@@ -275,7 +275,7 @@ impl Enrollment {
             role: Role::Host,
             state: State::Pending,
             groups: Vec::new(),
-            since: bus::now_ms(),
+            since: crate::now_ms(),
         })?;
         Ok(Submitted::Pending)
     }
@@ -291,7 +291,7 @@ impl Enrollment {
         groups.sort();
         groups.dedup();
         if e.state != State::Accepted {
-            e.since = bus::now_ms();
+            e.since = crate::now_ms();
         }
         e.state = State::Accepted;
         e.groups = groups;
@@ -304,7 +304,7 @@ impl Enrollment {
         let mut e = self.existing(name)?.clone();
         if e.state != State::Rejected {
             e.state = State::Rejected;
-            e.since = bus::now_ms();
+            e.since = crate::now_ms();
             self.put(e)?;
         }
         self.existing(name)
@@ -340,7 +340,7 @@ impl Enrollment {
                 role,
                 state: State::Pending,
                 groups: Vec::new(),
-                since: bus::now_ms(),
+                since: crate::now_ms(),
             })?;
         }
         if let Some(e) = self.entries.get(name).filter(|e| e.role != role) {
@@ -368,7 +368,7 @@ impl Enrollment {
         (e.state == State::Accepted).then_some((e.name.as_str(), e.role, e.groups.as_slice()))
     }
 
-    /// The accepted keys, as the ZAP handler's [`bus::zap::KeySet`] takes them
+    /// The accepted keys, as the ZAP handler's [`crate::zap::KeySet`] takes them
     /// (`keys.replace(store.peers())`).
     pub fn peers(&self) -> impl Iterator<Item = (PublicKey, Peer)> + '_ {
         self.entries
@@ -384,6 +384,46 @@ impl Enrollment {
                     },
                 )
             })
+    }
+}
+
+/// Follows a store another process changes (the publisher follows the manager's; the manager
+/// follows `reflex keys` run offline): one `stat` of the directory per [`Follow::poll`] while
+/// nothing changed, a re-read when something did. Every change is a rename into the directory,
+/// which moves its modification time.
+#[derive(Debug)]
+pub struct Follow {
+    dir: PathBuf,
+    seen: Option<std::time::SystemTime>,
+}
+
+impl Follow {
+    /// Follow the store in `dir`; the first [`Follow::poll`] always reads it.
+    pub fn new(dir: &Path) -> Follow {
+        Follow {
+            dir: dir.to_path_buf(),
+            seen: None,
+        }
+    }
+
+    /// The store as it is now, when it changed since the last call; `None` when it did not.
+    pub fn poll(&mut self) -> Result<Option<Enrollment>, EnrollError> {
+        let io = |source| PrivateError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        private::ensure_dir(&self.dir)?;
+        // Stat before reading: a change landing during the read moves the time again, so the
+        // next poll reads once more instead of missing it.
+        let stamp = std::fs::metadata(&self.dir)
+            .and_then(|m| m.modified())
+            .map_err(io)?;
+        if self.seen == Some(stamp) {
+            return Ok(None);
+        }
+        let store = Enrollment::open(&self.dir)?;
+        self.seen = Some(stamp);
+        Ok(Some(store))
     }
 }
 
