@@ -136,6 +136,30 @@ impl HandshakeWatch {
     }
 }
 
+/// Put an XPUB socket in manual mode (`ZMQ_XPUB_MANUAL`, which the zmq crate does not wrap):
+/// subscriptions arrive as messages, with the subscriber's metadata (`User-Id`), and take effect
+/// only when the owner applies them with `set_subscribe`, for the subscriber that sent the
+/// last one read. That is how the publisher decides, per subscriber, which topics it gets.
+pub fn set_xpub_manual(socket: &mut zmq::Socket) -> zmq::Result<()> {
+    let on: i32 = 1;
+    // SAFETY: the socket pointer is valid for as long as `socket` lives (we hold it mutably),
+    // and the option value is a plain int whose size we pass.
+    let rc = unsafe {
+        zmq_sys::zmq_setsockopt(
+            socket.as_mut_ptr(),
+            zmq_sys::ZMQ_XPUB_MANUAL as i32,
+            (&on as *const i32).cast(),
+            std::mem::size_of::<i32>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        // SAFETY: zmq_errno only reads libzmq's thread-local error number.
+        Err(zmq::Error::from_raw(unsafe { zmq_sys::zmq_errno() }))
+    }
+}
+
 /// `zmq::poll`, where a signal arriving (EINTR) is just an early wake-up: callers re-check their
 /// stop flag and poll again.
 pub fn poll(items: &mut [zmq::PollItem], timeout_ms: i64) -> zmq::Result<()> {

@@ -14,6 +14,8 @@
 
 #![deny(missing_docs)]
 
+mod doors;
+
 use bus::secure::Door;
 use bus::{Action, BadFrames, Endpoints, MalformedKind};
 use std::path::PathBuf;
@@ -42,6 +44,12 @@ pub enum PublisherError {
     /// Reading or writing the action log failed.
     #[error("action log: {0}")]
     Store(#[from] sled::Error),
+    /// The enrollment store cannot be read.
+    #[error(transparent)]
+    Enroll(#[from] bus::enroll::EnrollError),
+    /// The ZAP handler could not start.
+    #[error(transparent)]
+    Zap(#[from] bus::zap::ZapError),
 }
 
 /// How to run a publisher.
@@ -65,6 +73,9 @@ pub struct Publisher {
     link: zmq::Socket,
     publish: zmq::Socket,
     replay: zmq::Socket,
+    doors: doors::Doors,
+    publish_endpoint: String,
+    security: bus::secure::Security,
     log: sled::Tree,
     /// Action name -> the sequence number of its newest action: pruning keeps those, so the
     /// actions in force can always be replayed.
@@ -94,15 +105,20 @@ impl Publisher {
             Some((k, _)) => seq_of(&k) + 1,
             None => 1,
         };
+        // The ZAP handler is bound before any socket, or libzmq would let every key in.
+        let doors = doors::Doors::new(&cfg.security, &cfg.state_dir)?;
         let link = bus::sockets::bind(zmq::PULL, &cfg.endpoints.link)?;
         let sec = &cfg.security;
-        let publish = bus::secure::bind(zmq::PUB, &cfg.endpoints.publish, sec, Door::Publish)?;
+        let publish = doors::bind_fanout(&cfg.endpoints.publish, sec)?;
         let replay = bus::secure::bind(zmq::REP, &cfg.endpoints.replay, sec, Door::Replay)?;
         tracing::info!(link = %cfg.endpoints.link, publish = %cfg.endpoints.publish, replay = %cfg.endpoints.replay, next_seq, "publisher up");
         Ok(Publisher {
             link,
             publish,
             replay,
+            doors,
+            publish_endpoint: cfg.endpoints.publish.clone(),
+            security: cfg.security.clone(),
             log,
             latest,
             db,
@@ -120,14 +136,30 @@ impl Publisher {
         let mut last_flush = Instant::now();
         let mut dirty = false;
         while !stop.load(Ordering::Relaxed) {
-            let (readable, replay) = {
+            let (readable, replay, subscriptions) = {
                 let mut items = [
                     self.link.as_poll_item(zmq::POLLIN),
                     self.replay.as_poll_item(zmq::POLLIN),
+                    self.publish.as_poll_item(zmq::POLLIN),
                 ];
                 bus::sockets::poll(&mut items, 100)?;
-                (items[0].is_readable(), items[1].is_readable())
+                let [link, replay, publish] = &items;
+                (
+                    link.is_readable(),
+                    replay.is_readable(),
+                    publish.is_readable(),
+                )
             };
+            if subscriptions {
+                self.doors.serve_subscriptions(&self.publish)?;
+            }
+            if self.doors.refresh()? {
+                // Closing first frees the port for the new socket (bind_fanout retries briefly).
+                self.publish.set_linger(0)?;
+                let unbound = bus::sockets::socket(zmq::XPUB)?;
+                drop(std::mem::replace(&mut self.publish, unbound));
+                self.publish = doors::bind_fanout(&self.publish_endpoint, &self.security)?;
+            }
             if replay {
                 self.handle_replay()?;
             }
@@ -154,9 +186,15 @@ impl Publisher {
     }
 
     fn handle_replay(&mut self) -> Result<(), PublisherError> {
-        let req = self.replay.recv_bytes(zmq::DONTWAIT)?;
+        let mut req = zmq::Message::new();
+        self.replay.recv(&mut req, zmq::DONTWAIT)?;
+        let user = req.gets("User-Id").map(str::to_string);
         let frames = match serde_json::from_slice::<ReplayRequest>(&req) {
-            Ok(r) => self.replay_frames(&r)?,
+            Ok(mut r) => {
+                // A host is served only its own topics; the rest are named in the header.
+                let refused = self.doors.filter_topics(user.as_deref(), &mut r.topics);
+                self.replay_frames(&r, &refused)?
+            }
             Err(e) => vec![
                 serde_json::json!({"error": format!("bad replay request: {e}")})
                     .to_string()
@@ -168,7 +206,11 @@ impl Publisher {
     }
 
     /// The header frame and the matching actions after `since`, oldest first.
-    fn replay_frames(&self, r: &ReplayRequest) -> Result<Vec<Vec<u8>>, PublisherError> {
+    fn replay_frames(
+        &self,
+        r: &ReplayRequest,
+        refused: &[String],
+    ) -> Result<Vec<Vec<u8>>, PublisherError> {
         let oldest = match self.log.first()? {
             Some((k, _)) => seq_of(&k),
             None => self.next_seq,
@@ -207,6 +249,7 @@ impl Publisher {
             "last_seq": self.next_seq - 1,
             "oldest": oldest,
             "gap": r.since < pruned_through,
+            "refused": refused,
         });
         let mut frames = vec![header.to_string().into_bytes()];
         frames.extend(picked.into_iter().map(|(_, _, f)| f));
