@@ -18,6 +18,7 @@ mod doors;
 
 use bus::secure::Door;
 use bus::{Action, BadFrames, Endpoints, MalformedKind};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -98,7 +99,17 @@ impl Publisher {
         let db = sled::Config::new()
             .path(&path)
             .open()
-            .map_err(|source| PublisherError::Log { path, source })?;
+            .map_err(|source| PublisherError::Log {
+                path: path.clone(),
+                source,
+            })?;
+        // The log holds every action, file contents included: only the owner may read it.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+            PublisherError::Log {
+                path: path.clone(),
+                source: sled::Error::Io(e),
+            }
+        })?;
         let log = db.open_tree("actions")?;
         let latest = db.open_tree("latest")?;
         let next_seq = match log.last()? {

@@ -193,4 +193,11 @@ fn hosts_get_their_own_topics_only_and_a_revoked_one_is_cut_off() {
 
     stop.store(true, Ordering::Relaxed);
     run.join().unwrap().unwrap();
+    // The log holds every action, file contents included: only its owner may read it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(state.join("publisher"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
 }

@@ -27,6 +27,7 @@
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -219,7 +220,12 @@ impl Registers {
                 .flush_every_ms(Some(500))
                 .open()
             {
-                Ok(db) => return Registers::with_db(db),
+                Ok(db) => {
+                    // Registers hold what rules decide on (commands included): owner only.
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                        .map_err(|e| RegisterError::from(sled::Error::Io(e)))?;
+                    return Registers::with_db(db);
+                }
                 Err(sled::Error::Io(e))
                     if e.kind() == std::io::ErrorKind::Other
                         && e.to_string().contains("lock")
