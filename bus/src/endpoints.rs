@@ -19,6 +19,8 @@ pub struct Endpoints {
     pub monitor: String,
     /// Manager control socket (REP): port base + 4.
     pub control: String,
+    /// Manager enrollment door (REP): port base + 5.
+    pub enroll: String,
     /// Manager -> publisher link (PUSH/PULL, bound by the publisher) under the state dir.
     pub link: String,
 }
@@ -34,6 +36,7 @@ impl Endpoints {
             replay: tcp(2),
             monitor: tcp(3),
             control: tcp(4),
+            enroll: tcp(5),
             link: link_endpoint(state_dir),
         }
     }

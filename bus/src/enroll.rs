@@ -427,5 +427,8 @@ impl Follow {
     }
 }
 
+mod ask;
+pub use ask::{ask, AskError, AskReply, AskRequest, MAX_REQUEST};
+
 #[cfg(test)]
 mod tests;
