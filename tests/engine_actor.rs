@@ -56,6 +56,8 @@ impl Fake {
                 "0.3",
                 "--graphviz",
                 &p(graphviz),
+                // This test plays a plain publisher and manager itself.
+                "--insecure",
             ],
         );
         self.wait("actor/up", |e| e.tag == "actor/up");

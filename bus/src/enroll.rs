@@ -428,7 +428,7 @@ impl Follow {
 }
 
 mod ask;
-pub use ask::{ask, AskError, AskReply, AskRequest, MAX_REQUEST};
+pub use ask::{ask, wait_until_accepted, AskError, AskReply, AskRequest, ASK_EVERY, MAX_REQUEST};
 
 #[cfg(test)]
 mod tests;

@@ -123,9 +123,14 @@ impl Trust {
 
     /// Re-read the store when another process changed it (at most every [`FOLLOW_EVERY`]).
     pub fn follow(&mut self) {
-        if self.last_follow.elapsed() < FOLLOW_EVERY {
-            return;
+        if self.last_follow.elapsed() >= FOLLOW_EVERY {
+            self.follow_now();
         }
+    }
+
+    /// Re-read the store now when another process changed it: before the manager changes it
+    /// itself, so it never writes over what `reflex keys` did offline a moment ago.
+    fn follow_now(&mut self) {
         self.last_follow = Instant::now();
         match self.follow.poll() {
             Ok(Some(store)) => {
@@ -194,6 +199,7 @@ impl Trust {
         let Some(user_id) = user_id else {
             return refuse("no authenticated key".into());
         };
+        self.follow_now();
         let key = match bus::zap::parse_pending_user_id(user_id) {
             Some(k) => k,
             // An accepted key asking again: it is what it was enrolled as.
@@ -227,6 +233,7 @@ impl Trust {
     /// The online `{"cmd": "keys", "op": ...}` control commands; changes reach the key set at
     /// once.
     pub fn keys_command(&mut self, req: &Value) -> Value {
+        self.follow_now();
         let str_arg = |k: &str| req.get(k).and_then(Value::as_str);
         let op = str_arg("op");
         if op == Some("list") {

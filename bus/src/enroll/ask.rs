@@ -95,3 +95,77 @@ pub fn ask(
         Err(e) => Err(e.into()),
     }
 }
+
+/// How often a host that is not accepted yet asks again.
+pub const ASK_EVERY: Duration = Duration::from_secs(10);
+
+/// How long one question waits for the door; no answer means ask again at once.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ask at once and every [`ASK_EVERY`] until the manager says accepted: true then, false when
+/// `stop` was set first. Tells the operator once, clearly, what to run on the control node.
+///
+/// Hosts (actors, beacons) call this before they connect anything else: libzmq 4.3 gives up
+/// on a connection whose handshake ZAP refused (it never reconnects), so a socket connected
+/// while its key was still pending would stay dead after the operator accepts it.
+pub fn wait_until_accepted(
+    endpoint: &str,
+    sec: &Security,
+    name: &str,
+    stop: &std::sync::atomic::AtomicBool,
+) -> bool {
+    use std::sync::atomic::Ordering;
+    let mut told: Option<String> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let (said, wait) = match ask(endpoint, sec, name, ASK_TIMEOUT) {
+            Ok(AskReply::Known {
+                state: State::Accepted,
+                groups,
+                ..
+            }) => {
+                tracing::info!(name = %name, groups = ?groups, "enrolled on the manager");
+                return true;
+            }
+            Ok(AskReply::Known {
+                state: State::Pending,
+                fingerprint,
+                ..
+            }) => (
+                format!(
+                    "waiting to be accepted on the manager: reflex keys accept {name} \
+                     (fingerprint {fingerprint})"
+                ),
+                ASK_EVERY,
+            ),
+            Ok(AskReply::Known {
+                state: State::Rejected,
+                fingerprint,
+                ..
+            }) => (
+                format!(
+                    "the manager rejected this key (fingerprint {fingerprint}) for {name}; \
+                     `reflex keys revoke {name}` there lets it enroll again"
+                ),
+                ASK_EVERY,
+            ),
+            Ok(AskReply::Error { error }) => (
+                format!("the manager refused to enroll {name}: {error}"),
+                ASK_EVERY,
+            ),
+            // No manager yet: the timeout was the wait.
+            Err(e) => (
+                format!("cannot ask the manager to enroll {name} yet: {e}"),
+                Duration::ZERO,
+            ),
+        };
+        if told.as_deref() != Some(said.as_str()) {
+            tracing::warn!("{said}");
+            told = Some(said);
+        }
+        let until = std::time::Instant::now() + wait;
+        while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    false
+}
