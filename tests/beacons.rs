@@ -182,7 +182,15 @@ fn a_beacon_process_sends_identity_kinds_and_its_own_failures() {
     );
     let mut b = Proc::start(
         "beacon",
-        &["beacon", "--config", cfg.to_str().unwrap(), "--to", &ep],
+        // This test plays a plain manager itself.
+        &[
+            "beacon",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--to",
+            &ep,
+            "--insecure",
+        ],
     );
     let got = collect_until(&s, "heartbeat, mem and the log failure", |g| {
         ["beacon/heartbeat", "beacon/mem", "beacon/log/error"]
@@ -222,6 +230,7 @@ fn a_beacon_process_sends_identity_kinds_and_its_own_failures() {
             &ep,
             "--host",
             "flags",
+            "--insecure",
         ],
     );
     let got = collect_until(&s, "three load samples", |g| {
