@@ -8,6 +8,10 @@
 //! No event value becomes shell syntax: a rule whose exec shell line holds one unquoted fails
 //! ([`shell`]), and [`lint`] finds such rules before they run (`reflex rules check`).
 //!
+//! Who may speak is [`trust`]'s: the ZAP handler's keys from the enrollment store, the enroll
+//! door where an unknown host asks to be enrolled, and the check of each frame's `User-Id`
+//! (a host key speaks only for its own host; a revoked key is cut off on open connections).
+//!
 //! All sockets live on the one thread that runs [`Manager::run`]: ZeroMQ sockets are not
 //! thread-safe, and one thread keeps every host's events in order.
 

@@ -60,7 +60,22 @@ fn process_keys() -> Result<KeySet, TrustError> {
         return Ok(keys.clone());
     }
     let keys = KeySet::new();
-    bus::zap::install(keys.clone(), Mode::Secure, |_| {})?;
+    // Strangers can knock in floods: said at most once a second.
+    let log = std::sync::Mutex::new(RateLog::default());
+    bus::zap::install(keys.clone(), Mode::Secure, move |u| {
+        let mut log = log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        log.warn(|quiet| {
+            format!(
+                "refused unknown key {} from {} at the {} door (a host enrolls through the enroll \
+                 door first; {quiet} more not logged)",
+                u.key.fingerprint(),
+                u.address,
+                u.domain
+            )
+        });
+    })?;
     let _ = KEYS.set(keys.clone());
     Ok(keys)
 }
