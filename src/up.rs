@@ -189,7 +189,12 @@ pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     if security.is_secure() {
         crate::security::enroll_local_host(&a.stack.state, &name, &a.groups)?;
     }
-    let admin = crate::security::security(&a.stack, crate::security::Node::Client)?;
+    // Insecure was said (and warned about) once above.
+    let admin = if security.is_secure() {
+        crate::security::security(&a.stack, crate::security::Node::Client)?
+    } else {
+        bus::secure::Security::Insecure
+    };
     let stop = stop_flag()?;
     let common = |sub: &str| -> Vec<String> {
         let mut v = vec![
