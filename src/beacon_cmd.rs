@@ -87,10 +87,18 @@ pub fn beacon(a: BeaconArgs) -> anyhow::Result<ExitCode> {
         println!("ok: {} beacons", cfg.beacons.len());
         return Ok(ExitCode::SUCCESS);
     }
+    let security = crate::security::security(&a.stack, crate::security::Node::Host)?;
     let stop = stop_flag()?;
     let host = a.host.clone().or(cfg.host.clone()).unwrap_or_else(hostname);
     let to = a.to.clone().unwrap_or(a.stack.endpoints().ingest);
-    let emitter = Arc::new(beacons::Emitter::connect(&to, &host)?);
+    // A beacon started by hand on a new host enrolls its (the host's) key like the actor,
+    // before it connects.
+    if let Some(door) = bus::endpoints::enroll_for(&to).filter(|_| security.is_secure()) {
+        if !bus::enroll::wait_until_accepted(&door, &security, &host, &stop) {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let emitter = Arc::new(beacons::Emitter::connect(&to, &host, &security)?);
     let kinds: Vec<&str> = cfg.beacons.iter().map(|s| s.beacon.kind()).collect();
     tracing::info!(to = %to, host = %host, beacons = %kinds.join(","), "beacons up");
     let running = beacons::run(cfg, emitter.clone());

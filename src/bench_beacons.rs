@@ -10,6 +10,7 @@
 
 use crate::bench_util::{daemon, events_seen, free_port_base};
 use crate::cli::Exit;
+use bus::secure::Security;
 use clap::Args;
 use serde_json::json;
 use std::path::PathBuf;
@@ -57,10 +58,10 @@ fn usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
     ))
 }
 
-fn wait_manager(control: &str) -> anyhow::Result<u64> {
+fn wait_manager(control: &str, sec: &Security) -> anyhow::Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match events_seen(control) {
+        match events_seen(control, sec) {
             Ok(n) => return Ok(n),
             Err(e) if Instant::now() > deadline => {
                 return Err(Exit::unreachable(format!(
@@ -90,6 +91,8 @@ pub fn run(a: BeaconsArgs) -> anyhow::Result<ExitCode> {
     }
     let base = free_port_base()?;
     let ep = bus::Endpoints::local(base, &state);
+    let sec = crate::security::local_admin(&state, base)?;
+    crate::security::enroll_local_host(&state, "bench-beacon", &[])?;
     let exe = std::env::current_exe()?;
     let common = |sub: &str| -> Vec<String> {
         vec![
@@ -104,10 +107,10 @@ pub fn run(a: BeaconsArgs) -> anyhow::Result<ExitCode> {
     let mut margs = common("manager");
     margs.extend(["--rules".into(), rules.display().to_string()]);
     let _manager = daemon(&exe, &margs)?;
-    wait_manager(&ep.control)?;
+    wait_manager(&ep.control, &sec)?;
     // The beacon's events, counted on the manager's monitor stream (the manager's own events
     // would blur a count of everything it took).
-    let (mon, watch) = bus::sockets::connect_watched(zmq::SUB, &ep.monitor)?;
+    let (mon, watch) = bus::secure::connect_watched(zmq::SUB, &ep.monitor, &sec)?;
     mon.set_subscribe(b"event/beacon/")?;
     if !watch.wait(Duration::from_secs(20)) {
         return Err(Exit::unreachable(
@@ -164,12 +167,12 @@ pub fn run(a: BeaconsArgs) -> anyhow::Result<ExitCode> {
     eprintln!("emitter: {} events into the manager...", a.events);
     // A queue as deep as the run, so the rate is the emitter's, not the manager's back-pressure.
     let queue = i32::try_from(a.events).unwrap_or(i32::MAX);
-    let em = beacons::Emitter::with_queue(&ep.ingest, "bench-emitter", queue)?;
+    let em = beacons::Emitter::with_queue(&ep.ingest, "bench-emitter", queue, &sec)?;
     // One event through first, so the connection is up before the clock starts.
-    let seen = events_seen(&ep.control)?;
+    let seen = events_seen(&ep.control, &sec)?;
     em.emit("bench/warmup", json!({}));
     let deadline = Instant::now() + Duration::from_secs(20);
-    while events_seen(&ep.control)? <= seen {
+    while events_seen(&ep.control, &sec)? <= seen {
         if Instant::now() > deadline {
             return Err(Exit::unreachable(
                 "the manager took no event from the emitter",
@@ -177,7 +180,7 @@ pub fn run(a: BeaconsArgs) -> anyhow::Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let before = events_seen(&ep.control)?;
+    let before = events_seen(&ep.control, &sec)?;
     // The warm-up event is counted as sent too: measure only what the loop sends.
     let sent_before = em.sent();
     let start = Instant::now();
@@ -190,7 +193,7 @@ pub fn run(a: BeaconsArgs) -> anyhow::Result<ExitCode> {
     let emit_per_s = sent as f64 / emit_secs;
     let want = before + sent;
     let deadline = Instant::now() + Duration::from_secs(600);
-    while events_seen(&ep.control)? < want {
+    while events_seen(&ep.control, &sec)? < want {
         if Instant::now() > deadline {
             return Err(anyhow::anyhow!(
                 "the manager did not take the emitted events within 10 minutes"

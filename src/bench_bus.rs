@@ -86,7 +86,7 @@ pub fn run(a: BusArgs) -> anyhow::Result<ExitCode> {
     let ep = stack.endpoints.clone();
 
     // Monitor first, so the actor's announcement cannot be missed.
-    let (mon, watch) = bus::sockets::connect_watched(zmq::SUB, &ep.monitor)?;
+    let (mon, watch) = bus::secure::connect_watched(zmq::SUB, &ep.monitor, &stack.security)?;
     mon.set_subscribe(b"event/actor/")?;
     if !watch.wait(Duration::from_secs(20)) {
         return Err(Exit::unreachable(
@@ -94,6 +94,7 @@ pub fn run(a: BusArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     std::thread::sleep(Duration::from_millis(100));
+    stack.enroll_host(ACTOR)?;
     stack.spawn("actor", &["--name".into(), ACTOR.into()])?;
     wait_actor_up(&mon, Duration::from_secs(20))?;
 
@@ -109,9 +110,9 @@ pub fn run(a: BusArgs) -> anyhow::Result<ExitCode> {
         "manager: {} events of {size} bytes from {} hosts...",
         a.events, a.hosts
     );
-    let push = bus::sockets::connect(zmq::PUSH, &ep.ingest)?;
+    let push = bus::secure::connect(zmq::PUSH, &ep.ingest, &stack.security)?;
     let (events_per_s, sent) = stack.push_through(&push, &frames, a.events)?;
-    let st = stats(&ep.control)?;
+    let st = stats(&ep.control, &stack.security)?;
 
     eprintln!(
         "latency: {} events one at a time through the actor...",

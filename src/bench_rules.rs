@@ -52,7 +52,7 @@ pub fn run(a: RulesArgs) -> anyhow::Result<ExitCode> {
     }
     let stack = BenchStack::start(write_rules)?;
     let ep = &stack.endpoints;
-    let loaded = crate::bench_util::stats(&ep.control)?["rules"]
+    let loaded = crate::bench_util::stats(&ep.control, &stack.security)?["rules"]
         .as_array()
         .map(Vec::len)
         .unwrap_or(0);
@@ -70,7 +70,7 @@ pub fn run(a: RulesArgs) -> anyhow::Result<ExitCode> {
         a.events
     );
     let floor_per_s = floor(a.events, size)?;
-    let push = bus::sockets::connect(zmq::PUSH, &ep.ingest)?;
+    let push = bus::secure::connect(zmq::PUSH, &ep.ingest, &stack.security)?;
     eprintln!(
         "manager, 1 of {RULES} rules matching: {} events...",
         a.events
@@ -85,6 +85,7 @@ pub fn run(a: RulesArgs) -> anyhow::Result<ExitCode> {
                 &ep.control,
                 &json!({"cmd": "registers", "op": "get", "key": format!("bench/host-{h:03}")}),
                 Duration::from_secs(5),
+                &stack.security,
             )
             .ok()?["ok"]
                 .as_u64()

@@ -1,6 +1,7 @@
 //! What the benchmarks share: daemons as child processes on free ports, the raw ZeroMQ floor,
 //! and the manager's counters.
 
+use bus::secure::Security;
 use serde_json::json;
 use std::path::Path;
 use std::process::{Child, Command};
@@ -36,19 +37,20 @@ pub fn daemon(exe: &Path, args: &[String]) -> anyhow::Result<Daemon> {
     Ok(Daemon(child))
 }
 
-/// A port base whose five ports are free now.
+/// A port base whose ports (all [`bus::endpoints::TCP_PORTS`]) are free now.
 pub fn free_port_base() -> anyhow::Result<u16> {
     for _ in 0..200 {
         let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
         let base = probe.local_addr()?.port();
         drop(probe);
         if base < 60_000
-            && (0..5).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+            && (0..bus::endpoints::TCP_PORTS)
+                .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
         {
             return Ok(base);
         }
     }
-    Err(anyhow::anyhow!("no five consecutive free ports found"))
+    Err(anyhow::anyhow!("no run of free ports for a stack found"))
 }
 
 /// Raw ZeroMQ PUSH -> PULL over loopback TCP: the floor nothing built on it can beat.
@@ -77,12 +79,17 @@ pub fn floor(n: u64, size: usize) -> anyhow::Result<f64> {
     Ok(n as f64 / (end - start).as_secs_f64())
 }
 
-pub fn stats(control: &str) -> anyhow::Result<serde_json::Value> {
-    crate::send::control_request(control, &json!({"cmd": "stats"}), Duration::from_secs(5))
+pub fn stats(control: &str, sec: &Security) -> anyhow::Result<serde_json::Value> {
+    crate::send::control_request(
+        control,
+        &json!({"cmd": "stats"}),
+        Duration::from_secs(5),
+        sec,
+    )
 }
 
-pub fn events_seen(control: &str) -> anyhow::Result<u64> {
-    stats(control)?["events"]
+pub fn events_seen(control: &str, sec: &Security) -> anyhow::Result<u64> {
+    stats(control, sec)?["events"]
         .as_u64()
         .ok_or_else(|| anyhow::anyhow!("manager stats lack an event count"))
 }
@@ -91,6 +98,8 @@ pub fn events_seen(control: &str) -> anyhow::Result<u64> {
 /// free ports with a throwaway state dir; everything is stopped and removed when dropped.
 pub struct BenchStack {
     pub endpoints: bus::Endpoints,
+    /// The admin key of the stack's state dir, pinning its manager key.
+    pub security: Security,
     state: std::path::PathBuf,
     base: u16,
     exe: std::path::PathBuf,
@@ -114,6 +123,7 @@ impl BenchStack {
         let base = free_port_base()?;
         let mut s = BenchStack {
             endpoints: bus::Endpoints::local(base, &state),
+            security: crate::security::local_admin(&state, base)?,
             state,
             base,
             exe: std::env::current_exe()?,
@@ -123,13 +133,18 @@ impl BenchStack {
         s.spawn("publisher", &[])?;
         s.spawn("manager", &["--rules".into(), rules.display().to_string()])?;
         let deadline = Instant::now() + Duration::from_secs(20);
-        while stats(&s.endpoints.control).is_err() {
+        while stats(&s.endpoints.control, &s.security).is_err() {
             if Instant::now() > deadline {
                 return Err(anyhow::anyhow!("the bench manager did not come up"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(s)
+    }
+
+    /// Enroll the stack's host key, accepted, as `name` (before starting an actor so named).
+    pub fn enroll_host(&self, name: &str) -> anyhow::Result<()> {
+        crate::security::enroll_local_host(&self.state, name, &[])
     }
 
     /// Start `reflex SUB --state .. --port-base .. EXTRA...` as part of the stack.
@@ -155,14 +170,14 @@ impl BenchStack {
         frames: &[Vec<u8>],
         n: u64,
     ) -> anyhow::Result<(f64, f64)> {
-        let before = events_seen(&self.endpoints.control)?;
+        let before = events_seen(&self.endpoints.control, &self.security)?;
         let start = Instant::now();
         for i in 0..n {
             push.send(&frames[(i % frames.len() as u64) as usize][..], 0)?;
         }
         let sent = start.elapsed().as_secs_f64();
         let deadline = Instant::now() + Duration::from_secs(600);
-        while events_seen(&self.endpoints.control)? < before + n {
+        while events_seen(&self.endpoints.control, &self.security)? < before + n {
             if Instant::now() > deadline {
                 return Err(anyhow::anyhow!(
                     "the manager did not take all events within 10 minutes"

@@ -44,18 +44,27 @@ impl LogFormat {
     }
 }
 
-/// Where a stack lives: its state dir and its port base.
+/// Where a stack lives (its state dir, its port base) and how it is secured.
 #[derive(Args, Clone, Debug)]
 pub struct StackArgs {
-    /// State directory (registers, action log, the ipc link).
-    #[arg(long, default_value = ".reflex")]
+    /// State directory (registers, action log, the ipc link; `keys/` holds this node's key
+    /// pairs and the enrollment store).
+    #[arg(long, env = "REFLEX_STATE", default_value = ".reflex")]
     pub state: PathBuf,
-    /// Port base: ingest on N, publisher on N+1, replay N+2, monitor N+3, control N+4.
+    /// Port base: ingest on N, publisher on N+1, replay N+2, monitor N+3, control N+4, enroll N+5.
     #[arg(long, default_value_t = bus::endpoints::DEFAULT_PORT_BASE)]
     pub port_base: u16,
     /// Address the manager and publisher bind and clients connect to.
     #[arg(long, default_value = "127.0.0.1")]
     pub addr: String,
+    /// No CURVE: plain, unauthenticated sockets that anyone who can reach them may use.
+    /// Logged as a warning at every start.
+    #[arg(long)]
+    pub insecure: bool,
+    /// The manager's public key to trust (hex, Z85, or a file holding it; `reflex keys show`
+    /// prints it on the control node). Default: the state dir's `keys/manager.pub`.
+    #[arg(long, value_name = "KEY")]
+    pub manager_key: Option<String>,
 }
 
 impl StackArgs {
@@ -69,15 +78,8 @@ impl StackArgs {
     }
 }
 
-/// Where a tool finds the keys: the state dir alone.
-#[derive(Args, Clone, Debug)]
-pub struct StateArgs {
-    /// State directory; its `keys/` holds this node's key pairs and the enrollment store.
-    #[arg(long, env = "REFLEX_STATE", default_value = ".reflex")]
-    pub state: PathBuf,
-}
-
-/// `reflex keys ...`: offline, on the state dir (see `keys_cmd.rs`).
+/// `reflex keys ...`: through a running manager's control socket, else offline on the state
+/// dir (see `keys_cmd.rs`).
 #[derive(Subcommand)]
 pub enum KeysCmd {
     /// Every enrolled key: name, state, role, fingerprint, groups.
@@ -86,7 +88,7 @@ pub enum KeysCmd {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        state: StateArgs,
+        stack: StackArgs,
     },
     /// Accept a pending (or rejected) key with its groups; for an accepted one, set its groups.
     Accept {
@@ -96,21 +98,21 @@ pub enum KeysCmd {
         #[arg(long = "group", value_name = "G")]
         groups: Vec<String>,
         #[command(flatten)]
-        state: StateArgs,
+        stack: StackArgs,
     },
     /// Reject a pending or accepted key: it is refused until revoked.
     Reject {
         /// The host's name.
         name: String,
         #[command(flatten)]
-        state: StateArgs,
+        stack: StackArgs,
     },
     /// Forget a key whatever its state: the host has to enroll again.
     Revoke {
         /// The host's name.
         name: String,
         #[command(flatten)]
-        state: StateArgs,
+        stack: StackArgs,
     },
     /// Print a public key of this node as hex, made if missing: by default the manager's, what
     /// hosts take as `--manager-key`.
@@ -119,7 +121,7 @@ pub enum KeysCmd {
         #[arg(long, default_value = "manager")]
         role: bus::keys::Role,
         #[command(flatten)]
-        state: StateArgs,
+        stack: StackArgs,
     },
 }
 
@@ -148,8 +150,8 @@ pub enum Cmd {
     /// Read and write registers (through the running manager, or the state dir).
     #[command(subcommand)]
     Registers(crate::rules_cmd::RegistersOp),
-    /// Enrolled keys (list, accept, reject, revoke) and this node's public key (show), on the
-    /// state dir.
+    /// Enrolled keys (list, accept, reject, revoke; through the running manager, or the state
+    /// dir) and this node's public key (show).
     #[command(subcommand)]
     Keys(KeysCmd),
     /// Ask a running manager for its counters.

@@ -1,6 +1,7 @@
 //! The daemon subcommands: each parses its flags and runs one component until SIGINT/SIGTERM.
 
 use crate::cli::{hostname, stop_flag, Exit, StackArgs};
+use crate::security::{security, Node};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,7 @@ pub struct ManagerArgs {
 
 pub fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
     a.stack.ensure_state()?;
+    let security = security(&a.stack, Node::Control)?;
     let stop = stop_flag()?;
     let cfg = manager::Config {
         endpoints: a.stack.endpoints(),
@@ -37,7 +39,7 @@ pub fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
         },
         host: hostname(),
         watch_rules: !a.no_watch,
-        security: bus::secure::Security::Insecure,
+        security,
     };
     manager::run(cfg, stop)?;
     Ok(ExitCode::SUCCESS)
@@ -54,13 +56,14 @@ pub struct PublisherArgs {
 
 pub fn publisher(a: PublisherArgs) -> anyhow::Result<ExitCode> {
     a.stack.ensure_state()?;
+    let security = security(&a.stack, Node::Control)?;
     let stop = stop_flag()?;
     let cfg = publisher::Config {
         endpoints: a.stack.endpoints(),
         state_dir: a.stack.state.clone(),
         max_frame: bus::MAX_FRAME,
         keep: a.keep,
-        security: bus::secure::Security::Insecure,
+        security,
     };
     publisher::run(cfg, &stop)?;
     Ok(ExitCode::SUCCESS)
@@ -99,9 +102,7 @@ pub struct ActorArgs {
 
 /// `tcp://host:N` -> `tcp://host:N+1` (the replay port sits after the publisher's).
 fn next_port(endpoint: &str) -> Option<String> {
-    let (head, port) = endpoint.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    Some(format!("{head}:{}", port.checked_add(1)?))
+    bus::endpoints::port_plus(endpoint, 1)
 }
 
 pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
@@ -113,6 +114,7 @@ pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     a.stack.ensure_state()?;
+    let security = security(&a.stack, Node::Host)?;
     let replay = match (a.no_replay, a.replay, &a.publisher) {
         (true, _, _) => None,
         (false, Some(r), _) => Some(r),
@@ -133,7 +135,7 @@ pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
         state: Some(a.stack.state.clone()),
         graphviz: a.graphviz,
         converged_timeout: std::time::Duration::from_secs_f64(a.converged_timeout),
-        security: bus::secure::Security::Insecure,
+        security,
     };
     match actor::run(cfg, stop) {
         Ok(()) => Ok(ExitCode::SUCCESS),

@@ -15,6 +15,7 @@ mod cli;
 mod daemons;
 mod keys_cmd;
 mod rules_cmd;
+mod security;
 mod send;
 mod tail;
 mod up;

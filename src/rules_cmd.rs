@@ -204,10 +204,12 @@ pub fn registers(op: RegistersOp) -> anyhow::Result<ExitCode> {
         RegistersOp::Del { key, stack } => ("del", Some(key), None, stack),
     };
     let req = json!({"cmd": "registers", "op": op, "key": key, "prefix": key, "value": value});
+    let sec = crate::security::security(&stack, crate::security::Node::Client)?;
     let reply = match crate::send::control_request(
         &stack.endpoints().control,
         &req,
         Duration::from_millis(1500),
+        &sec,
     ) {
         Ok(r) => r,
         Err(e) if e.downcast_ref::<Exit>().is_some_and(|x| x.code == 3) => {

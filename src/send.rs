@@ -1,6 +1,7 @@
 //! `reflex send` (one event) and `reflex status` (a manager's counters).
 
 use crate::cli::{hostname, Exit, StackArgs};
+use crate::security::{security, Node};
 use clap::Args;
 use serde_json::{Map, Value};
 use std::process::ExitCode;
@@ -75,7 +76,8 @@ pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
     let data = build_data(a.data.as_deref(), &a.fields)?;
     let to = a.to.unwrap_or(a.stack.endpoints().ingest);
     let ev = bus::Event::new(a.tag, a.host.unwrap_or_else(hostname), data);
-    match beacons::send_once(&to, &ev, Duration::from_secs_f64(a.timeout)) {
+    let sec = security(&a.stack, Node::Client)?;
+    match beacons::send_once(&to, &ev, Duration::from_secs_f64(a.timeout), &sec) {
         Ok(()) => {
             println!("{}", ev.id);
             Ok(ExitCode::SUCCESS)
@@ -94,13 +96,14 @@ pub struct StatusArgs {
     pub timeout: f64,
 }
 
-/// Ask the control socket one JSON question.
+/// Ask the control socket one JSON question, with the admin key.
 pub fn control_request(
     endpoint: &str,
     request: &Value,
     timeout: Duration,
+    sec: &bus::secure::Security,
 ) -> anyhow::Result<Value> {
-    let s = bus::sockets::connect(zmq::REQ, endpoint)?;
+    let s = bus::secure::connect(zmq::REQ, endpoint, sec)?;
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
     s.set_rcvtimeo(ms)?;
     s.set_sndtimeo(ms)?;
@@ -121,6 +124,7 @@ pub fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         &a.stack.endpoints().control,
         &serde_json::json!({"cmd": "stats"}),
         Duration::from_secs_f64(a.timeout.max(0.1)),
+        &security(&a.stack, Node::Client)?,
     )?;
     println!("{}", serde_json::to_string_pretty(&reply)?);
     Ok(ExitCode::SUCCESS)

@@ -89,7 +89,8 @@ pub fn render(topic: &str, payload: &[u8], json: bool) -> Option<String> {
 pub fn run(a: TailArgs) -> anyhow::Result<ExitCode> {
     let from = a.from.unwrap_or(a.stack.endpoints().monitor);
     let stop = crate::cli::stop_flag()?;
-    let sub = bus::sockets::connect(zmq::SUB, &from)?;
+    let sec = crate::security::security(&a.stack, crate::security::Node::Client)?;
+    let sub = bus::secure::connect(zmq::SUB, &from, &sec)?;
     sub.set_subscribe(a.filter.as_bytes())?;
     eprintln!("tailing {from} (Ctrl-C to stop)");
     let mut out = std::io::stdout().lock();

@@ -142,10 +142,11 @@ fn announce_when_ready(
     actor: String,
     stop: std::sync::Arc<AtomicBool>,
     summary: String,
+    sec: bus::secure::Security,
 ) {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
-        let Ok((sub, watch)) = bus::sockets::connect_watched(zmq::SUB, &monitor) else {
+        let Ok((sub, watch)) = bus::secure::connect_watched(zmq::SUB, &monitor, &sec) else {
             return;
         };
         if sub.set_subscribe(b"event/actor/up").is_err() {
@@ -180,10 +181,23 @@ pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     a.stack.ensure_state()?;
     let rules = rules_dir(&a)?;
     let exe = std::env::current_exe()?;
-    let stop = stop_flag()?;
     let name = a.name.clone().unwrap_or_else(hostname);
+    // The control node's security (refusing a build without CURVE, warning on --insecure),
+    // and its own host enrolled before the parts start, so its actor and beacons are in at
+    // once and the admin key of the state dir drives send, tail, registers, keys and status.
+    let security = crate::security::security(&a.stack, crate::security::Node::Control)?;
+    if security.is_secure() {
+        crate::security::enroll_local_host(&a.stack.state, &name, &a.groups)?;
+    }
+    // Insecure was said (and warned about) once above.
+    let admin = if security.is_secure() {
+        crate::security::security(&a.stack, crate::security::Node::Client)?
+    } else {
+        bus::secure::Security::Insecure
+    };
+    let stop = stop_flag()?;
     let common = |sub: &str| -> Vec<String> {
-        vec![
+        let mut v = vec![
             sub.to_string(),
             "--state".into(),
             a.stack.state.display().to_string(),
@@ -195,7 +209,11 @@ pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
             log.log_format.as_str().into(),
             "--log-level".into(),
             log.log_level.clone(),
-        ]
+        ];
+        if a.stack.insecure {
+            v.push("--insecure".into());
+        }
+        v
     };
     let mut actor = common("actor");
     actor.extend(["--name".to_string(), name.clone()]);
@@ -243,7 +261,8 @@ pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     ];
     let ep = a.stack.endpoints();
     let summary = format!(
-        "ingest {} | publisher {} | monitor {} | state {} | rules {} | actor {}",
+        "{} | ingest {} | publisher {} | monitor {} | state {} | rules {} | actor {}",
+        crate::security::describe(&security),
         ep.ingest,
         ep.publish,
         ep.monitor,
@@ -255,7 +274,7 @@ pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     for p in parts.iter_mut().take(2) {
         p.spawn(&exe);
     }
-    announce_when_ready(ep.monitor.clone(), name, stop.clone(), summary);
+    announce_when_ready(ep.monitor.clone(), name, stop.clone(), summary, admin);
     for p in parts.iter_mut().skip(2) {
         p.spawn(&exe);
     }

@@ -51,7 +51,7 @@ fn a_file_beacon_event_makes_the_shipped_rule_act() {
     );
     let mut up = Proc::start("up", &args_ref(&args));
     up.wait_line("reflex is up", T);
-    let mut mon = Monitor::connect(base);
+    let mut mon = Monitor::connect(&state, base);
 
     // The beacon watches once it has started: poke until a creation is reported.
     let deadline = Instant::now() + T;
@@ -182,7 +182,15 @@ fn a_beacon_process_sends_identity_kinds_and_its_own_failures() {
     );
     let mut b = Proc::start(
         "beacon",
-        &["beacon", "--config", cfg.to_str().unwrap(), "--to", &ep],
+        // This test plays a plain manager itself.
+        &[
+            "beacon",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--to",
+            &ep,
+            "--insecure",
+        ],
     );
     let got = collect_until(&s, "heartbeat, mem and the log failure", |g| {
         ["beacon/heartbeat", "beacon/mem", "beacon/log/error"]
@@ -222,6 +230,7 @@ fn a_beacon_process_sends_identity_kinds_and_its_own_failures() {
             &ep,
             "--host",
             "flags",
+            "--insecure",
         ],
     );
     let got = collect_until(&s, "three load samples", |g| {
@@ -242,7 +251,7 @@ fn up_runs_the_shipped_default_beacons() {
     let args = up_args(&state, base, "defaulthost", &["--beacon-interval", "1"]);
     let mut up = Proc::start("up", &args_ref(&args));
     up.wait_line("reflex is up", T);
-    let mut mon = Monitor::connect(base);
+    let mut mon = Monitor::connect(&state, base);
     let hb = mon.wait("a heartbeat from the default config", T, |e| {
         e.tag == "beacon/heartbeat" && e.host == "defaulthost"
     });

@@ -56,6 +56,8 @@ impl Fake {
                 "0.3",
                 "--graphviz",
                 &p(graphviz),
+                // This test plays a plain publisher and manager itself.
+                "--insecure",
             ],
         );
         self.wait("actor/up", |e| e.tag == "actor/up");
@@ -266,9 +268,16 @@ fn an_actor_name_that_can_never_match_is_bad_usage() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let state = tmp.path().to_string_lossy().into_owned();
     for args in [
-        vec!["actor", "--name", "web/1", "--state", &state],
+        vec!["actor", "--name", "web/1", "--state", &state, "--insecure"],
         vec![
-            "actor", "--name", "web1", "--group", "a/b", "--state", &state,
+            "actor",
+            "--name",
+            "web1",
+            "--group",
+            "a/b",
+            "--state",
+            &state,
+            "--insecure",
         ],
     ] {
         let (code, _out, err) = run(&args);

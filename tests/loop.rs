@@ -32,7 +32,7 @@ fn up_send_tail_repair_and_clean_stop() {
         "tail",
         &args_ref(&[vec!["tail".to_string()], stack_args(&state, base)].concat()),
     );
-    let mut mon = Monitor::connect(base);
+    let mut mon = Monitor::connect(&state, base);
     std::thread::sleep(Duration::from_millis(300)); // let tail's subscription land too
 
     let target = tmp.path().join("hello");
@@ -143,7 +143,7 @@ fn bad_frames_are_counted_and_a_good_event_still_acts() {
     let up = Proc::start("up", &args_ref(&[vec!["up".to_string()], sa].concat()));
     up.wait_line("reflex is up", T);
 
-    let push = bus::sockets::connect(zmq::PUSH, &format!("tcp://127.0.0.1:{base}")).unwrap();
+    let push = admin_push(&state, base);
     let good = bus::encode(&bus::Event::new("demo/x", "h", json!({"k": "v"})));
     let mut random: Vec<u8> = (0..300u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
@@ -185,6 +185,8 @@ fn bad_frames_are_counted_and_a_good_event_still_acts() {
 #[test]
 fn send_without_a_manager_fails_clearly() {
     let base = free_port_base();
+    let tmp = tempfile::tempdir().unwrap();
+    // A tool on a host of its own: its keys in its state dir, the manager's key given.
     let (code, _, err) = run(&[
         "send",
         "demo/x",
@@ -192,6 +194,10 @@ fn send_without_a_manager_fails_clearly() {
         &base.to_string(),
         "--timeout",
         "0.5",
+        "--state",
+        tmp.path().to_str().unwrap(),
+        "--manager-key",
+        &bus::PublicKey([7; 32]).to_hex(),
     ]);
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("no manager answered"), "{err}");
@@ -216,7 +222,7 @@ fn targeting_reaches_the_named_host_not_a_longer_name() {
             r#"const MATCH = "test/target"; fn react(e) { act(e.data.target, [#{kind: "noop", name: e.data.label}], #{name: e.data.label}); }"#,
         )],
     );
-    let mut mon = Monitor::connect(stack.base);
+    let mut mon = Monitor::connect(&stack.state, stack.base);
     let _a = stack.actor("a", &[]);
     let _ab = stack.actor("ab", &["g1"]);
     for who in ["a", "ab"] {
@@ -266,7 +272,7 @@ fn registers_survive_a_manager_kill_9() {
                }"#,
         )],
     );
-    let mut mon = Monitor::connect(stack.base);
+    let mut mon = Monitor::connect(&stack.state, stack.base);
     let _actor = stack.actor("counter", &[]);
     mon.wait("the actor up", T, |e| {
         e.tag == "actor/up" && e.host == "counter"
@@ -300,7 +306,7 @@ fn a_late_or_restarted_actor_catches_up_from_the_publishers_log() {
             r#"const MATCH = "test/late"; fn react(e) { act("host/late", [#{kind: "file", name: e.data.path, content: e.data.text}], #{name: "late"}); }"#,
         )],
     );
-    let mut mon = Monitor::connect(stack.base);
+    let mut mon = Monitor::connect(&stack.state, stack.base);
     let path = format!("path={}", out.display());
     // Published while no actor named "late" exists.
     stack.send("test/late", &[&path, "text=v1"]);

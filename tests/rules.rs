@@ -21,9 +21,9 @@ fn registers_cmd(stack: &Stack, args: &[&str]) -> Value {
 
 /// Send many events from a thread, as fast as the socket takes them, with a short pause
 /// every 100 so reloads land in the middle of the flow.
-fn flow(base: u16, n: u32) -> std::thread::JoinHandle<()> {
+fn flow(state: &std::path::Path, base: u16, n: u32) -> std::thread::JoinHandle<()> {
+    let push = admin_push(state, base);
     std::thread::spawn(move || {
-        let push = bus::sockets::connect(zmq::PUSH, &format!("tcp://127.0.0.1:{base}")).unwrap();
         for i in 0..n {
             push.send(
                 bus::encode(&bus::Event::new("flow/x", "h", json!({"i": i}))),
@@ -63,9 +63,9 @@ fn live_reload_while_events_flow_loses_nothing() {
             r#"const MATCH = "flow/*"; fn react(e) { registers::incr("count", 1); }"#,
         )],
     );
-    let mut mon = Monitor::connect(stack.base);
+    let mut mon = Monitor::connect(&stack.state, stack.base);
     let n = 3_000;
-    let sender = flow(stack.base, n);
+    let sender = flow(&stack.state, stack.base, n);
     let extra = stack.rules.join("10-extra.rhai");
     let now = bus::now_ms;
 
@@ -171,7 +171,7 @@ fn loops_runaways_and_failing_rules_cannot_hurt_the_manager() {
             ),
         ],
     );
-    let mut mon = Monitor::connect(stack.base);
+    let mut mon = Monitor::connect(&stack.state, stack.base);
 
     // A rule emitting its own tag: the chain is cut at depth 8 and named.
     stack.send("loop/ping", &[]);
@@ -190,8 +190,7 @@ fn loops_runaways_and_failing_rules_cannot_hurt_the_manager() {
     });
 
     // 100 failures in a row disable a rule until its file changes.
-    let push =
-        bus::sockets::connect(zmq::PUSH, &format!("tcp://127.0.0.1:{}", stack.base)).unwrap();
+    let push = admin_push(&stack.state, stack.base);
     for _ in 0..100 {
         push.send(bus::encode(&bus::Event::new("bad/x", "h", json!({}))), 0)
             .unwrap();
@@ -305,7 +304,7 @@ fn registers_cli_online_and_offline() {
             r#"fn react(e) { registers::incr("seen", 1); }"#,
         )],
     );
-    Monitor::connect(stack.base); // the manager is up once its monitor answers
+    Monitor::connect(&stack.state, stack.base); // the manager is up once its monitor answers
     assert_eq!(
         registers_cmd(&stack, &["set", "cfg/a", r#"{"x": [1, 2]}"#]),
         json!(true)
@@ -342,7 +341,7 @@ fn registers_cli_online_and_offline() {
         json!({"cfg/a": {"x": [1, 2]}, "cfg/c": 3})
     );
     stack.start_manager();
-    Monitor::connect(stack.base);
+    Monitor::connect(&stack.state, stack.base);
     assert_eq!(
         registers_cmd(&stack, &["get", "cfg/c"]),
         json!(3),
@@ -513,7 +512,7 @@ fn shipped_correlation_and_flapping_rules_on_a_live_stream() {
         tmp.path(),
         &[("80-correlate.rhai", &corr), ("85-flapping.rhai", &flap)],
     );
-    let mut mon = Monitor::connect(stack.base);
+    let mut mon = Monitor::connect(&stack.state, stack.base);
 
     // A failing HTTP check alone: nothing. A deploy, then a failing check within 30 s: rollback.
     stack.send(
@@ -539,8 +538,7 @@ fn shipped_correlation_and_flapping_rules_on_a_live_stream() {
     );
 
     // A unit changing state 12 times in a burst: one flapping alert, not twelve.
-    let push =
-        bus::sockets::connect(zmq::PUSH, &format!("tcp://127.0.0.1:{}", stack.base)).unwrap();
+    let push = admin_push(&stack.state, stack.base);
     for i in 0..12 {
         let state = if i % 2 == 0 { "failed" } else { "active" };
         push.send(

@@ -119,7 +119,7 @@ fn hostile_events_through_every_shipped_rule_that_runs_a_command_run_nothing() {
             .concat(),
         ),
     );
-    let mut mon = Monitor::connect(base);
+    let mut mon = Monitor::connect(&state, base);
     std::thread::sleep(Duration::from_millis(300)); // let tail's subscription land too
 
     // Operator settings (trusted, written through the control socket): where the disk rule

@@ -116,6 +116,14 @@ pub struct Config {
 pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
     // Validated before anything starts: a group with a slash would silently never match.
     let topics = sub::subscriptions(&cfg)?;
+    // Secure, it first asks the manager's enroll door (next to ingest) until its key is
+    // accepted, and only then connects (see `bus::enroll::wait_until_accepted`).
+    if let Some(door) = bus::endpoints::enroll_for(&cfg.ingest).filter(|_| cfg.security.is_secure())
+    {
+        if !bus::enroll::wait_until_accepted(&door, &cfg.security, &cfg.name, &stop) {
+            return Ok(());
+        }
+    }
     let (out_tx, out_rx) = std_mpsc::channel::<Event>();
     let (in_tx, in_rx) = mpsc::channel(1024);
 

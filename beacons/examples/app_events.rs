@@ -9,6 +9,9 @@
 //! reflex tail --filter app/
 //! ```
 //!
+//! It speaks CURVE with the admin key of the stack's state dir (`REFLEX_STATE`, default
+//! `.reflex`, as `reflex up` made it), pinning that dir's `keys/manager.pub`.
+//!
 //! `emit` never blocks the application: with no manager there, events wait in a bounded queue
 //! and, once it is full, are dropped and counted; the application goes on at full speed.
 
@@ -26,7 +29,20 @@ fn main() {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".to_string());
 
-    let emitter = match Emitter::connect(&endpoint, &host) {
+    let state = std::path::PathBuf::from(
+        std::env::var("REFLEX_STATE").unwrap_or_else(|_| ".reflex".into()),
+    );
+    let keys = bus::keys::key_dir(&state);
+    let server = bus::keys::public_path(&keys, bus::keys::Role::Manager);
+    let security = match (
+        bus::keys::load_or_create(&keys, bus::keys::Role::Admin),
+        bus::PublicKey::from_file(&server),
+    ) {
+        (Ok(pair), Ok(server)) => bus::secure::Security::Curve { pair, server },
+        (Err(e), _) => fail(&format!("admin key in {}: {e}", keys.display())),
+        (_, Err(e)) => fail(&format!("manager key (is `reflex up` running here?): {e}")),
+    };
+    let emitter = match Emitter::connect(&endpoint, &host, &security) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("cannot set up the emitter for {endpoint}: {e}");
@@ -54,4 +70,9 @@ fn main() {
     // Give ZeroMQ a moment to write what is queued before the process exits (the emitter
     // itself never holds an application open).
     std::thread::sleep(Duration::from_millis(200));
+}
+
+fn fail(why: &str) -> ! {
+    eprintln!("{why}");
+    std::process::exit(1)
 }

@@ -10,6 +10,7 @@
 //! [`send_once`] is for one event that must arrive (`reflex send`): it waits for a connected
 //! manager, up to a timeout.
 
+use bus::secure::Security;
 use bus::Event;
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,15 +46,22 @@ pub struct Emitter {
 }
 
 impl Emitter {
-    /// Connect to a manager's ingest endpoint; reconnection is automatic.
-    pub fn connect(endpoint: &str, host: &str) -> Result<Emitter, SendError> {
-        Emitter::with_queue(endpoint, host, bus::sockets::HWM)
+    /// Connect to a manager's ingest endpoint, secured as `sec` says; reconnection is
+    /// automatic.
+    pub fn connect(endpoint: &str, host: &str, sec: &Security) -> Result<Emitter, SendError> {
+        Emitter::with_queue(endpoint, host, bus::sockets::HWM, sec)
     }
 
     /// Connect with a queue of at most `queue` events waiting for the manager.
-    pub fn with_queue(endpoint: &str, host: &str, queue: i32) -> Result<Emitter, SendError> {
+    pub fn with_queue(
+        endpoint: &str,
+        host: &str,
+        queue: i32,
+        sec: &Security,
+    ) -> Result<Emitter, SendError> {
         let socket = bus::sockets::socket(zmq::PUSH)
             .map_err(|e| bus::sockets::SocketError::new(endpoint, e))?;
+        sec.dial(&socket)?;
         socket.set_sndhwm(queue)?;
         // Keep nothing at exit: an emitter must never hold its application open.
         socket.set_linger(0)?;
@@ -113,7 +121,12 @@ impl Emitter {
 }
 
 /// Send one event and return once it has gone to a connected manager, or fail after `timeout`.
-pub fn send_once(endpoint: &str, ev: &Event, timeout: Duration) -> Result<(), SendError> {
+pub fn send_once(
+    endpoint: &str,
+    ev: &Event,
+    timeout: Duration,
+    sec: &Security,
+) -> Result<(), SendError> {
     // An own context: dropping it (zmq_ctx_term) waits, up to the linger, until the frame has
     // really been written. The process-wide context is never terminated, so it would not.
     let ctx = zmq::Context::new();
@@ -121,6 +134,7 @@ pub fn send_once(endpoint: &str, ev: &Event, timeout: Duration) -> Result<(), Se
         .socket(zmq::PUSH)
         .map_err(|e| bus::sockets::SocketError::new(endpoint, e))?;
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    sec.dial(&socket)?;
     // Queue only to completed connections, so the send waits for a manager that is really there.
     socket.set_immediate(true)?;
     socket.set_sndtimeo(ms)?;
@@ -158,6 +172,7 @@ mod tests {
             &ep,
             &Event::new("t/x", "h", json!(1)),
             Duration::from_millis(300),
+            &Security::Insecure,
         )
         .unwrap_err();
         assert!(err.to_string().contains("no manager answered"), "{err}");
@@ -171,9 +186,10 @@ mod tests {
             &ep,
             &Event::new("t/once", "h", json!({"a": 1})),
             Duration::from_secs(5),
+            &Security::Insecure,
         )
         .unwrap();
-        let em = Emitter::connect(&ep, "h2").unwrap();
+        let em = Emitter::connect(&ep, "h2", &Security::Insecure).unwrap();
         assert!(em.emit("t/emit", json!(2)));
         pull.set_rcvtimeo(5_000).unwrap();
         let a: Event = bus::decode(&pull.recv_bytes(0).unwrap()).unwrap();
@@ -187,7 +203,7 @@ mod tests {
     #[test]
     fn emitter_queues_until_a_manager_comes_and_reconnects_after_it_left() {
         let ep = free_endpoint();
-        let em = Emitter::connect(&ep, "h").unwrap();
+        let em = Emitter::connect(&ep, "h", &Security::Insecure).unwrap();
         // No manager yet: queued, not dropped.
         assert!(em.emit("t/early", json!(1)));
         let pull = bus::sockets::bind(zmq::PULL, &ep).unwrap();
@@ -221,7 +237,7 @@ mod tests {
         let ep = free_endpoint();
         let pull = bus::sockets::bind(zmq::PULL, &ep).unwrap();
         pull.set_rcvtimeo(10_000).unwrap();
-        let em = std::sync::Arc::new(Emitter::connect(&ep, "h").unwrap());
+        let em = std::sync::Arc::new(Emitter::connect(&ep, "h", &Security::Insecure).unwrap());
         let threads: Vec<_> = (0..4)
             .map(|i| {
                 let em = em.clone();
@@ -245,7 +261,7 @@ mod tests {
     fn emitter_counts_drops_instead_of_blocking() {
         let ep = free_endpoint();
         // No manager: the connect-side pipe holds up to the HWM, the rest are dropped at once.
-        let em = Emitter::with_queue(&ep, "h", 1_000).unwrap();
+        let em = Emitter::with_queue(&ep, "h", 1_000, &Security::Insecure).unwrap();
         let mut ok = 0;
         for i in 0..300_000 {
             if em.emit("t/flood", json!(i)) {

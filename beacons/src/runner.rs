@@ -297,6 +297,7 @@ impl<'e> Runner<'e> {
 mod tests {
     use super::*;
     use crate::gate::Mode;
+    use bus::secure::Security;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A beacon whose answers the test scripts (the real kinds are tested in their files).
@@ -335,7 +336,7 @@ mod tests {
     #[test]
     fn failures_are_events_once_and_recovery_too() {
         let (pull, ep) = pull();
-        let em = Emitter::connect(&ep, "h1").unwrap();
+        let em = Emitter::connect(&ep, "h1", &Security::Insecure).unwrap();
         let steps = vec![
             Ok(95.0),
             Err("gone".to_string()),
@@ -386,7 +387,7 @@ mod tests {
     #[test]
     fn a_woken_beacon_samples_at_once_and_stops_when_told() {
         let (pull, ep) = pull();
-        let em = Arc::new(Emitter::connect(&ep, "h").unwrap());
+        let em = Arc::new(Emitter::connect(&ep, "h", &Security::Insecure).unwrap());
         let calls = Arc::new(AtomicUsize::new(0));
         let beacon = Scripted {
             steps: Arc::new(Mutex::new(vec![Ok(1.0); 3])),

@@ -6,6 +6,9 @@ use std::path::Path;
 /// The default port base: manager ingest.
 pub const DEFAULT_PORT_BASE: u16 = 4510;
 
+/// How many TCP ports a stack uses, from its port base up.
+pub const TCP_PORTS: u16 = 6;
+
 /// The endpoints of one reflex stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoints {
@@ -19,6 +22,8 @@ pub struct Endpoints {
     pub monitor: String,
     /// Manager control socket (REP): port base + 4.
     pub control: String,
+    /// Manager enrollment door (REP): port base + 5.
+    pub enroll: String,
     /// Manager -> publisher link (PUSH/PULL, bound by the publisher) under the state dir.
     pub link: String,
 }
@@ -34,6 +39,7 @@ impl Endpoints {
             replay: tcp(2),
             monitor: tcp(3),
             control: tcp(4),
+            enroll: tcp(5),
             link: link_endpoint(state_dir),
         }
     }
@@ -42,6 +48,19 @@ impl Endpoints {
     pub fn local(port_base: u16, state_dir: &Path) -> Endpoints {
         Endpoints::new("127.0.0.1", port_base, state_dir)
     }
+}
+
+/// `tcp://host:N` -> `tcp://host:N+by`; `None` when `endpoint` ends in no port or the sum
+/// overflows.
+pub fn port_plus(endpoint: &str, by: u16) -> Option<String> {
+    let (head, port) = endpoint.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    Some(format!("{head}:{}", port.checked_add(by)?))
+}
+
+/// The enroll door of the manager whose ingest is `ingest` (it sits 5 ports above).
+pub fn enroll_for(ingest: &str) -> Option<String> {
+    port_plus(ingest, 5)
 }
 
 /// `ipc://<state>/publisher.ipc`, with the state dir made absolute so every process agrees.

@@ -427,5 +427,8 @@ impl Follow {
     }
 }
 
+mod ask;
+pub use ask::{ask, wait_until_accepted, AskError, AskReply, AskRequest, ASK_EVERY, MAX_REQUEST};
+
 #[cfg(test)]
 mod tests;

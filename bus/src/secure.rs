@@ -34,19 +34,23 @@ pub enum Door {
     Monitor,
     /// Manager control socket (REP): the admin only.
     Control,
+    /// Manager enrollment socket (REP): the one door an unknown key may pass, to ask to be
+    /// enrolled under a name (see [`crate::enroll::ask`]).
+    Enroll,
 }
 
 impl Door {
     /// Every door.
-    pub const ALL: [Door; 5] = [
+    pub const ALL: [Door; 6] = [
         Door::Ingest,
         Door::Publish,
         Door::Replay,
         Door::Monitor,
         Door::Control,
+        Door::Enroll,
     ];
 
-    /// The ZAP domain: `ingest`, `publish`, `replay`, `monitor`, `control`.
+    /// The ZAP domain: `ingest`, `publish`, `replay`, `monitor`, `control`, `enroll`.
     pub fn as_str(self) -> &'static str {
         match self {
             Door::Ingest => "ingest",
@@ -54,6 +58,7 @@ impl Door {
             Door::Replay => "replay",
             Door::Monitor => "monitor",
             Door::Control => "control",
+            Door::Enroll => "enroll",
         }
     }
 

@@ -8,7 +8,8 @@
 //!
 //! The handler answers from a [`KeySet`] the manager keeps current (accepted keys → name and
 //! role): an accepted key gets in, and every message it sends carries `User-Id` = its name and
-//! a `Role` property; an unknown key is refused and reported through a callback (so it can be
+//! a `Role` property; an unknown key is refused everywhere but at the enroll door (where it may
+//! only ask to be enrolled) and reported through a callback (so it can be
 //! listed as pending); NULL and PLAIN are refused unless the handler is in [`Mode::Insecure`];
 //! a malformed request is answered 500 and counted. Nothing a peer sends can make it panic or
 //! stop answering.
@@ -21,7 +22,10 @@ mod keyset;
 mod request;
 
 pub use keyset::{KeySet, Peer};
-pub use request::{decide, Decision, Malformed, Mechanism, Outcome, Request, Status, Unknown};
+pub use request::{
+    decide, parse_pending_user_id, pending_user_id, Decision, Malformed, Mechanism, Outcome,
+    Request, Status, Unknown, PENDING_PREFIX, PENDING_ROLE,
+};
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -67,6 +71,8 @@ pub struct ZapCounts {
     pub accepted: u64,
     /// Unknown CURVE keys refused.
     pub unknown: u64,
+    /// Unknown CURVE keys let in at the enroll door (to ask for enrollment only).
+    pub enrolling: u64,
     /// NULL, PLAIN or other mechanisms refused.
     pub refused: u64,
     /// Malformed requests answered 500.
@@ -77,6 +83,7 @@ pub struct ZapCounts {
 struct Counters {
     accepted: AtomicU64,
     unknown: AtomicU64,
+    enrolling: AtomicU64,
     refused: AtomicU64,
     malformed: AtomicU64,
 }
@@ -86,6 +93,7 @@ impl Counters {
         let c = match outcome {
             Outcome::Accepted(_) => &self.accepted,
             Outcome::Unknown(_) => &self.unknown,
+            Outcome::Enrolling(_) => &self.enrolling,
             Outcome::Refused => &self.refused,
             Outcome::Malformed(_) => &self.malformed,
         };
@@ -163,6 +171,7 @@ impl Zap {
         ZapCounts {
             accepted: c.accepted.load(Ordering::Relaxed),
             unknown: c.unknown.load(Ordering::Relaxed),
+            enrolling: c.enrolling.load(Ordering::Relaxed),
             refused: c.refused.load(Ordering::Relaxed),
             malformed: c.malformed.load(Ordering::Relaxed),
         }
@@ -218,6 +227,9 @@ fn serve(
             }
             Outcome::Malformed(m) => tracing::debug!("ZAP: {}", m.as_str()),
             Outcome::Refused => tracing::debug!("ZAP: a peer without CURVE refused"),
+            Outcome::Enrolling(u) => {
+                tracing::debug!(key = %u.key.fingerprint(), address = %u.address, "ZAP: unknown key at the enroll door")
+            }
             Outcome::Accepted(_) => {}
         }
         if let Err(e) = rep.send_multipart(decision.reply, 0) {

@@ -8,6 +8,10 @@
 //! No event value becomes shell syntax: a rule whose exec shell line holds one unquoted fails
 //! ([`shell`]), and [`lint`] finds such rules before they run (`reflex rules check`).
 //!
+//! Who may speak is [`trust`]'s: the ZAP handler's keys from the enrollment store, the enroll
+//! door where an unknown host asks to be enrolled, and the check of each frame's `User-Id`
+//! (a host key speaks only for its own host; a revoked key is cut off on open connections).
+//!
 //! All sockets live on the one thread that runs [`Manager::run`]: ZeroMQ sockets are not
 //! thread-safe, and one thread keeps every host's events in order.
 
@@ -17,6 +21,7 @@ pub mod glob;
 pub mod lint;
 pub mod rules;
 pub mod shell;
+pub mod trust;
 pub mod watch;
 
 use bus::monitor;
@@ -55,6 +60,9 @@ pub enum ManagerError {
         #[source]
         source: std::io::Error,
     },
+    /// The enrollment store, the admin key or the ZAP handler cannot be set up.
+    #[error(transparent)]
+    Trust(#[from] trust::TrustError),
     /// The rules folder cannot be read.
     #[error("rules folder {dir}: {source}")]
     RulesDir {
@@ -104,6 +112,11 @@ pub struct Stats {
     pub rule_errors: u64,
     /// Actions handed to the publisher.
     pub actions: u64,
+    /// Events refused because a host key sent them for another host.
+    pub forged: u64,
+    /// Frames dropped because their sender's key is no longer accepted (revoked while its
+    /// connection was up).
+    pub revoked: u64,
     /// Events dropped for a chain deeper than [`MAX_DEPTH`].
     pub loops: u64,
     /// Rule files reloaded after a change.
@@ -145,6 +158,9 @@ pub struct Manager {
     link: zmq::Socket,
     monitor: zmq::Socket,
     control: zmq::Socket,
+    enroll: zmq::Socket,
+    trust: trust::Trust,
+    forged_log: trust::RateLog,
     stats: Stats,
     produced: Produced,
     /// Events made inside the manager (emitted by rules, or about the manager itself), run
@@ -187,12 +203,17 @@ impl Manager {
         let changes = rules.load_dir(&cfg.rules_dir).map_err(rules_dir_err)?;
         let ep = &cfg.endpoints;
         let sec = &cfg.security;
+        // Before any socket binds: libzmq lets every CURVE client in while no handler is bound.
+        let trust = trust::Trust::open(&cfg.state_dir, sec)?;
         let ingest = bus::secure::bind(zmq::PULL, &ep.ingest, sec, Door::Ingest)?;
         // The publisher binds the link; connecting first is fine: actions queue until it is up.
         let link = bus::sockets::connect(zmq::PUSH, &ep.link)?;
         let monitor = bus::secure::bind(zmq::PUB, &ep.monitor, sec, Door::Monitor)?;
         let control = bus::secure::bind(zmq::REP, &ep.control, sec, Door::Control)?;
-        tracing::info!(ingest = %ep.ingest, link = %ep.link, monitor = %ep.monitor, control = %ep.control, rules = %cfg.rules_dir.display(), "manager up");
+        let enroll = bus::secure::bind(zmq::REP, &ep.enroll, sec, Door::Enroll)?;
+        // Strangers knock here: a request larger than a name is not one.
+        enroll.set_maxmsgsize(bus::enroll::MAX_REQUEST)?;
+        tracing::info!(ingest = %ep.ingest, link = %ep.link, monitor = %ep.monitor, control = %ep.control, enroll = %ep.enroll, curve = sec.is_secure(), rules = %cfg.rules_dir.display(), "manager up");
         let mut m = Manager {
             cfg,
             registers,
@@ -201,6 +222,9 @@ impl Manager {
             link,
             monitor,
             control,
+            enroll,
+            trust,
+            forged_log: trust::RateLog::default(),
             stats: Stats::default(),
             produced: Produced::default(),
             internal: VecDeque::new(),
@@ -220,33 +244,45 @@ impl Manager {
         let mut last_flush = Instant::now();
         let mut last_purge = Instant::now();
         let mut frame = zmq::Message::new();
+        let mut user = String::new();
+        let secure = self.trust.is_secure();
         // Events about the initial load go out first.
         self.drain_internal(stop)?;
         while !stop.load(Ordering::Relaxed) {
             let timeout = if self.pending.is_empty() { 100 } else { 20 };
-            let (ready_ingest, ready_control, ready_watch) = {
+            let (ready_ingest, ready_control, ready_enroll, ready_watch) = {
                 let mut items = [
                     self.ingest.as_poll_item(zmq::POLLIN),
                     self.control.as_poll_item(zmq::POLLIN),
+                    self.enroll.as_poll_item(zmq::POLLIN),
                     // The rules watch, read only when it has something: no syscall per batch.
                     zmq::PollItem::from_fd(0, zmq::PollEvents::empty()),
                 ];
                 let n = match &self.watcher {
                     Some(w) => {
-                        items[2] = zmq::PollItem::from_fd(w.fd(), zmq::POLLIN);
-                        3
+                        items[3] = zmq::PollItem::from_fd(w.fd(), zmq::POLLIN);
+                        4
                     }
-                    None => 2,
+                    None => 3,
                 };
                 bus::sockets::poll(&mut items[..n], timeout)?;
-                let [ingest, control, watch] = &items;
-                let watch = n == 3 && watch.is_readable();
-                (ingest.is_readable(), control.is_readable(), watch)
+                let [ingest, control, enroll, watch] = &items;
+                let watch = n == 4 && watch.is_readable();
+                let r = |i: &zmq::PollItem| i.is_readable();
+                (r(ingest), r(control), r(enroll), watch)
             };
             if ready_ingest {
                 for _ in 0..BATCH {
                     match self.ingest.recv(&mut frame, zmq::DONTWAIT) {
-                        Ok(()) => self.handle_frame(&frame, stop)?,
+                        Ok(()) => {
+                            // Copied out: `gets` borrows the frame mutably.
+                            let sender = secure.then(|| {
+                                user.clear();
+                                user.push_str(frame.gets("User-Id").unwrap_or_default());
+                                user.as_str()
+                            });
+                            self.handle_frame(&frame, sender, stop)?
+                        }
                         Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
                         Err(e) => return Err(e.into()),
                     }
@@ -255,6 +291,10 @@ impl Manager {
             if ready_control {
                 self.handle_control()?;
             }
+            if ready_enroll {
+                self.handle_enroll(stop)?;
+            }
+            self.trust.follow();
             // Rule reloads happen here, between events: every event is run by either the old
             // or the new rule set, whole.
             if ready_watch {
@@ -361,11 +401,32 @@ impl Manager {
             .push_back(Event::new(tag, self.cfg.host.clone(), data));
     }
 
-    fn handle_frame(&mut self, frame: &[u8], stop: &AtomicBool) -> Result<(), ManagerError> {
+    fn handle_frame(
+        &mut self,
+        frame: &[u8],
+        sender: Option<&str>,
+        stop: &AtomicBool,
+    ) -> Result<(), ManagerError> {
+        if !self.trust.known(sender) {
+            self.stats.revoked += 1;
+            let who = sender.unwrap_or_default();
+            self.forged_log.warn(|quiet| {
+                format!("dropped a frame from {who:?}, whose key is no longer accepted ({quiet} more not logged)")
+            });
+            return Ok(());
+        }
         let decoded = bus::decode_with_limit::<Head>(frame, self.cfg.max_frame);
         let Some(head) = self.stats.malformed.keep(decoded) else {
             return Ok(());
         };
+        if self.trust.check_event(sender, head.host) != trust::Verdict::Pass {
+            self.stats.forged += 1;
+            let (who, host, tag) = (sender.unwrap_or_default(), head.host, head.tag);
+            self.forged_log.warn(|quiet| {
+                format!("refused {tag} from {who} claiming host {host:?}: a host key speaks only for itself ({quiet} more not logged)")
+            });
+            return Ok(());
+        }
         self.stats.events += 1;
         self.publish_event(head.tag, frame)?;
         if head.depth > MAX_DEPTH || !self.rules.wants(head.tag) {
@@ -504,8 +565,12 @@ impl Manager {
     }
 
     fn handle_control(&mut self) -> Result<(), ManagerError> {
-        let req = self.control.recv_bytes(zmq::DONTWAIT)?;
+        let mut req = zmq::Message::new();
+        self.control.recv(&mut req, zmq::DONTWAIT)?;
+        // ZAP already keeps host keys off this door; this also cuts a revoked admin key.
+        let admin = self.trust.is_admin(req.gets("User-Id"));
         let reply = match serde_json::from_slice::<Value>(&req) {
+            Ok(_) if !admin => json!({"error": "the control socket is for the admin key only"}),
             Ok(v) => self.control_reply(&v),
             Err(e) => json!({"error": format!("request is not JSON: {e}")}),
         };
@@ -540,10 +605,34 @@ impl Manager {
                     },
                 }
             }
+            (Some("keys"), _) => self.trust.keys_command(req),
             (cmd, op) => {
-                json!({"error": format!("unknown command {cmd:?} {op:?} (known: stats, flush, registers list|get|set|del)")})
+                json!({"error": format!("unknown command {cmd:?} {op:?} (known: stats, flush, registers list|get|set|del, keys list|accept|reject|revoke)")})
             }
         }
+    }
+}
+
+impl Manager {
+    /// Answer one request at the enroll door; a name that became pending is announced as
+    /// `manager/keys/pending`.
+    fn handle_enroll(&mut self, stop: &AtomicBool) -> Result<(), ManagerError> {
+        let mut req = zmq::Message::new();
+        self.enroll.recv(&mut req, zmq::DONTWAIT)?;
+        let address = req.gets("Peer-Address").unwrap_or_default().to_string();
+        let user = req.gets("User-Id").map(String::from);
+        let (reply, pending) = self.trust.enroll_request(&req, user.as_deref(), &address);
+        let text = serde_json::to_vec(&reply).unwrap_or_default();
+        self.enroll.send(text, 0)?;
+        if let Some(data) = pending {
+            self.internal.push_back(Event::new(
+                "manager/keys/pending",
+                self.cfg.host.clone(),
+                data,
+            ));
+            self.drain_internal(stop)?;
+        }
+        Ok(())
     }
 }
 

@@ -15,7 +15,7 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A port base with its five ports free right now. Tests run in parallel threads and
+/// A port base with all its ports free right now. Tests run in parallel threads and
 /// processes, so each call starts from a different spot and checks every port.
 pub fn free_port_base() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
@@ -23,7 +23,9 @@ pub fn free_port_base() -> u16 {
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let base = 20_000 + (seed + n * 7) % 30_000;
-        if (0..5).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+        if (0..bus::endpoints::TCP_PORTS)
+            .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
             return base;
         }
     }
@@ -171,6 +173,42 @@ pub fn read(path: &Path) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
+/// The admin key of the stack whose state dir is `state`, pinning its manager key: what
+/// `reflex send`, `tail` and `status` use there. Waits for the manager key (a stack started
+/// just now makes it first thing).
+pub fn admin_security(state: &Path) -> bus::secure::Security {
+    use bus::keys::{key_dir, load_or_create, public_path, Role};
+    let dir = key_dir(state);
+    let server = wait_for("the stack's manager key", Duration::from_secs(20), || {
+        bus::PublicKey::from_file(&public_path(&dir, Role::Manager)).ok()
+    });
+    let pair = load_or_create(&dir, Role::Admin).expect("admin key");
+    bus::secure::Security::Curve { pair, server }
+}
+
+/// A PUSH socket into the ingest of the stack at `state`/`port_base`, with its admin key.
+pub fn admin_push(state: &Path, port_base: u16) -> zmq::Socket {
+    bus::secure::connect(
+        zmq::PUSH,
+        &format!("tcp://127.0.0.1:{port_base}"),
+        &admin_security(state),
+    )
+    .expect("push")
+}
+
+/// Enroll the host key of the state dir `host_state`, accepted, as `name` with `groups` in
+/// the store of the manager whose state dir is `state` (what `reflex keys accept` does; the
+/// manager picks it up within a fraction of a second).
+pub fn enroll_host(state: &Path, host_state: &Path, name: &str, groups: &[&str]) {
+    use bus::keys::{key_dir, load_or_create, Role};
+    let host = load_or_create(&key_dir(host_state), Role::Host).expect("host key");
+    let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    bus::enroll::Enrollment::open(&bus::enroll::store_dir(state))
+        .expect("enrollment store")
+        .enroll(name, host.public(), Role::Host, &groups)
+        .expect("enroll");
+}
+
 /// A subscriber on a manager's monitor stream, collecting events.
 pub struct Monitor {
     sub: zmq::Socket,
@@ -180,10 +218,14 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn connect(port_base: u16) -> Monitor {
-        let (sub, watch) =
-            bus::sockets::connect_watched(zmq::SUB, &format!("tcp://127.0.0.1:{}", port_base + 3))
-                .unwrap();
+    /// Subscribe with the admin key of the stack's state dir `state`.
+    pub fn connect(state: &Path, port_base: u16) -> Monitor {
+        let (sub, watch) = bus::secure::connect_watched(
+            zmq::SUB,
+            &format!("tcp://127.0.0.1:{}", port_base + 3),
+            &admin_security(state),
+        )
+        .unwrap();
         sub.set_subscribe(b"event/").unwrap();
         assert!(
             watch.wait(Duration::from_secs(10)),
@@ -315,6 +357,9 @@ impl Stack {
         for (n, t) in rules {
             write_rule(&rules_dir, n, t);
         }
+        // The manager key first, so hosts and tools can pin it from the start.
+        bus::keys::load_or_create(&bus::keys::key_dir(&state), bus::keys::Role::Manager)
+            .expect("manager key");
         let publisher = Proc::start(
             "publisher",
             &args_ref(&[vec!["publisher".to_string()], stack_args(&state, base)].concat()),
@@ -337,9 +382,16 @@ impl Stack {
         self.manager = Some(Proc::start("manager", &args_ref(&a)));
     }
 
+    /// An actor as on a host of its own: its own state dir (so its own host key), enrolled
+    /// with `groups`, pinning the stack's manager key.
     pub fn actor(&self, name: &str, groups: &[&str]) -> Proc {
+        let host_state = self.state.with_file_name(format!("host-{name}"));
+        enroll_host(&self.state, &host_state, name, groups);
+        let manager_key =
+            bus::keys::public_path(&bus::keys::key_dir(&self.state), bus::keys::Role::Manager);
         let mut a = vec!["actor".to_string(), "--name".into(), name.into()];
-        a.extend(stack_args(&self.state, self.base));
+        a.extend(stack_args(&host_state, self.base));
+        a.extend(["--manager-key".into(), manager_key.display().to_string()]);
         for g in groups {
             a.extend(["--group".into(), g.to_string()]);
         }

@@ -121,6 +121,16 @@ impl KeySet {
         peers.by_key.get(key).map(|p| p.role)
     }
 
+    /// Every accepted name and its role, as of now: what a receiver keeps locally and rebuilds
+    /// only when [`KeySet::generation`] moves, so its per-message check takes no lock.
+    pub fn roles(&self) -> HashMap<String, Role> {
+        self.read()
+            .by_key
+            .values()
+            .map(|p| (p.name.clone(), p.role))
+            .collect()
+    }
+
     /// How many keys are accepted.
     pub fn len(&self) -> usize {
         self.read().by_key.len()
@@ -174,6 +184,7 @@ mod tests {
         assert!(set.is_empty() && set.role_of("web2").is_none());
 
         set.replace([(a, peer("x")), (b, peer("y"))]);
+        assert_eq!(set.roles().get("y"), Some(&Role::Host));
         assert_eq!(set.remove_name("x"), Some(a));
         assert_eq!(set.len(), 1);
         let shared = set.clone();

@@ -131,8 +131,11 @@ pub struct Unknown {
 pub enum Outcome {
     /// An accepted key, or NULL/PLAIN in insecure mode (then the peer is `None`).
     Accepted(Option<Peer>),
-    /// An unknown CURVE key.
+    /// An unknown CURVE key, refused.
     Unknown(Unknown),
+    /// An unknown CURVE key let in at the enroll door only, as User-Id [`pending_user_id`]
+    /// with Role [`PENDING_ROLE`]: it may ask to be enrolled there and do nothing else.
+    Enrolling(Unknown),
     /// NULL or PLAIN in secure mode, or an unsupported mechanism.
     Refused,
     /// The request did not parse.
@@ -160,12 +163,29 @@ fn property(name: &str, value: &str) -> Vec<u8> {
     out
 }
 
-fn reply(request_id: &[u8], status: Status, text: &str, peer: Option<&Peer>) -> Vec<Vec<u8>> {
-    let (user_id, metadata) = match peer {
-        Some(p) => (
-            p.name.as_bytes().to_vec(),
-            property("Role", p.role.as_str()),
-        ),
+/// The `Role` property of a key let in at the enroll door only.
+pub const PENDING_ROLE: &str = "pending";
+
+/// The prefix of the User-Id of a key let in at the enroll door only.
+pub const PENDING_PREFIX: &str = "key:";
+
+/// The User-Id of an unknown key at the enroll door: `key:<hex of its public key>`. No
+/// enrolled name can look like it (names have no `:`), so it never passes for a peer.
+pub fn pending_user_id(key: &PublicKey) -> String {
+    format!("{PENDING_PREFIX}{}", key.to_hex())
+}
+
+/// The key of an enroll-door User-Id made by [`pending_user_id`].
+pub fn parse_pending_user_id(user_id: &str) -> Option<PublicKey> {
+    PublicKey::parse(user_id.strip_prefix(PENDING_PREFIX)?).ok()
+}
+
+/// The peer's identity in a reply: its User-Id and its role.
+type Who<'a> = Option<(&'a str, &'a str)>;
+
+fn reply(request_id: &[u8], status: Status, text: &str, who: Who<'_>) -> Vec<Vec<u8>> {
+    let (user_id, metadata) = match who {
+        Some((name, role)) => (name.as_bytes().to_vec(), property("Role", role)),
         None => (Vec::new(), Vec::new()),
     };
     vec![
@@ -181,7 +201,9 @@ fn reply(request_id: &[u8], status: Status, text: &str, peer: Option<&Peer>) -> 
 /// Answer one request from `keys`: an accepted CURVE key gets 200 with its name as User-Id and
 /// its role as the `Role` property, except a non-admin key at an admin-only door
 /// ([`crate::secure::Door::admin_only`]), refused 400; an unknown key 400; NULL and PLAIN 400 unless `mode` is
-/// [`Mode::Insecure`]; anything malformed 500.
+/// [`Mode::Insecure`]; anything malformed 500. The one exception to "unknown is refused": at
+/// the enroll door ([`crate::secure::Door::Enroll`]) an unknown key gets 200 as
+/// [`pending_user_id`] with Role [`PENDING_ROLE`], so it can ask to be enrolled.
 pub fn decide(keys: &KeySet, mode: Mode, frames: &[Vec<u8>]) -> Decision {
     let req = match Request::parse(frames) {
         Ok(r) => r,
@@ -207,15 +229,15 @@ pub fn decide(keys: &KeySet, mode: Mode, frames: &[Vec<u8>]) -> Decision {
                 )
             }
             Some(peer) => (Status::Allow, "OK", Outcome::Accepted(Some(peer))),
+            None if req.domain == crate::secure::Door::Enroll.as_str().as_bytes() => (
+                Status::Allow,
+                "OK (unknown key: enrollment only)",
+                Outcome::Enrolling(unknown(&req, key)),
+            ),
             None => (
                 Status::Deny,
                 "unknown key: waiting for an operator to accept it",
-                Outcome::Unknown(Unknown {
-                    key,
-                    domain: String::from_utf8_lossy(req.domain).into_owned(),
-                    address: String::from_utf8_lossy(req.address).into_owned(),
-                    identity: req.identity.to_vec(),
-                }),
+                Outcome::Unknown(unknown(&req, key)),
             ),
         },
         Mechanism::Null | Mechanism::Plain { .. } if mode == Mode::Insecure => {
@@ -226,13 +248,27 @@ pub fn decide(keys: &KeySet, mode: Mode, frames: &[Vec<u8>]) -> Decision {
         }
         Mechanism::Other(_) => (Status::Deny, "unsupported mechanism", Outcome::Refused),
     };
-    let peer = match &outcome {
-        Outcome::Accepted(p) => p.as_ref(),
+    let pending;
+    let who = match &outcome {
+        Outcome::Accepted(Some(p)) => Some((p.name.as_str(), p.role.as_str())),
+        Outcome::Enrolling(u) => {
+            pending = pending_user_id(&u.key);
+            Some((pending.as_str(), PENDING_ROLE))
+        }
         _ => None,
     };
     Decision {
-        reply: reply(id, status, text, peer),
+        reply: reply(id, status, text, who),
         outcome,
+    }
+}
+
+fn unknown(req: &Request<'_>, key: PublicKey) -> Unknown {
+    Unknown {
+        key,
+        domain: String::from_utf8_lossy(req.domain).into_owned(),
+        address: String::from_utf8_lossy(req.address).into_owned(),
+        identity: req.identity.to_vec(),
     }
 }
 
@@ -286,6 +322,33 @@ mod tests {
             decide(&keys, Mode::Insecure, &frames("GSSAPI", &[])).reply[2],
             b"400"
         );
+
+        // The enroll door lets an unknown key in, as pending; every other door refuses it.
+        let stranger = PublicKey([3; 32]);
+        let at = |door: crate::secure::Door, key: &PublicKey| {
+            let mut f = frames("CURVE", &[&key.0]);
+            f[2] = door.as_str().as_bytes().to_vec();
+            decide(&keys, Mode::Secure, &f)
+        };
+        let d = at(crate::secure::Door::Enroll, &stranger);
+        assert_eq!(d.reply[2], b"200");
+        assert_eq!(d.reply[4], pending_user_id(&stranger).as_bytes());
+        assert_eq!(d.reply[5], b"\x04Role\x00\x00\x00\x07pending");
+        assert!(matches!(d.outcome, Outcome::Enrolling(Unknown { key, .. }) if key == stranger));
+        assert_eq!(
+            parse_pending_user_id(&pending_user_id(&stranger)),
+            Some(stranger)
+        );
+        assert_eq!(parse_pending_user_id("web1"), None);
+        for door in crate::secure::Door::ALL {
+            if door != crate::secure::Door::Enroll {
+                let d = at(door, &stranger);
+                assert_eq!(d.reply[2], b"400", "{door:?}");
+                assert!(matches!(d.outcome, Outcome::Unknown(_)), "{door:?}");
+            }
+        }
+        // A known key at the enroll door is itself.
+        assert_eq!(at(crate::secure::Door::Enroll, &good).reply[4], b"web1");
 
         let mut wrong_version = frames("NULL", &[]);
         wrong_version[0] = b"2.0".to_vec();
