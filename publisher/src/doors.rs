@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// How often the enrollment store is looked at (one `stat` when nothing changed).
-const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+const FOLLOW_EVERY: Duration = Duration::from_millis(100);
 /// At most one warning per this long about refused subscriptions or replay topics.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 

@@ -124,6 +124,11 @@ pub fn wait_until_accepted(
                 ..
             }) => {
                 tracing::info!(name = %name, groups = ?groups, "enrolled on the manager");
+                if told.is_some() {
+                    // Accepted just now: give the publisher, which follows the store on its
+                    // own (every 100 ms), time to see it before our SUB's one handshake.
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
                 return true;
             }
             Ok(AskReply::Known {
