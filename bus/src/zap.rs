@@ -215,7 +215,11 @@ fn serve(
                 continue;
             }
         };
-        let decision = decide(keys, mode, &frames);
+        let mut decision = decide(keys, mode, &frames);
+        // A key accepted since the set was last loaded: look at the store once more.
+        if matches!(decision.outcome, Outcome::Unknown(_)) && keys.reload() {
+            decision = decide(keys, mode, &frames);
+        }
         counters.count(&decision.outcome);
         match &decision.outcome {
             Outcome::Unknown(u) => {

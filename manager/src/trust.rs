@@ -113,6 +113,9 @@ impl Trust {
             store.enroll(ADMIN_NAME, admin.public(), Role::Admin, &[])?;
         }
         keys.replace(store.peers());
+        if secure {
+            keys.follow_store(&dir);
+        }
         let mut t = Trust {
             secure,
             keys,

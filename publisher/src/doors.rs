@@ -55,6 +55,7 @@ impl Doors {
         if security.is_secure() {
             doors.follow = Some(Follow::new(&store_dir(state_dir)));
             doors.look()?;
+            keys_follow_store(&doors.keys, state_dir);
             bus::zap::install(keys, Mode::Secure, |u| {
                 tracing::info!(key = %u.key.fingerprint(), address = %u.address, door = %u.domain, "unknown key refused (it enrolls with the manager)");
             })?;
@@ -104,10 +105,12 @@ impl Doors {
         if self.follow.is_none() {
             return true;
         }
-        let Some(peer) = user.and_then(|u| self.peers.get(u)) else {
+        // The key set, not `peers`: the ZAP handler may have just re-read the store for this
+        // very peer's handshake.
+        let Some(peer) = user.and_then(|u| self.keys.peer_named(u)) else {
             return false;
         };
-        allowed(peer, topic)
+        allowed(&peer, topic)
     }
 
     fn refuse(&mut self, user: Option<&str>, what: &str, topic: &[u8]) {
@@ -163,6 +166,10 @@ impl Doors {
         *topics = keep;
         refused
     }
+}
+
+fn keys_follow_store(keys: &KeySet, state_dir: &std::path::Path) {
+    keys.follow_store(&store_dir(state_dir));
 }
 
 /// The topics a host holds exactly: `all/`, its own, its groups'. The admin holds anything.

@@ -45,7 +45,19 @@ impl Peers {
 pub struct KeySet {
     peers: Arc<RwLock<Peers>>,
     generation: Arc<AtomicU64>,
+    /// The enrollment store the set mirrors, re-read on an unknown key (see
+    /// [`KeySet::follow_store`]).
+    source: Arc<RwLock<Option<Source>>>,
 }
+
+struct Source {
+    dir: std::path::PathBuf,
+    last_read: Option<std::time::Instant>,
+}
+
+/// Re-read the store for an unknown key at most this often, so a flood of strangers' keys
+/// costs at most this many directory reads.
+const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl std::fmt::Debug for KeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,6 +125,12 @@ impl KeySet {
         self.read().by_key.get(key).cloned()
     }
 
+    /// The peer named `name` (with its groups), when one is accepted.
+    pub fn peer_named(&self, name: &str) -> Option<Peer> {
+        let peers = self.read();
+        peers.by_key.get(peers.by_name.get(name)?).cloned()
+    }
+
     /// The role of the peer named `name`, when one is accepted: what a receiver checks a
     /// message's `User-Id` against.
     pub fn role_of(&self, name: &str) -> Option<Role> {
@@ -129,6 +147,43 @@ impl KeySet {
             .values()
             .map(|p| (p.name.clone(), p.role))
             .collect()
+    }
+
+    /// Mirror the enrollment store in `dir`: an unknown key makes the handler re-read it
+    /// before refusing, so a host accepted a moment ago (by another process: the store is
+    /// files) is not refused for a stale copy. That matters because libzmq never retries a
+    /// handshake ZAP refused: the connection stays dead.
+    pub fn follow_store(&self, dir: &std::path::Path) {
+        let mut s = self.source.write().unwrap_or_else(PoisonError::into_inner);
+        *s = Some(Source {
+            dir: dir.to_path_buf(),
+            last_read: None,
+        });
+    }
+
+    /// Re-read the followed store (rate-limited); true when it was read.
+    pub(crate) fn reload(&self) -> bool {
+        let dir = {
+            let mut s = self.source.write().unwrap_or_else(PoisonError::into_inner);
+            let Some(src) = s.as_mut() else {
+                return false;
+            };
+            if src.last_read.is_some_and(|t| t.elapsed() < RELOAD_EVERY) {
+                return false;
+            }
+            src.last_read = Some(std::time::Instant::now());
+            src.dir.clone()
+        };
+        match crate::enroll::Enrollment::open(&dir) {
+            Ok(store) => {
+                self.replace(store.peers().collect::<Vec<_>>());
+                true
+            }
+            Err(e) => {
+                tracing::warn!("ZAP: cannot re-read the enrollment store: {e}");
+                false
+            }
+        }
     }
 
     /// How many keys are accepted.
