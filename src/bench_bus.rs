@@ -1,4 +1,5 @@
-//! `reflex bench bus`: events through a real manager (and publisher, and actor), measured against
+//! `reflex bench bus`: events through a real manager (and publisher, and actor), with CURVE on
+//! and with every part `--insecure`, both in one run and measured against
 //! a raw ZeroMQ PUSH->PULL floor taken in the same run, so the ratio means something on any
 //! machine.
 //!
@@ -78,11 +79,22 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-pub fn run(a: BusArgs) -> anyhow::Result<ExitCode> {
-    if a.events == 0 {
-        return Err(Exit::usage("--events must be at least 1"));
-    }
-    let mut stack = BenchStack::start(write_rules)?;
+/// What one stack measured.
+struct Figures {
+    events_per_s: f64,
+    sent: f64,
+    hits: u64,
+    errors: u64,
+    forged: u64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// Start a stack (CURVE on, or every part `--insecure`), push the events through it and ping
+/// its actor one event at a time.
+fn measure(a: &BusArgs, frames: &[Vec<u8>], secure: bool) -> anyhow::Result<Figures> {
+    let mut stack = BenchStack::start_as(write_rules, secure)?;
     let ep = stack.endpoints.clone();
 
     // Monitor first, so the actor's announcement cannot be missed.
@@ -94,28 +106,26 @@ pub fn run(a: BusArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     std::thread::sleep(Duration::from_millis(100));
-    stack.enroll_host(ACTOR)?;
+    if secure {
+        stack.enroll_host(ACTOR)?;
+    }
     stack.spawn("actor", &["--name".into(), ACTOR.into()])?;
     wait_actor_up(&mon, Duration::from_secs(20))?;
 
-    let frames = padded_frames("bench/event", a.hosts, EVENT_BYTES);
-    let size = frames[0].len();
+    let what = crate::security::describe(&stack.security);
     eprintln!(
-        "floor: raw PUSH->PULL, {} messages of {size} bytes...",
-        a.events
+        "manager ({what}): {} events of {} bytes from {} hosts...",
+        a.events,
+        frames[0].len(),
+        a.hosts
     );
-    let floor_per_s = floor(a.events, size)?;
-
-    eprintln!(
-        "manager: {} events of {size} bytes from {} hosts...",
-        a.events, a.hosts
-    );
+    // The admin key may send for any host: the bench's events claim a hundred.
     let push = bus::secure::connect(zmq::PUSH, &ep.ingest, &stack.security)?;
-    let (events_per_s, sent) = stack.push_through(&push, &frames, a.events)?;
+    let (events_per_s, sent) = stack.push_through(&push, frames, a.events)?;
     let st = stats(&ep.control, &stack.security)?;
 
     eprintln!(
-        "latency: {} events one at a time through the actor...",
+        "latency ({what}): {} events one at a time through the actor...",
         a.pings
     );
     let mut lat = Vec::with_capacity(a.pings);
@@ -146,38 +156,72 @@ pub fn run(a: BusArgs) -> anyhow::Result<ExitCode> {
         }
     }
     lat.sort_by(|x, y| x.total_cmp(y));
-    let (p50, p99) = (percentile(&lat, 0.50), percentile(&lat, 0.99));
-    let ratio = events_per_s / floor_per_s;
+    let count = |k: &str| st[k].as_u64().unwrap_or(0);
+    Ok(Figures {
+        events_per_s,
+        sent,
+        hits: count("hits"),
+        errors: count("rule_errors"),
+        forged: count("forged"),
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+        max: lat.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+pub fn run(a: BusArgs) -> anyhow::Result<ExitCode> {
+    if a.events == 0 {
+        return Err(Exit::usage("--events must be at least 1"));
+    }
+    let frames = padded_frames("bench/event", a.hosts, EVENT_BYTES);
+    let size = frames[0].len();
+    eprintln!(
+        "floor: raw PUSH->PULL, {} messages of {size} bytes...",
+        a.events
+    );
+    let floor_per_s = floor(a.events, size)?;
+    // Both stacks in one run, so the cost of security is a ratio on the same machine state.
+    let on = measure(&a, &frames, true)?;
+    let off = measure(&a, &frames, false)?;
 
     println!("reflex bench bus: {} events of {size} B, {} hosts; rules: 1 matching + register incr, 10 on other tags, shipped rules", a.events, a.hosts);
-    println!("{:<44} {:>14}", "measure", "value");
+    println!("{:<40} {:>14} {:>14}", "measure", "curve on", "insecure");
     println!(
-        "{:<44} {:>14.0}",
-        "raw zmq push->pull floor (events/s)", floor_per_s
+        "{:<40} {:>14.0} {:>14.0}",
+        "raw zmq push->pull floor (events/s)", floor_per_s, floor_per_s
     );
+    let row = |name: &str, f: &dyn Fn(&Figures) -> String| {
+        println!("{name:<40} {:>14} {:>14}", f(&on), f(&off));
+    };
+    row("through the manager (events/s)", &|f| {
+        format!("{:.0}", f.events_per_s)
+    });
+    row("ratio manager / floor", &|f| {
+        format!("{:.3}", f.events_per_s / floor_per_s)
+    });
+    row("sender done after (s)", &|f| format!("{:.3}", f.sent));
+    row("rule hits", &|f| f.hits.to_string());
+    row("rule errors", &|f| f.errors.to_string());
+    row("forged (refused)", &|f| f.forged.to_string());
+    row("send -> actor/result p50 (ms)", &|f| {
+        format!("{:.3}", f.p50)
+    });
+    row("send -> actor/result p99 (ms)", &|f| {
+        format!("{:.3}", f.p99)
+    });
+    row("send -> actor/result max (ms)", &|f| {
+        format!("{:.3}", f.max)
+    });
     println!(
-        "{:<44} {:>14.0}",
-        "through the manager (events/s)", events_per_s
+        "summary: events_per_s={:.0} floor_per_s={floor_per_s:.0} ratio={:.3} p50_ms={:.3} p99_ms={:.3} insecure_events_per_s={:.0} insecure_ratio={:.3} insecure_p50_ms={:.3} insecure_p99_ms={:.3}",
+        on.events_per_s,
+        on.events_per_s / floor_per_s,
+        on.p50,
+        on.p99,
+        off.events_per_s,
+        off.events_per_s / floor_per_s,
+        off.p50,
+        off.p99
     );
-    println!("{:<44} {:>14.3}", "ratio manager / floor", ratio);
-    println!("{:<44} {:>14.3}", "sender done after (s)", sent);
-    println!(
-        "{:<44} {:>14}",
-        "rule hits",
-        st["hits"].as_u64().unwrap_or(0)
-    );
-    println!(
-        "{:<44} {:>14}",
-        "rule errors",
-        st["rule_errors"].as_u64().unwrap_or(0)
-    );
-    println!("{:<44} {:>14.3}", "send -> actor/result p50 (ms)", p50);
-    println!("{:<44} {:>14.3}", "send -> actor/result p99 (ms)", p99);
-    println!(
-        "{:<44} {:>14.3}",
-        "send -> actor/result max (ms)",
-        lat.last().copied().unwrap_or(f64::NAN)
-    );
-    println!("summary: events_per_s={events_per_s:.0} floor_per_s={floor_per_s:.0} ratio={ratio:.3} p50_ms={p50:.3} p99_ms={p99:.3}");
     Ok(ExitCode::SUCCESS)
 }

@@ -102,6 +102,8 @@ pub struct BenchStack {
     pub security: Security,
     state: std::path::PathBuf,
     base: u16,
+    /// False: every part runs `--insecure`.
+    secure: bool,
     exe: std::path::PathBuf,
     daemons: Vec<Daemon>,
     // Last, so the daemons are stopped before their state dir goes away.
@@ -114,6 +116,14 @@ impl BenchStack {
     pub fn start(
         write_rules: impl FnOnce(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<BenchStack> {
+        BenchStack::start_as(write_rules, true)
+    }
+
+    /// [`BenchStack::start`], with CURVE (`secure`) or every part `--insecure`.
+    pub fn start_as(
+        write_rules: impl FnOnce(&Path) -> anyhow::Result<()>,
+        secure: bool,
+    ) -> anyhow::Result<BenchStack> {
         let tmp = tempfile::tempdir()?;
         let state = tmp.path().join("state");
         let rules = tmp.path().join("rules");
@@ -123,7 +133,12 @@ impl BenchStack {
         let base = free_port_base()?;
         let mut s = BenchStack {
             endpoints: bus::Endpoints::local(base, &state),
-            security: crate::security::local_admin(&state, base)?,
+            security: if secure {
+                crate::security::local_admin(&state, base)?
+            } else {
+                Security::Insecure
+            },
+            secure,
             state,
             base,
             exe: std::env::current_exe()?,
@@ -156,6 +171,9 @@ impl BenchStack {
             "--port-base".into(),
             self.base.to_string(),
         ];
+        if !self.secure {
+            args.push("--insecure".into());
+        }
         args.extend_from_slice(extra);
         let d = daemon(&self.exe, &args)?;
         self.daemons.push(d);
