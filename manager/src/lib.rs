@@ -569,13 +569,30 @@ impl Manager {
         self.control.recv(&mut req, zmq::DONTWAIT)?;
         // ZAP already keeps host keys off this door; this also cuts a revoked admin key.
         let admin = self.trust.is_admin(req.gets("User-Id"));
-        let reply = match serde_json::from_slice::<Value>(&req) {
+        let reply = self.answer_control(&req, admin);
+        self.control.send(reply.to_string().as_bytes(), 0)?;
+        Ok(())
+    }
+
+    /// The answer to one control request (bytes as received), from the admin or not. Public
+    /// so the fuzz targets drive the real thing.
+    pub fn answer_control(&mut self, request: &[u8], admin: bool) -> Value {
+        match serde_json::from_slice::<Value>(request) {
             Ok(_) if !admin => json!({"error": "the control socket is for the admin key only"}),
             Ok(v) => self.control_reply(&v),
             Err(e) => json!({"error": format!("request is not JSON: {e}")}),
-        };
-        self.control.send(reply.to_string().as_bytes(), 0)?;
-        Ok(())
+        }
+    }
+
+    /// Take one ingest frame from `sender` (its `User-Id`; `None` without CURVE) exactly as
+    /// the run loop does. Public so the fuzz targets drive the real thing.
+    pub fn take_frame(
+        &mut self,
+        frame: &[u8],
+        sender: Option<&str>,
+        stop: &AtomicBool,
+    ) -> Result<(), ManagerError> {
+        self.handle_frame(frame, sender, stop)
     }
 
     fn control_reply(&mut self, req: &Value) -> Value {
