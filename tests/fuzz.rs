@@ -318,6 +318,10 @@ fn fuzz_manager_ingest() {
         // An error is a socket failure, not a verdict on the frame: there must be none.
         m.take_frame(b, None, &stop).expect("ingest");
     });
+    // The mutations keep enough structure for rules to run on them, not only the decoder.
+    let stats = m.answer_control(br#"{"cmd":"stats"}"#, true);
+    assert!(stats["hits"].as_u64() > Some(0), "no rule ever ran: {stats}");
+    assert!(stats["malformed"].to_string() != "{}", "nothing was malformed: {stats}");
 }
 
 #[test]
