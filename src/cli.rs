@@ -72,9 +72,27 @@ impl StackArgs {
         bus::Endpoints::new(&self.addr, self.port_base, &self.state)
     }
 
+    /// Make the state dir, owner-only (0700): it holds the keys, the registers, the action
+    /// log and the ipc link, which is how the manager and publisher trust each other. An
+    /// existing one open to others is closed, and said so.
     pub fn ensure_state(&self) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.state)
-            .map_err(|e| anyhow::anyhow!("cannot create state dir {}: {e}", self.state.display()))
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let dir = &self.state;
+        let err = |e| anyhow::anyhow!("cannot create state dir {}: {e}", dir.display());
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
+        let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+            tracing::warn!(
+                "state dir {} was open to others (mode {mode:o}): made it 0700",
+                dir.display()
+            );
+        }
+        Ok(())
     }
 }
 

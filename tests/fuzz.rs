@@ -320,8 +320,14 @@ fn fuzz_manager_ingest() {
     });
     // The mutations keep enough structure for rules to run on them, not only the decoder.
     let stats = m.answer_control(br#"{"cmd":"stats"}"#, true);
-    assert!(stats["hits"].as_u64() > Some(0), "no rule ever ran: {stats}");
-    assert!(stats["malformed"].to_string() != "{}", "nothing was malformed: {stats}");
+    assert!(
+        stats["hits"].as_u64() > Some(0),
+        "no rule ever ran: {stats}"
+    );
+    assert!(
+        stats["malformed"].to_string() != "{}",
+        "nothing was malformed: {stats}"
+    );
 }
 
 #[test]

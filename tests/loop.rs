@@ -27,6 +27,16 @@ fn up_send_tail_repair_and_clean_stop() {
         &args_ref(&[vec!["up".to_string()], sa.clone()].concat()),
     );
     up.wait_line("reflex is up", T);
+    // The state dir holds the keys, registers, action log and ipc link: owner only.
+    for dir in [
+        state.clone(),
+        state.join("publisher"),
+        state.join("registers"),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
 
     let tail = Proc::start(
         "tail",
