@@ -325,7 +325,9 @@ fn fuzz_manager_ingest() {
         "no rule ever ran: {stats}"
     );
     assert!(
-        stats["malformed"].to_string() != "{}",
+        stats["malformed"]
+            .as_object()
+            .is_some_and(|m| !m.is_empty()),
         "nothing was malformed: {stats}"
     );
 }
