@@ -140,7 +140,11 @@ fn fuzz(name: &str, seeds: Vec<Vec<u8>>, target: impl Fn(&[u8])) {
         "fuzz {name}: {ran} cases in {:.1} s, slowest {} µs, {}",
         started.elapsed().as_secs_f64(),
         slowest.load(Ordering::Relaxed),
-        if result.is_ok() { "0 crashes, 0 hangs" } else { "FAILED" }
+        if result.is_ok() {
+            "0 crashes, 0 hangs"
+        } else {
+            "FAILED"
+        }
     );
     if let Err(e) = result {
         panic!("fuzz {name}: {e}");
@@ -244,7 +248,11 @@ fn fuzz_topic_targets() {
     // Targets arrive inside actions and rule output; the parser must hold on any string.
     fuzz(
         "target",
-        vec![b"host/web1".to_vec(), b"group/web".to_vec(), b"all".to_vec()],
+        vec![
+            b"host/web1".to_vec(),
+            b"group/web".to_vec(),
+            b"all".to_vec(),
+        ],
         |b| {
             if let Ok(t) = bus::Target::parse(&String::from_utf8_lossy(b)) {
                 assert!(t.topic().ends_with('/'));

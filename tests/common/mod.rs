@@ -2,6 +2,8 @@
 //! always cleaned up, and a subscriber on the manager's monitor stream.
 #![allow(dead_code)]
 
+pub mod sign;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
