@@ -33,13 +33,12 @@ enum Edit {
 fn edit() -> impl Strategy<Value = Edit> {
     let at = any::<usize>();
     prop_oneof![
-        (at.clone(), 0u8..8).prop_map(|(a, b)| Edit::Flip(a, b)),
-        (at.clone(), any::<u8>()).prop_map(|(a, b)| Edit::Set(a, b)),
-        (at.clone(), proptest::collection::vec(any::<u8>(), 1..16))
-            .prop_map(|(a, v)| Edit::Insert(a, v)),
-        (at.clone(), 1usize..32).prop_map(|(a, n)| Edit::Remove(a, n)),
-        at.clone().prop_map(Edit::Truncate),
-        (at.clone(), at.clone(), 1usize..64).prop_map(|(f, t, n)| Edit::Splice(f, t, n)),
+        (at, 0u8..8).prop_map(|(a, b)| Edit::Flip(a, b)),
+        (at, any::<u8>()).prop_map(|(a, b)| Edit::Set(a, b)),
+        (at, proptest::collection::vec(any::<u8>(), 1..16)).prop_map(|(a, v)| Edit::Insert(a, v)),
+        (at, 1usize..32).prop_map(|(a, n)| Edit::Remove(a, n)),
+        at.prop_map(Edit::Truncate),
+        (at, at, 1usize..64).prop_map(|(f, t, n)| Edit::Splice(f, t, n)),
         (at, prop::sample::select(vec![0xdd_u8, 0xdf, 0xdb, 0xc6]))
             .prop_map(|(a, m)| Edit::HugeLength(a, m)),
     ]
