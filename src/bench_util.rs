@@ -130,6 +130,8 @@ impl BenchStack {
         std::fs::create_dir_all(&state)?;
         std::fs::create_dir_all(&rules)?;
         write_rules(&rules)?;
+        // Made before any part starts: the actor pins it from the state dir.
+        bus::envelope::SignKey::load_or_create(&state)?;
         let base = free_port_base()?;
         let mut s = BenchStack {
             endpoints: bus::Endpoints::local(base, &state),

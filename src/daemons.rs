@@ -98,6 +98,32 @@ pub struct ActorArgs {
     /// Seconds every graph must be idle and converged before `actor/converged` is reported.
     #[arg(long, default_value_t = 2.0)]
     pub converged_timeout: f64,
+    /// The control node's public signing key every action must be sealed with: 64 hex
+    /// characters or a file holding them (its `keys/sign.pub`). Default: the state dir's
+    /// `keys/sign.pub` when there is one (the same control node, as `reflex up` has it).
+    #[arg(long, value_name = "KEY|FILE")]
+    pub sign_key: Option<String>,
+}
+
+/// The signing key an actor pins: `--sign-key`, else the state dir's `keys/sign.pub`. A secure
+/// actor with neither refuses to start; an insecure one runs unverified (it warns).
+fn sign_key(
+    arg: Option<&str>,
+    state: &std::path::Path,
+    security: &bus::secure::Security,
+) -> anyhow::Result<Option<bus::envelope::ManagerKey>> {
+    use bus::envelope::{key::public_path, ManagerKey};
+    let key = match arg {
+        Some(a) => Some(ManagerKey::parse(a).map_err(|e| Exit::usage(format!("--sign-key: {e}")))?),
+        None => ManagerKey::from_state(state)?,
+    };
+    if key.is_none() && !matches!(security, bus::secure::Security::Insecure) {
+        return Err(Exit::usage(format!(
+            "no signing key to verify actions with: give --sign-key KEY|FILE (the control node's {}, printed by `reflex keys show --sign`)",
+            public_path(std::path::Path::new("<state>")).display()
+        )));
+    }
+    Ok(key)
 }
 
 /// `tcp://host:N` -> `tcp://host:N+1` (the replay port sits after the publisher's).
@@ -125,8 +151,10 @@ pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
         })?),
         (false, None, None) => Some(ep.replay.clone()),
     };
+    let sign_key = sign_key(a.sign_key.as_deref(), &a.stack.state, &security)?;
     let cfg = actor::Config {
         replay,
+        sign_key,
         publish: a.publisher.unwrap_or(ep.publish),
         ingest: a.manager.unwrap_or(ep.ingest),
         name: a.name.unwrap_or_else(hostname),

@@ -189,6 +189,8 @@ pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     if security.is_secure() {
         crate::security::enroll_local_host(&a.stack.state, &name, &a.groups)?;
     }
+    // The signing key exists before the actor starts, which pins it from the state dir.
+    bus::envelope::SignKey::load_or_create(&a.stack.state)?;
     // Insecure was said (and warned about) once above.
     let admin = if security.is_secure() {
         crate::security::security(&a.stack, crate::security::Node::Client)?

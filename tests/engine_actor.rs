@@ -2,10 +2,11 @@
 //! read by a manager that this test plays itself (real ZeroMQ sockets): graph swap by diff,
 //! invalid graphs rejected with the old one kept, empty graphs removing a name,
 //! `actor/converged`/`actor/diverged`, graphviz output, and graphs plus a pending refresh
-//! surviving a kill -9.
+//! surviving a kill -9; signed actions: forged, re-signed, replayed and expired ones refused.
 
 mod common;
 
+use bus::envelope::SignKey;
 use bus::{Action, Event, Origin, Target};
 use common::*;
 use serde_json::{json, Value};
@@ -21,6 +22,8 @@ struct Fake {
     ingest: zmq::Socket,
     base: u16,
     seq: u64,
+    /// What actions are sealed with: the key pinned in the actor's state dir.
+    sign: SignKey,
 }
 
 impl Fake {
@@ -35,10 +38,13 @@ impl Fake {
             ingest,
             base,
             seq: 0,
+            sign: sign::stranger(),
         }
     }
 
-    fn start_actor(&self, state: &Path, graphviz: &Path) -> Proc {
+    /// Start an actor on `state`, which pins the signing key the fake publisher seals with.
+    fn start_actor(&mut self, state: &Path, graphviz: &Path) -> Proc {
+        self.sign = sign::pin(state);
         let p = |x: &Path| x.display().to_string();
         let actor = Proc::start(
             "actor",
@@ -64,22 +70,30 @@ impl Fake {
         actor
     }
 
-    fn act(&mut self, name: &str, graph: Value) -> String {
+    /// The next action for this actor, numbered.
+    fn action(&mut self, name: &str, graph: Value) -> Action {
         self.seq += 1;
-        let target = Target::parse("host/t").expect("target");
-        let topic = target.topic();
-        let action = Action {
+        Action {
             id: bus::new_id(),
             name: name.to_string(),
             seq: self.seq,
-            target,
+            target: Target::parse("host/t").expect("target"),
             graph,
             origin: Origin::default(),
             expires: None,
-        };
+        }
+    }
+
+    /// Publish a frame under this actor's topic.
+    fn send(&self, frame: &[u8]) {
         self.publish
-            .send_multipart([topic.as_bytes(), &bus::encode(&action)], 0)
+            .send_multipart([b"host/t/".as_slice(), frame], 0)
             .expect("publish");
+    }
+
+    fn act(&mut self, name: &str, graph: Value) -> String {
+        let action = self.action(name, graph);
+        self.send(&sign::sealed(&self.sign, &action));
         action.id
     }
 
@@ -283,5 +297,54 @@ fn an_actor_name_that_can_never_match_is_bad_usage() {
         let (code, _out, err) = run(&args);
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains("bad actor name or group"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn forged_resigned_replayed_and_expired_actions_are_rejected_and_nothing_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut fake = Fake::new();
+    let _actor = fake.start_actor(&tmp.path().join("state"), &tmp.path().join("dots"));
+    let first = fake.act("ok", json!([file(&tmp.path().join("ok"), "ok")]));
+    assert_eq!(fake.result(&first)["status"], "ok");
+    let target = |name: &str| tmp.path().join(name);
+
+    // Forged: a sealed frame whose signed header was changed (its last byte, the digest's).
+    let forged_action = fake.action("forged", json!([file(&target("forged"), "x")]));
+    let frame = sign::sealed(&fake.sign, &forged_action);
+    assert_eq!(frame[2], 0xc4, "header as bin8");
+    let mut forged = frame.clone();
+    forged[3 + usize::from(frame[3])] ^= 1;
+    // Re-signed: a whole valid frame, with a key the actor did not pin.
+    let resigned = sign::sealed(
+        &sign::stranger(),
+        &fake.action("resigned", json!([file(&target("resigned"), "x")])),
+    );
+    // Replayed: validly signed, but at the sequence already applied and not that action.
+    let mut old = fake.action("replayed", json!([file(&target("replayed"), "x")]));
+    old.seq = 1;
+    let replayed = sign::sealed(&fake.sign, &old);
+    // Expired: validly signed, new sequence, expiry long past.
+    let mut late = fake.action("expired", json!([file(&target("expired"), "x")]));
+    late.expires = Some(1);
+    let expired = sign::sealed(&fake.sign, &late);
+
+    for (frame, reason) in [
+        (forged, "signature"),
+        (resigned, "signature"),
+        (replayed, "replayed"),
+        (expired, "expired"),
+    ] {
+        fake.send(&frame);
+        let r = fake.wait(&format!("actor/rejected ({reason})"), |e| {
+            e.tag == "actor/rejected"
+        });
+        assert_eq!(r.data["reason"], reason, "{}", r.data);
+    }
+    // A good action after them still runs: the refusals changed nothing in between.
+    let last = fake.act("after", json!([file(&target("after"), "after")]));
+    assert_eq!(fake.result(&last)["status"], "ok");
+    for name in ["forged", "resigned", "replayed", "expired"] {
+        assert!(!target(name).exists(), "{name} ran");
     }
 }

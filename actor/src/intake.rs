@@ -1,8 +1,9 @@
 //! Which actions the actor takes in, and in which order.
 //!
 //! Actions take effect in the order of their sequence numbers, each one once: an action with a
-//! number at or below the highest one taken in is a duplicate (received both replayed and live,
-//! or sent again by a restarted publisher, which continues its numbering) and is ignored. To keep
+//! number at or below the highest one taken in is a duplicate when it is one already taken in
+//! (received both replayed and live) and is ignored; any other is a replay of an old signed
+//! action and refused. To keep
 //! that order across a catch-up, what arrives live while one is in flight is held back and taken
 //! in after the replayed actions.
 //!
@@ -30,7 +31,17 @@ pub(crate) enum Admit {
     Expired(Action),
     /// Ignore it: a duplicate, or a replayed action that expired.
     Skip,
+    /// Refuse it: an old sequence number that is not an action taken in before.
+    Replayed {
+        /// Its sequence.
+        seq: u64,
+        /// The highest one taken in.
+        last: u64,
+    },
 }
+
+/// How many of the ids taken in are remembered to tell a duplicate from a replay.
+const RECENT_IDS: usize = 4096;
 
 /// The actor's intake: the sequence high-water mark and the actions held during catch-ups.
 #[derive(Default)]
@@ -42,12 +53,26 @@ pub(crate) struct Intake {
     /// Live actions received during a catch-up, in order of arrival. Bounded in practice by
     /// what the publisher sends in one replay's answer time.
     held: VecDeque<Action>,
+    /// The ids of the latest actions taken in, oldest first, and as a set.
+    recent: VecDeque<String>,
+    recent_set: std::collections::HashSet<String>,
 }
 
 impl Intake {
-    /// Count `seq` as taken in (a graph kept by a previous run).
+    /// Count `seq` as taken in (a graph kept by a previous run, or the persisted last one).
     pub(crate) fn saw(&mut self, seq: u64) {
         self.last_seq = self.last_seq.max(seq);
+    }
+
+    fn remember(&mut self, id: &str) {
+        if self.recent_set.insert(id.to_string()) {
+            self.recent.push_back(id.to_string());
+            if self.recent.len() > RECENT_IDS {
+                if let Some(old) = self.recent.pop_front() {
+                    self.recent_set.remove(&old);
+                }
+            }
+        }
     }
 
     /// A catch-up starts: live actions are held from now on. Returns the number to replay from.
@@ -82,10 +107,17 @@ impl Intake {
             return Admit::Skip;
         }
         if action.seq != 0 && action.seq <= self.last_seq {
-            tracing::debug!(seq = action.seq, "duplicate action ignored");
-            return Admit::Skip;
+            if self.recent_set.contains(&action.id) {
+                tracing::debug!(seq = action.seq, "duplicate action ignored");
+                return Admit::Skip;
+            }
+            return Admit::Replayed {
+                seq: action.seq,
+                last: self.last_seq,
+            };
         }
         self.last_seq = self.last_seq.max(action.seq);
+        self.remember(&action.id);
         if expired {
             Admit::Expired(action)
         } else {
@@ -152,6 +184,26 @@ mod tests {
         assert!(intake.end_catch_up().is_empty());
         assert_eq!(intake.end_catch_up(), vec![action(7, None)]);
         assert!(intake.end_catch_up().is_empty());
+    }
+
+    #[test]
+    fn an_old_sequence_that_is_not_a_duplicate_is_a_replay() {
+        let mut intake = Intake::default();
+        intake.saw(9);
+        let mut old = action(4, None);
+        old.id = "never-seen".into();
+        assert_eq!(
+            intake.admit(old, Source::Live, 1_000),
+            Admit::Replayed { seq: 4, last: 9 }
+        );
+        assert_eq!(
+            intake.admit(action(10, None), Source::Live, 1_000),
+            Admit::Apply(action(10, None))
+        );
+        assert_eq!(
+            intake.admit(action(10, None), Source::Replayed, 1_000),
+            Admit::Skip
+        );
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! requests.
 //!
 //! Where things are: `sub` (the SUB thread and the subscriptions), `replay` (catching up from
-//! the publisher's log), `intake` (order, duplicates, expiry), `serve` (the serve loop),
+//! the publisher's log), `verify` (the signed envelope and its target), `intake` (order,
+//! duplicates, replays, expiry), `serve` (the serve loop),
 //! `graph_task` (one named graph and its reports), `store` (the graphs kept on disk).
 //!
 //! ```no_run
@@ -37,6 +38,7 @@
 //!     converged_timeout: Duration::from_secs(5),
 //!     replay: Some("tcp://127.0.0.1:4512".into()),
 //!     security: bus::secure::Security::Insecure,
+//!     sign_key: None,
 //! };
 //! // Runs until the flag is set (from a signal handler, say).
 //! actor::run(cfg, Arc::new(AtomicBool::new(false)))?;
@@ -47,12 +49,13 @@
 
 mod graph_task;
 mod intake;
-#[allow(dead_code)] // until the envelope and policy checks use every reason
+#[allow(dead_code)] // until the policy check uses Reason::Policy
 mod rejected;
 mod replay;
 mod serve;
 mod store;
 mod sub;
+mod verify;
 
 use bus::Event;
 use std::path::PathBuf;
@@ -110,6 +113,9 @@ pub struct Config {
     /// CURVE (this host's key pair, the pinned manager key) or the explicit insecure mode, for
     /// every socket.
     pub security: bus::secure::Security,
+    /// The pinned public half of the control node's signing key: every action must be sealed
+    /// with it. `None` only in the explicit insecure mode, where actions are not verified.
+    pub sign_key: Option<bus::envelope::ManagerKey>,
 }
 
 /// Run an actor until `stop` is set.

@@ -5,7 +5,6 @@
 //! on while it is in flight; the serve loop holds back what arrives live meanwhile (see
 //! [`crate::intake`]) so the order in which actions take effect stays by sequence number.
 
-use bus::Action;
 use serde_json::json;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -26,9 +25,10 @@ pub(crate) struct Replay {
 }
 
 impl Replay {
-    /// The actions in force for our topics newer than `since`, oldest first. A publisher that
-    /// does not answer in time only costs the replay: live actions still flow.
-    fn fetch(&self, since: u64) -> Vec<Action> {
+    /// The sealed frames of the actions in force for our topics newer than `since`, oldest
+    /// first, not verified yet. A publisher that does not answer in time only costs the replay:
+    /// live actions still flow.
+    fn fetch(&self, since: u64) -> Vec<Vec<u8>> {
         let req = json!({"since": since, "topics": self.topics, "latest_only": true});
         let ask = || -> Result<Vec<Vec<u8>>, String> {
             let s = bus::secure::connect(zmq::REQ, &self.endpoint, &self.security)
@@ -41,10 +41,10 @@ impl Replay {
         };
         match ask() {
             Ok(parts) => {
-                let actions: Vec<Action> = parts
-                    .iter()
+                let actions: Vec<Vec<u8>> = parts
+                    .into_iter()
                     .skip(1)
-                    .filter_map(|f| bus::decode_with_limit(f, self.max_frame).ok())
+                    .filter(|f| f.len() <= self.max_frame)
                     .collect();
                 tracing::info!(
                     since,
@@ -63,7 +63,7 @@ impl Replay {
 
 /// Start catching up from `since`: once subscriptions have settled, the replayed actions (none
 /// without a replay endpoint, or when the publisher does not answer).
-pub(crate) fn catch_up(replay: Option<Replay>, since: u64) -> JoinHandle<Vec<Action>> {
+pub(crate) fn catch_up(replay: Option<Replay>, since: u64) -> JoinHandle<Vec<Vec<u8>>> {
     tokio::spawn(async move {
         tokio::time::sleep(SETTLE).await;
         match replay {

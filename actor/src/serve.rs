@@ -3,9 +3,11 @@
 
 use crate::graph_task::{result_data, Cmd, Crossed, Ctx, InForce};
 use crate::intake::{Admit, Intake, Source};
+use crate::rejected::{self, Reason};
 use crate::replay::{catch_up, Replay};
-use crate::store::Store;
+use crate::store::{LastSeqs, Store};
 use crate::sub::Inbound;
+use crate::verify::{Refused, Verify};
 use crate::{ActorError, Config};
 use bus::{Action, Event};
 use serde_json::json;
@@ -30,9 +32,13 @@ pub(crate) struct Actor {
     /// Whether `actor/converged` (rather than `actor/diverged`) was the last one reported.
     converged_reported: bool,
     intake: Intake,
+    /// The envelope and target checks every frame goes through first.
+    verify: Verify,
+    /// The last sequence applied per issuer, as kept in the store.
+    last_seqs: LastSeqs,
     replay: Option<Replay>,
-    /// Catch-ups in flight, oldest first; each ends with its replayed actions.
-    catch_ups: VecDeque<JoinHandle<Vec<Action>>>,
+    /// Catch-ups in flight, oldest first; each ends with its replayed frames.
+    catch_ups: VecDeque<JoinHandle<Vec<Vec<u8>>>>,
     inbound: mpsc::Receiver<Inbound>,
     crossings: mpsc::UnboundedReceiver<Crossed>,
     stop: Arc<AtomicBool>,
@@ -42,7 +48,7 @@ pub(crate) struct Actor {
 enum Wake {
     Inbound(Inbound),
     Crossed(Crossed),
-    CaughtUp(Vec<Action>),
+    CaughtUp(Vec<Vec<u8>>),
     Stop,
 }
 
@@ -55,9 +61,22 @@ impl Actor {
         stop: Arc<AtomicBool>,
     ) -> Result<Actor, ActorError> {
         let (crossed, crossings) = mpsc::unbounded_channel();
+        if cfg.sign_key.is_none() {
+            tracing::warn!("insecure mode: actions are NOT verified (no pinned signing key)");
+        }
+        let verify = Verify {
+            key: cfg.sign_key,
+            name: cfg.name.clone(),
+            groups: cfg.groups.clone(),
+            max_frame: cfg.max_frame,
+        };
+        let store = cfg.state.as_deref().map(|s| Store::new(s, &cfg.name));
+        let last_seqs = store.as_ref().map(Store::last_seqs).unwrap_or_default();
+        let mut intake = Intake::default();
+        intake.saw(last_seqs.get(&verify.issuer()).copied().unwrap_or(0));
         Ok(Actor {
             engine: engine::Engine::new()?,
-            store: cfg.state.as_deref().map(|s| Store::new(s, &cfg.name)),
+            store,
             ctx: Ctx {
                 host: cfg.name.clone(),
                 out,
@@ -76,7 +95,9 @@ impl Actor {
             graphs: HashMap::new(),
             serials: 0,
             converged_reported: true,
-            intake: Intake::default(),
+            intake,
+            verify,
+            last_seqs,
             catch_ups: VecDeque::new(),
             inbound,
             crossings,
@@ -91,11 +112,14 @@ impl Actor {
         loop {
             match self.next(&mut tick).await {
                 Wake::Inbound(Inbound::Connected) => self.connected(),
-                Wake::Inbound(Inbound::Action(a)) => {
-                    if let Some(a) = self.intake.hold(*a) {
-                        self.take(a, Source::Live).await;
+                Wake::Inbound(Inbound::Frame(f)) => match self.verify.check(&f) {
+                    Ok(a) => {
+                        if let Some(a) = self.intake.hold(a) {
+                            self.take(a, Source::Live).await;
+                        }
                     }
-                }
+                    Err(refused) => self.reject(&refused),
+                },
                 Wake::CaughtUp(replayed) => self.caught_up(replayed).await,
                 Wake::Crossed(c) => self.crossed(c),
                 Wake::Stop => break,
@@ -157,9 +181,12 @@ impl Actor {
 
     /// A catch-up ended: what was published while we were away comes first, then the
     /// announcement that actions reach us, then what arrived live meanwhile.
-    async fn caught_up(&mut self, replayed: Vec<Action>) {
-        for a in replayed {
-            self.take(a, Source::Replayed).await;
+    async fn caught_up(&mut self, replayed: Vec<Vec<u8>>) {
+        for f in replayed {
+            match self.verify.check(&f) {
+                Ok(a) => self.take(a, Source::Replayed).await,
+                Err(refused) => self.reject(&refused),
+            }
         }
         self.ctx.emit(
             "actor/up",
@@ -170,22 +197,52 @@ impl Actor {
         }
     }
 
-    /// Take one action in: apply it, unless it is a duplicate or expired.
+    /// Take one verified action in: apply it, unless it is a duplicate, a replay or expired.
     async fn take(&mut self, action: Action, source: Source) {
+        let claim = |a: &Action, reason| Refused {
+            name: Some(a.name.clone()),
+            seq: Some(a.seq),
+            id: Some(a.id.clone()),
+            reason,
+        };
         match self.intake.admit(action, source, bus::now_ms()) {
-            Admit::Apply(action) => self.apply(action).await,
-            Admit::Expired(action) => self.ctx.emit(
-                "actor/result",
-                result_data(
-                    &action,
-                    "error",
-                    vec![],
-                    vec!["expired before it arrived".into()],
-                    0.0,
-                ),
-            ),
+            Admit::Apply(action) => {
+                self.applied_seq(action.seq);
+                self.apply(action).await
+            }
+            Admit::Expired(action) => self.reject(&claim(&action, Reason::Expired)),
+            Admit::Replayed { seq, last } => {
+                // Only the claim is reported; the action was never taken in.
+                let refused = Refused {
+                    name: None,
+                    seq: Some(seq),
+                    id: None,
+                    reason: Reason::Replayed { seq, last },
+                };
+                self.reject(&refused)
+            }
             Admit::Skip => {}
         }
+    }
+
+    /// Keep the last sequence applied from the pinned issuer, before the action runs, so a
+    /// crash while it runs does not let it be replayed.
+    fn applied_seq(&mut self, seq: u64) {
+        let Some(store) = &self.store else { return };
+        let issuer = self.verify.issuer();
+        if seq > self.last_seqs.get(&issuer).copied().unwrap_or(0) {
+            self.last_seqs.insert(issuer, seq);
+            store.save_last_seqs(&self.last_seqs);
+        }
+    }
+
+    /// Report a refused frame: nothing of it runs.
+    fn reject(&self, r: &Refused) {
+        tracing::warn!(name = ?r.name, seq = ?r.seq, "action rejected: {}", r.reason.detail());
+        self.ctx.emit(
+            rejected::TAG,
+            rejected::data(r.id.as_deref(), r.name.as_deref(), r.seq, &r.reason),
+        );
     }
 
     /// Put an action's graph in force under its name: started, swapped in, or (empty) removed.
@@ -319,7 +376,7 @@ impl Actor {
 
 /// The replayed actions of the oldest catch-up in flight, once it ends; never, with none.
 /// Cancel-safe: the catch-up stays queued until it has ended.
-async fn next_catch_up(queue: &mut VecDeque<JoinHandle<Vec<Action>>>) -> Vec<Action> {
+async fn next_catch_up(queue: &mut VecDeque<JoinHandle<Vec<Vec<u8>>>>) -> Vec<Vec<u8>> {
     let Some(oldest) = queue.front_mut() else {
         return std::future::pending().await;
     };
@@ -360,6 +417,7 @@ mod tests {
             converged_timeout: Duration::from_secs(3600),
             replay: None,
             security: bus::secure::Security::Insecure,
+            sign_key: None,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let mut actor = Actor::new(cfg, Vec::new(), inbound, out, stop).expect("actor");

@@ -9,7 +9,13 @@ use std::path::{Path, PathBuf};
 pub(crate) struct Store {
     graphs: PathBuf,
     engine: PathBuf,
+    /// The last sequence applied from each issuer key (JSON object), so that a restart, even
+    /// after a kill -9, does not reopen replays of older signed actions.
+    issuers: PathBuf,
 }
+
+/// Issuer key id -> the last sequence applied from it.
+pub(crate) type LastSeqs = std::collections::BTreeMap<String, u64>;
 
 impl Store {
     pub(crate) fn new(state: &Path, name: &str) -> Store {
@@ -17,6 +23,33 @@ impl Store {
         Store {
             graphs: dir.join("graphs"),
             engine: dir.join("engine"),
+            issuers: dir.join("issuers.json"),
+        }
+    }
+
+    /// The last sequences kept by a previous run; none when there is no (readable) file.
+    pub(crate) fn last_seqs(&self) -> LastSeqs {
+        match std::fs::read(&self.issuers) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::error!(file = %self.issuers.display(), "unreadable last sequences: {e}");
+                LastSeqs::new()
+            }),
+            Err(_) => LastSeqs::new(),
+        }
+    }
+
+    /// Keep the last sequences, atomically.
+    pub(crate) fn save_last_seqs(&self, last: &LastSeqs) {
+        let result = serde_json::to_vec(last)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                if let Some(dir) = self.issuers.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                atomic_write(&self.issuers, &bytes, None)
+            });
+        if let Err(e) = result {
+            tracing::error!(file = %self.issuers.display(), "cannot persist last sequences: {e}");
         }
     }
 
@@ -117,6 +150,9 @@ mod tests {
             .ends_with("6465706c6f792f617070.json"));
         store.remove("deploy/app");
         assert!(store.load().is_empty());
+        let last = LastSeqs::from([("k".to_string(), 9)]);
+        store.save_last_seqs(&last);
+        assert_eq!(Store::new(&dir, "web/1").last_seqs(), last);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,17 +1,17 @@
-//! The SUB thread: it owns the subscription socket (ZeroMQ sockets are not thread-safe), decodes
-//! what the publisher sends and hands it to the serve loop. It never blocks on anything but the
+//! The SUB thread: it owns the subscription socket (ZeroMQ sockets are not thread-safe) and
+//! hands the sealed frames the publisher sends to the serve loop, which verifies them. It never blocks on anything but the
 //! channel to the serve loop, so live actions keep being taken in while a replay is in flight.
 
 use crate::{ActorError, Config};
-use bus::{Action, BadFrames, MalformedKind, Target};
+use bus::{BadFrames, MalformedKind, Target};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// What the SUB thread hands the serve loop.
 pub(crate) enum Inbound {
-    /// An action received live.
-    Action(Box<Action>),
+    /// A sealed action frame received live, not verified yet.
+    Frame(Vec<u8>),
     /// The subscription reached a publisher (first connect or reconnect): time to catch up.
     Connected,
 }
@@ -78,16 +78,22 @@ fn sub_loop(
             continue;
         }
         while let Ok(parts) = sub.recv_multipart(zmq::DONTWAIT) {
-            let action = match parts.as_slice() {
-                [_topic, frame] => bad.keep(bus::decode_with_limit::<Action>(frame, max_frame)),
+            let mut parts = parts;
+            let frame = match parts.len() {
+                2 if parts[1].len() > max_frame => {
+                    let why = format!("{} bytes over the {max_frame}-byte limit", parts[1].len());
+                    bad.count(MalformedKind::Oversize, &why);
+                    None
+                }
+                2 => parts.pop(),
                 _ => {
                     let why = format!("expected 2 frames, got {}", parts.len());
                     bad.count(MalformedKind::Malformed, &why);
                     None
                 }
             };
-            if let Some(a) = action {
-                if tx.blocking_send(Inbound::Action(Box::new(a))).is_err() {
+            if let Some(f) = frame {
+                if tx.blocking_send(Inbound::Frame(f)).is_err() {
                     return;
                 }
             }
@@ -111,6 +117,7 @@ mod tests {
             converged_timeout: std::time::Duration::from_secs(1),
             replay: None,
             security: bus::secure::Security::Insecure,
+            sign_key: None,
         }
     }
 

@@ -8,7 +8,7 @@
 //!
 //! Trust starts here too: CURVE key pairs and public keys ([`keys`]), the private files they
 //! live in ([`private`]), how sockets apply them ([`secure`]), the ZAP handler that decides who may connect ([`zap`]), and the enrollment store of the keys it
-//! accepts ([`enroll`]).
+//! accepts ([`enroll`]). Actions travel signed by the control node's key ([`envelope`]).
 //!
 //! Receivers count what they drop with [`BadFrames`].
 //!
@@ -37,6 +37,7 @@ pub mod bad;
 pub mod codec;
 pub mod endpoints;
 pub mod enroll;
+pub mod envelope;
 pub mod keys;
 pub mod monitor;
 pub mod private;

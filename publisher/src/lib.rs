@@ -2,13 +2,16 @@
 //!
 //! A separate process from the manager, linked to it over `ipc://<state>/publisher.ipc`. It
 //! PULLs each action, gives it the next sequence number (strictly increasing, across restarts),
-//! appends it to a durable log in sled, and PUBlishes it under the topic frame of its target
-//! (`all/`, `host/<name>/`, `group/<name>/`). The log keeps the last [`Config::keep`] actions.
+//! seals it in a signed envelope ([`bus::envelope`], with the control node's signing key in
+//! `<state>/keys/sign.secret`: the publisher numbers, so it signs), appends the sealed frame to a
+//! durable log in sled, and PUBlishes it under the topic frame of its target (`all/`,
+//! `host/<name>/`, `group/<name>/`). The log keeps the last [`Config::keep`] actions.
 //!
 //! A REP socket (the replay endpoint) serves the log to actors that were away: a JSON request
 //! `{"since": SEQ, "topics": ["all/", "host/web1/"], "latest_only": bool, "limit": N}` is
 //! answered with a JSON header frame `{"count", "last_seq", "oldest", "gap"}` followed by one
-//! frame per action (oldest first). `latest_only` keeps only the newest action of each name: what
+//! sealed frame per action (oldest first), the very bytes published live, so an actor that was
+//! away checks them the same way. Filtering reads the envelope's header, not the body. `latest_only` keeps only the newest action of each name: what
 //! is in force, for an actor starting from nothing. `gap` is true when actions after `since` were
 //! already pruned from the log.
 
@@ -51,6 +54,9 @@ pub enum PublisherError {
     /// The ZAP handler could not start.
     #[error(transparent)]
     Zap(#[from] bus::zap::ZapError),
+    /// The control node's signing key cannot be made or read.
+    #[error("signing key: {0}")]
+    SignKey(#[from] bus::envelope::SignKeyError),
 }
 
 /// How to run a publisher.
@@ -82,6 +88,8 @@ pub struct Publisher {
     /// actions in force can always be replayed.
     latest: sled::Tree,
     db: sled::Db,
+    /// What every action is sealed with.
+    sign: bus::envelope::SignKey,
     next_seq: u64,
     keep: u64,
     max_frame: usize,
@@ -112,6 +120,7 @@ impl Publisher {
         })?;
         let log = db.open_tree("actions")?;
         let latest = db.open_tree("latest")?;
+        let sign = bus::envelope::SignKey::load_or_create(&cfg.state_dir)?;
         let next_seq = match log.last()? {
             Some((k, _)) => seq_of(&k) + 1,
             None => 1,
@@ -122,7 +131,7 @@ impl Publisher {
         let sec = &cfg.security;
         let publish = doors::bind_fanout(&cfg.endpoints.publish, sec)?;
         let replay = bus::secure::bind(zmq::REP, &cfg.endpoints.replay, sec, Door::Replay)?;
-        tracing::info!(link = %cfg.endpoints.link, publish = %cfg.endpoints.publish, replay = %cfg.endpoints.replay, next_seq, "publisher up");
+        tracing::info!(link = %cfg.endpoints.link, publish = %cfg.endpoints.publish, replay = %cfg.endpoints.replay, next_seq, sign_key = %sign.id(), "publisher up");
         Ok(Publisher {
             link,
             publish,
@@ -133,6 +142,7 @@ impl Publisher {
             log,
             latest,
             db,
+            sign,
             next_seq,
             keep: cfg.keep.max(1),
             max_frame: cfg.max_frame,
@@ -234,11 +244,12 @@ impl Publisher {
         let mut picked: Vec<(u64, String, Vec<u8>)> = Vec::new();
         for item in self.log.range((r.since.saturating_add(1)).to_be_bytes()..) {
             let (k, v) = item?;
-            let Ok(action) = bus::decode::<Action>(&v) else {
+            // Our own sealed frames: the header is only read for routing here.
+            let Ok(header) = bus::envelope::peek(&v, usize::MAX) else {
                 continue;
             };
-            if r.topics.contains(&action.target.topic()) {
-                picked.push((seq_of(&k), action.name, v.to_vec()));
+            if r.topics.contains(&header.target.topic()) {
+                picked.push((seq_of(&k), header.name, v.to_vec()));
             }
         }
         if r.latest_only {
@@ -283,7 +294,7 @@ impl Publisher {
         }
         action.seq = self.next_seq;
         self.next_seq += 1;
-        let out = bus::encode(&action);
+        let out = bus::envelope::seal(&self.sign, &action, bus::now_ms());
         self.log.insert(action.seq.to_be_bytes(), out.as_slice())?;
         self.latest
             .insert(action.name.as_bytes(), &action.seq.to_be_bytes())?;
@@ -303,9 +314,9 @@ impl Publisher {
     fn prune(&self, below: u64) -> Result<(), PublisherError> {
         for item in self.log.range(..below.to_be_bytes()) {
             let (k, v) = item?;
-            let in_force = bus::decode::<Action>(&v)
+            let in_force = bus::envelope::peek(&v, usize::MAX)
                 .ok()
-                .and_then(|a| self.latest.get(a.name.as_bytes()).ok().flatten())
+                .and_then(|h| self.latest.get(h.name.as_bytes()).ok().flatten())
                 .is_some_and(|s| s.as_ref() == k.as_ref());
             if !in_force {
                 self.log.remove(&k)?;
@@ -364,7 +375,8 @@ mod tests {
         }
     }
 
-    fn replay(ep: &str, req: Value) -> (Value, Vec<Action>) {
+    /// What the replay socket answers, each frame verified against the state dir's key.
+    fn replay(ep: &str, key: &bus::envelope::ManagerKey, req: Value) -> (Value, Vec<Action>) {
         let s = bus::sockets::connect(zmq::REQ, ep).unwrap();
         s.set_rcvtimeo(5_000).unwrap();
         s.send(req.to_string().as_bytes(), 0).unwrap();
@@ -372,7 +384,10 @@ mod tests {
         let header = serde_json::from_slice(&parts[0]).unwrap();
         (
             header,
-            parts[1..].iter().map(|p| bus::decode(p).unwrap()).collect(),
+            parts[1..]
+                .iter()
+                .map(|p| bus::envelope::open(p, key, bus::MAX_FRAME).unwrap().action)
+                .collect(),
         )
     }
 
@@ -390,6 +405,10 @@ mod tests {
             keep: 1_000,
             security: bus::secure::Security::Insecure,
         };
+        // The key the publisher will find and sign with.
+        let key = bus::envelope::SignKey::load_or_create(dir.path())
+            .unwrap()
+            .public();
         let stop = Arc::new(AtomicBool::new(false));
         let run = {
             let (cfg, stop) = (cfg.clone(), stop.clone());
@@ -409,7 +428,11 @@ mod tests {
         let ep = cfg.endpoints.replay.clone();
         let mut tries = 0;
         let (header, all) = loop {
-            let (h, a) = replay(&ep, json!({"since": 0, "topics": ["all/", "host/a/"]}));
+            let (h, a) = replay(
+                &ep,
+                &key,
+                json!({"since": 0, "topics": ["all/", "host/a/"]}),
+            );
             if h["last_seq"] == json!(3_002) || tries > 100 {
                 break (h, a);
             }
@@ -435,11 +458,12 @@ mod tests {
 
         let (_, latest) = replay(
             &ep,
+            &key,
             json!({"since": 0, "topics": ["all/", "host/a/"], "latest_only": true}),
         );
         let names: Vec<&str> = latest.iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["pinned", "n0", "n2", "n4", "n6", "n8", "last"]);
-        let (h, recent) = replay(&ep, json!({"since": 3_000, "topics": ["host/ab/"]}));
+        let (h, recent) = replay(&ep, &key, json!({"since": 3_000, "topics": ["host/ab/"]}));
         assert_eq!((h["gap"].clone(), recent.len()), (json!(false), 1));
         let s = bus::sockets::connect(zmq::REQ, &ep).unwrap();
         s.set_rcvtimeo(5_000).unwrap();

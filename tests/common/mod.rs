@@ -2,6 +2,8 @@
 //! always cleaned up, and a subscriber on the manager's monitor stream.
 #![allow(dead_code)]
 
+pub mod sign;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -389,9 +391,13 @@ impl Stack {
         enroll_host(&self.state, &host_state, name, groups);
         let manager_key =
             bus::keys::public_path(&bus::keys::key_dir(&self.state), bus::keys::Role::Manager);
+        // The control node's signing key, made now if the publisher has not yet.
+        bus::envelope::SignKey::load_or_create(&self.state).expect("signing key");
+        let sign_key = bus::envelope::key::public_path(&self.state);
         let mut a = vec!["actor".to_string(), "--name".into(), name.into()];
         a.extend(stack_args(&host_state, self.base));
         a.extend(["--manager-key".into(), manager_key.display().to_string()]);
+        a.extend(["--sign-key".into(), sign_key.display().to_string()]);
         for g in groups {
             a.extend(["--group".into(), g.to_string()]);
         }
