@@ -210,10 +210,22 @@ impl Publisher {
         let mut req = zmq::Message::new();
         self.replay.recv(&mut req, zmq::DONTWAIT)?;
         let user = req.gets("User-Id").map(str::to_string);
-        let frames = match serde_json::from_slice::<ReplayRequest>(&req) {
+        let frames = self.answer_replay(&req, user.as_deref())?;
+        self.replay.send_multipart(frames, 0)?;
+        Ok(())
+    }
+
+    /// The answer to one replay request (bytes as received) from `user` (its `User-Id`;
+    /// `None` without CURVE). Public so the fuzz targets drive the real thing.
+    pub fn answer_replay(
+        &mut self,
+        request: &[u8],
+        user: Option<&str>,
+    ) -> Result<Vec<Vec<u8>>, PublisherError> {
+        Ok(match serde_json::from_slice::<ReplayRequest>(request) {
             Ok(mut r) => {
                 // A host is served only its own topics; the rest are named in the header.
-                let refused = self.doors.filter_topics(user.as_deref(), &mut r.topics);
+                let refused = self.doors.filter_topics(user, &mut r.topics);
                 self.replay_frames(&r, &refused)?
             }
             Err(e) => vec![
@@ -221,9 +233,13 @@ impl Publisher {
                     .to_string()
                     .into_bytes(),
             ],
-        };
-        self.replay.send_multipart(frames, 0)?;
-        Ok(())
+        })
+    }
+
+    /// Number, seal, log and publish one action frame from the link, as the run loop does;
+    /// false when the frame was bad and dropped. Public so the fuzz targets drive it.
+    pub fn take_frame(&mut self, frame: &[u8]) -> Result<bool, PublisherError> {
+        self.handle(frame)
     }
 
     /// The header frame and the matching actions after `since`, oldest first.
