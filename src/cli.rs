@@ -138,6 +138,9 @@ pub enum KeysCmd {
         /// Whose key: manager, host or admin.
         #[arg(long, default_value = "manager")]
         role: bus::keys::Role,
+        /// The control node's action signing key instead (what hosts pin with `--sign-key`).
+        #[arg(long, conflicts_with = "role")]
+        sign: bool,
         #[command(flatten)]
         stack: StackArgs,
     },

@@ -16,7 +16,10 @@ const ONLINE_WAIT: Duration = Duration::from_secs(1);
 
 pub fn run(cmd: KeysCmd) -> anyhow::Result<ExitCode> {
     let (stack, op, name, groups) = match cmd {
-        KeysCmd::Show { role, stack } => return show(&stack, role),
+        KeysCmd::Show {
+            sign: true, stack, ..
+        } => return show_sign(&stack),
+        KeysCmd::Show { role, stack, .. } => return show(&stack, role),
         KeysCmd::List { json, stack } => {
             let entries = match online(&stack, json!({"cmd": "keys", "op": "list"}))? {
                 Some(v) => serde_json::from_value(v)?,
@@ -179,6 +182,17 @@ fn list(entries: &[Entry], as_json: bool) -> anyhow::Result<ExitCode> {
             .collect();
         println!("{}", cells.join("  ").trim_end());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The signing key's public half, made if missing, as `--sign-key` takes it.
+fn show_sign(stack: &StackArgs) -> anyhow::Result<ExitCode> {
+    let key = bus::envelope::SignKey::load_or_create(&stack.state)?;
+    println!("{}", key.public());
+    eprintln!(
+        "action signing key (also in {}): hosts pin it with --sign-key",
+        bus::envelope::key::public_path(&stack.state).display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -47,6 +47,14 @@ fn keys_show_list_accept_reject_revoke_offline() {
         key
     );
     assert_ne!(ok(&state, &["show", "--role", "admin"]), first);
+    // show --sign: the action signing key, as --sign-key takes it.
+    let sign = ok(&state, &["show", "--sign"]);
+    assert_eq!(
+        bus::envelope::ManagerKey::parse(sign.trim()).expect("a signing key"),
+        bus::envelope::ManagerKey::from_state(&state)
+            .unwrap()
+            .unwrap()
+    );
     // REFLEX_STATE finds the same state dir.
     let out = Command::new(REFLEX)
         .args(["keys", "show"])
