@@ -95,6 +95,13 @@ pub struct ActorArgs {
     /// Seconds every graph must be idle and converged before `actor/converged` is reported.
     #[arg(long, default_value_t = 2.0)]
     pub converged_timeout: f64,
+    /// The host's policy (TOML): what this actor accepts at all. Default: the built-in
+    /// strict policy (see --print-policy).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<std::path::PathBuf>,
+    /// Print the effective policy and exit.
+    #[arg(long)]
+    pub print_policy: bool,
 }
 
 /// `tcp://host:N` -> `tcp://host:N+1` (the replay port sits after the publisher's).
@@ -105,6 +112,15 @@ fn next_port(endpoint: &str) -> Option<String> {
 }
 
 pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
+    // A bad policy file stops the actor at start, naming its line and field.
+    let policy = match &a.policy {
+        Some(path) => actor::Policy::load(path).map_err(|e| Exit::usage(e.to_string()))?,
+        None => actor::Policy::strict(),
+    };
+    if a.print_policy {
+        print!("# {}\n{}", policy.source_name(), policy.text());
+        return Ok(ExitCode::SUCCESS);
+    }
     let ep = a.stack.endpoints();
     let stop = stop_flag()?;
     if !(a.converged_timeout.is_finite() && (0.0..=86400.0).contains(&a.converged_timeout)) {
@@ -134,6 +150,7 @@ pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
         graphviz: a.graphviz,
         converged_timeout: std::time::Duration::from_secs_f64(a.converged_timeout),
         security: bus::secure::Security::Insecure,
+        policy,
     };
     match actor::run(cfg, stop) {
         Ok(()) => Ok(ExitCode::SUCCESS),

@@ -38,8 +38,11 @@ impl Fake {
         }
     }
 
-    fn start_actor(&self, state: &Path, graphviz: &Path) -> Proc {
+    /// An actor under `policy` (TOML text, written next to its state dir).
+    fn start_actor(&self, state: &Path, graphviz: &Path, policy: &str) -> Proc {
         let p = |x: &Path| x.display().to_string();
+        let policy_file = state.with_file_name("policy.toml");
+        std::fs::write(&policy_file, policy).expect("policy file");
         let actor = Proc::start(
             "actor",
             &[
@@ -56,6 +59,8 @@ impl Fake {
                 "0.3",
                 "--graphviz",
                 &p(graphviz),
+                "--policy",
+                &p(&policy_file),
             ],
         );
         self.wait("actor/up", |e| e.tag == "actor/up");
@@ -108,6 +113,15 @@ impl Fake {
     }
 }
 
+/// A policy admitting files below `dir` and exactly the shell lines `commands`.
+fn policy(dir: &Path, commands: &[String]) -> String {
+    format!(
+        "kinds = [\"file\", \"exec\", \"noop\"]\n[file]\npaths = [\"{}/\"]\n[exec]\ncommands = {}\nusers = [\"*\"]\n",
+        p(dir),
+        json!(commands)
+    )
+}
+
 fn p(path: &Path) -> String {
     path.to_str().expect("utf-8 temp path").to_string()
 }
@@ -126,7 +140,7 @@ fn swap_reject_remove_and_convergence_events() {
     );
     let dots = tmp.path().join("dots");
     let mut fake = Fake::new();
-    let _actor = fake.start_actor(&tmp.path().join("state"), &dots);
+    let _actor = fake.start_actor(&tmp.path().join("state"), &dots, &policy(tmp.path(), &[]));
 
     let id = fake.act("web", json!([file(&a, "a"), file(&b, "b")]));
     let r = fake.result(&id);
@@ -204,15 +218,16 @@ fn graphs_and_a_pending_refresh_survive_kill_9() {
         tmp.path().join("reloads"),
     );
     let mut fake = Fake::new();
-    let mut actor = fake.start_actor(&state, &dots);
+    let reload = format!("test -f '{}' && echo reloaded >> '{}'", p(&gate), p(&log));
+    let allowed = policy(tmp.path(), std::slice::from_ref(&reload));
+    let mut actor = fake.start_actor(&state, &dots, &allowed);
     // A config file that notifies a reload; the reload fails until the gate exists.
     let id = fake.act(
         "app",
         json!({
             "resources": [
                 file(&conf, "v1\n"),
-                {"kind": "exec", "name": "reload", "refresh_only": true,
-                 "cmd": format!("test -f '{}' && echo reloaded >> '{}'", p(&gate), p(&log))},
+                {"kind": "exec", "name": "reload", "refresh_only": true, "cmd": reload},
             ],
             "edges": [{"from": format!("file:{}", p(&conf)), "to": "exec:reload", "notify": true}],
         }),
@@ -233,7 +248,7 @@ fn graphs_and_a_pending_refresh_survive_kill_9() {
     std::fs::write(&gate, "").unwrap();
     // The file is right by now, so the restored graph sends no new refresh: only the kept one
     // can make the reload run.
-    let _actor = fake.start_actor(&state, &dots);
+    let _actor = fake.start_actor(&state, &dots, &allowed);
     wait_for("the pending reload applied after restart", T, || {
         read(&log).filter(|l| l == "reloaded\n")
     });
@@ -275,4 +290,80 @@ fn an_actor_name_that_can_never_match_is_bad_usage() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains("bad actor name or group"), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn the_policy_refuses_what_it_does_not_list_and_the_rest_converges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok_dir, elsewhere) = (tmp.path().join("ok"), tmp.path().join("elsewhere"));
+    let (allowed, refused) = (ok_dir.join("motd"), elsewhere.join("shadow"));
+    let mut fake = Fake::new();
+    let _actor = fake.start_actor(
+        &tmp.path().join("state"),
+        &tmp.path().join("dots"),
+        &policy(&ok_dir, &[]),
+    );
+
+    let bad = fake.act("motd", json!([file(&refused, "pwned")]));
+    let r = fake
+        .wait("actor/rejected", |e| e.tag == "actor/rejected")
+        .data;
+    assert_eq!(
+        (r["action"].as_str(), r["reason"].as_str()),
+        (Some(bad.as_str()), Some("policy"))
+    );
+    assert_eq!(r["rule"], "file.paths", "{r}");
+    assert!(
+        r["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&p(&refused))),
+        "{r}"
+    );
+
+    let good = fake.act("motd", json!([file(&allowed, "welcome\n")]));
+    let r = fake.result(&good);
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(read(&allowed).as_deref(), Some("welcome\n"));
+    // A swap the policy refuses leaves the graph in force running.
+    let worse = fake.act(
+        "motd",
+        json!([{"kind": "exec", "name": "x", "argv": ["touch", p(&refused)]}]),
+    );
+    let r = fake
+        .wait("the second actor/rejected", |e| e.tag == "actor/rejected")
+        .data;
+    assert_eq!(
+        (r["action"].as_str(), r["rule"].as_str()),
+        (Some(worse.as_str()), Some("exec.commands")),
+        "{r}"
+    );
+    std::fs::write(&allowed, "drift").unwrap();
+    wait_for("the graph in force repairs", T, || {
+        (read(&allowed).as_deref() == Some("welcome\n")).then_some(())
+    });
+    assert!(
+        !refused.exists() && !elsewhere.exists(),
+        "a refused action ran"
+    );
+}
+
+#[test]
+fn the_policy_file_is_checked_at_start_and_printed_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = p(tmp.path());
+    let (code, out, err) = run(&["actor", "--print-policy", "--state", &state]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("built-in strict policy") && out.contains("kinds"),
+        "{out}"
+    );
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "kinds = [\"noop\"]\n[file]\npaths = [\"/tmp/../etc/\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["actor", "--policy", &p(&bad), "--state", &state]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad.toml:3: field `file.paths`"), "{err}");
 }

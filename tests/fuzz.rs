@@ -33,13 +33,13 @@ enum Edit {
 fn edit() -> impl Strategy<Value = Edit> {
     let at = any::<usize>();
     prop_oneof![
-        (at.clone(), 0u8..8).prop_map(|(a, b)| Edit::Flip(a, b)),
-        (at.clone(), any::<u8>()).prop_map(|(a, b)| Edit::Set(a, b)),
-        (at.clone(), proptest::collection::vec(any::<u8>(), 1..16))
+        (at, 0u8..8).prop_map(|(a, b)| Edit::Flip(a, b)),
+        (at, any::<u8>()).prop_map(|(a, b)| Edit::Set(a, b)),
+        (at, proptest::collection::vec(any::<u8>(), 1..16))
             .prop_map(|(a, v)| Edit::Insert(a, v)),
-        (at.clone(), 1usize..32).prop_map(|(a, n)| Edit::Remove(a, n)),
-        at.clone().prop_map(Edit::Truncate),
-        (at.clone(), at.clone(), 1usize..64).prop_map(|(f, t, n)| Edit::Splice(f, t, n)),
+        (at, 1usize..32).prop_map(|(a, n)| Edit::Remove(a, n)),
+        at.prop_map(Edit::Truncate),
+        (at, at, 1usize..64).prop_map(|(f, t, n)| Edit::Splice(f, t, n)),
         (at, prop::sample::select(vec![0xdd_u8, 0xdf, 0xdb, 0xc6]))
             .prop_map(|(a, m)| Edit::HugeLength(a, m)),
     ]
@@ -140,7 +140,11 @@ fn fuzz(name: &str, seeds: Vec<Vec<u8>>, target: impl Fn(&[u8])) {
         "fuzz {name}: {ran} cases in {:.1} s, slowest {} µs, {}",
         started.elapsed().as_secs_f64(),
         slowest.load(Ordering::Relaxed),
-        if result.is_ok() { "0 crashes, 0 hangs" } else { "FAILED" }
+        if result.is_ok() {
+            "0 crashes, 0 hangs"
+        } else {
+            "FAILED"
+        }
     );
     if let Err(e) = result {
         panic!("fuzz {name}: {e}");
@@ -244,7 +248,11 @@ fn fuzz_topic_targets() {
     // Targets arrive inside actions and rule output; the parser must hold on any string.
     fuzz(
         "target",
-        vec![b"host/web1".to_vec(), b"group/web".to_vec(), b"all".to_vec()],
+        vec![
+            b"host/web1".to_vec(),
+            b"group/web".to_vec(),
+            b"all".to_vec(),
+        ],
         |b| {
             if let Ok(t) = bus::Target::parse(&String::from_utf8_lossy(b)) {
                 assert!(t.topic().ends_with('/'));

@@ -20,7 +20,8 @@
 //!
 //! Where things are: `sub` (the SUB thread and the subscriptions), `replay` (catching up from
 //! the publisher's log), `intake` (order, duplicates, expiry), `serve` (the serve loop),
-//! `graph_task` (one named graph and its reports), `store` (the graphs kept on disk).
+//! `graph_task` (one named graph and its reports), `store` (the graphs kept on disk), `policy`
+//! (what this host accepts at all: a graph it refuses never runs, see [`Policy`]).
 //!
 //! ```no_run
 //! use std::sync::{atomic::AtomicBool, Arc};
@@ -37,6 +38,7 @@
 //!     converged_timeout: Duration::from_secs(5),
 //!     replay: Some("tcp://127.0.0.1:4512".into()),
 //!     security: bus::secure::Security::Insecure,
+//!     policy: actor::Policy::strict(),
 //! };
 //! // Runs until the flag is set (from a signal handler, say).
 //! actor::run(cfg, Arc::new(AtomicBool::new(false)))?;
@@ -47,6 +49,7 @@
 
 mod graph_task;
 mod intake;
+mod policy;
 #[allow(dead_code)] // until the envelope and policy checks use every reason
 mod rejected;
 mod replay;
@@ -55,6 +58,7 @@ mod store;
 mod sub;
 
 use bus::Event;
+pub use policy::{Policy, PolicyError, Refusal, STRICT as STRICT_POLICY, UP as UP_POLICY};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -110,6 +114,9 @@ pub struct Config {
     /// CURVE (this host's key pair, the pinned manager key) or the explicit insecure mode, for
     /// every socket.
     pub security: bus::secure::Security,
+    /// What this host accepts at all: a graph it refuses is reported as `actor/rejected` and
+    /// never runs (checked on arrival and on restore from the state dir).
+    pub policy: Policy,
 }
 
 /// Run an actor until `stop` is set.

@@ -111,6 +111,7 @@ mod tests {
             converged_timeout: std::time::Duration::from_secs(1),
             replay: None,
             security: bus::secure::Security::Insecure,
+            policy: crate::Policy::strict(),
         }
     }
 

@@ -337,8 +337,12 @@ impl Stack {
         self.manager = Some(Proc::start("manager", &args_ref(&a)));
     }
 
+    /// An actor under the policy `reflex up` ships (files under /tmp, noop, the shipped rules'
+    /// commands).
     pub fn actor(&self, name: &str, groups: &[&str]) -> Proc {
+        let policy = repo().join("dist/policy/up.toml").display().to_string();
         let mut a = vec!["actor".to_string(), "--name".into(), name.into()];
+        a.extend(["--policy".into(), policy]);
         a.extend(stack_args(&self.state, self.base));
         for g in groups {
             a.extend(["--group".into(), g.to_string()]);
