@@ -297,6 +297,7 @@ fn the_policy_refuses_what_it_does_not_list_and_the_rest_converges() {
     let tmp = tempfile::tempdir().unwrap();
     let (ok_dir, elsewhere) = (tmp.path().join("ok"), tmp.path().join("elsewhere"));
     let (allowed, refused) = (ok_dir.join("motd"), elsewhere.join("shadow"));
+    std::fs::create_dir_all(&ok_dir).unwrap();
     let mut fake = Fake::new();
     let _actor = fake.start_actor(
         &tmp.path().join("state"),

@@ -35,8 +35,7 @@ fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
         (at, 0u8..8).prop_map(|(a, b)| Edit::Flip(a, b)),
         (at, any::<u8>()).prop_map(|(a, b)| Edit::Set(a, b)),
-        (at, proptest::collection::vec(any::<u8>(), 1..16))
-            .prop_map(|(a, v)| Edit::Insert(a, v)),
+        (at, proptest::collection::vec(any::<u8>(), 1..16)).prop_map(|(a, v)| Edit::Insert(a, v)),
         (at, 1usize..32).prop_map(|(a, n)| Edit::Remove(a, n)),
         at.prop_map(Edit::Truncate),
         (at, at, 1usize..64).prop_map(|(f, t, n)| Edit::Splice(f, t, n)),
