@@ -103,6 +103,13 @@ pub struct ActorArgs {
     /// `keys/sign.pub` when there is one (the same control node, as `reflex up` has it).
     #[arg(long, value_name = "KEY|FILE")]
     pub sign_key: Option<String>,
+    /// The host's policy (TOML): what this actor accepts at all. Default: the built-in
+    /// strict policy (see --print-policy).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<std::path::PathBuf>,
+    /// Print the effective policy and exit.
+    #[arg(long)]
+    pub print_policy: bool,
 }
 
 /// The signing key an actor pins: `--sign-key`, else the state dir's `keys/sign.pub`. A secure
@@ -132,6 +139,15 @@ fn next_port(endpoint: &str) -> Option<String> {
 }
 
 pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
+    // A bad policy file stops the actor at start, naming its line and field.
+    let policy = match &a.policy {
+        Some(path) => actor::Policy::load(path).map_err(|e| Exit::usage(e.to_string()))?,
+        None => actor::Policy::strict(),
+    };
+    if a.print_policy {
+        print!("# {}\n{}", policy.source_name(), policy.text());
+        return Ok(ExitCode::SUCCESS);
+    }
     let ep = a.stack.endpoints();
     let stop = stop_flag()?;
     if !(a.converged_timeout.is_finite() && (0.0..=86400.0).contains(&a.converged_timeout)) {
@@ -164,6 +180,7 @@ pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
         graphviz: a.graphviz,
         converged_timeout: std::time::Duration::from_secs_f64(a.converged_timeout),
         security,
+        policy,
     };
     match actor::run(cfg, stop) {
         Ok(()) => Ok(ExitCode::SUCCESS),

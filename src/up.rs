@@ -219,6 +219,13 @@ pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     };
     let mut actor = common("actor");
     actor.extend(["--name".to_string(), name.clone()]);
+    // The operator's copy: written once from the shipped default, then theirs to edit.
+    let policy = a.stack.state.join("policy.toml");
+    if !policy.exists() {
+        std::fs::write(&policy, actor::UP_POLICY)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", policy.display()))?;
+    }
+    actor.extend(["--policy".to_string(), policy.display().to_string()]);
     for g in &a.groups {
         actor.extend(["--group".to_string(), g.clone()]);
     }

@@ -42,10 +42,13 @@ impl Fake {
         }
     }
 
-    /// Start an actor on `state`, which pins the signing key the fake publisher seals with.
-    fn start_actor(&mut self, state: &Path, graphviz: &Path) -> Proc {
+    /// Start an actor on `state` under `policy` (TOML text, written next to its state dir),
+    /// pinning the signing key the fake publisher seals with.
+    fn start_actor(&mut self, state: &Path, graphviz: &Path, policy: &str) -> Proc {
         self.sign = sign::pin(state);
         let p = |x: &Path| x.display().to_string();
+        let policy_file = state.with_file_name("policy.toml");
+        std::fs::write(&policy_file, policy).expect("policy file");
         let actor = Proc::start(
             "actor",
             &[
@@ -64,6 +67,8 @@ impl Fake {
                 &p(graphviz),
                 // This test plays a plain publisher and manager itself.
                 "--insecure",
+                "--policy",
+                &p(&policy_file),
             ],
         );
         self.wait("actor/up", |e| e.tag == "actor/up");
@@ -124,6 +129,15 @@ impl Fake {
     }
 }
 
+/// A policy admitting files below `dir` and exactly the shell lines `commands`.
+fn policy(dir: &Path, commands: &[String]) -> String {
+    format!(
+        "kinds = [\"file\", \"exec\", \"noop\"]\n[file]\npaths = [\"{}/\"]\n[exec]\ncommands = {}\nusers = [\"*\"]\n",
+        p(dir),
+        json!(commands)
+    )
+}
+
 fn p(path: &Path) -> String {
     path.to_str().expect("utf-8 temp path").to_string()
 }
@@ -142,7 +156,7 @@ fn swap_reject_remove_and_convergence_events() {
     );
     let dots = tmp.path().join("dots");
     let mut fake = Fake::new();
-    let _actor = fake.start_actor(&tmp.path().join("state"), &dots);
+    let _actor = fake.start_actor(&tmp.path().join("state"), &dots, &policy(tmp.path(), &[]));
 
     let id = fake.act("web", json!([file(&a, "a"), file(&b, "b")]));
     let r = fake.result(&id);
@@ -220,15 +234,16 @@ fn graphs_and_a_pending_refresh_survive_kill_9() {
         tmp.path().join("reloads"),
     );
     let mut fake = Fake::new();
-    let mut actor = fake.start_actor(&state, &dots);
+    let reload = format!("test -f '{}' && echo reloaded >> '{}'", p(&gate), p(&log));
+    let allowed = policy(tmp.path(), std::slice::from_ref(&reload));
+    let mut actor = fake.start_actor(&state, &dots, &allowed);
     // A config file that notifies a reload; the reload fails until the gate exists.
     let id = fake.act(
         "app",
         json!({
             "resources": [
                 file(&conf, "v1\n"),
-                {"kind": "exec", "name": "reload", "refresh_only": true,
-                 "cmd": format!("test -f '{}' && echo reloaded >> '{}'", p(&gate), p(&log))},
+                {"kind": "exec", "name": "reload", "refresh_only": true, "cmd": reload},
             ],
             "edges": [{"from": format!("file:{}", p(&conf)), "to": "exec:reload", "notify": true}],
         }),
@@ -249,7 +264,7 @@ fn graphs_and_a_pending_refresh_survive_kill_9() {
     std::fs::write(&gate, "").unwrap();
     // The file is right by now, so the restored graph sends no new refresh: only the kept one
     // can make the reload run.
-    let _actor = fake.start_actor(&state, &dots);
+    let _actor = fake.start_actor(&state, &dots, &allowed);
     wait_for("the pending reload applied after restart", T, || {
         read(&log).filter(|l| l == "reloaded\n")
     });
@@ -304,7 +319,11 @@ fn an_actor_name_that_can_never_match_is_bad_usage() {
 fn forged_resigned_replayed_and_expired_actions_are_rejected_and_nothing_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let mut fake = Fake::new();
-    let _actor = fake.start_actor(&tmp.path().join("state"), &tmp.path().join("dots"));
+    let _actor = fake.start_actor(
+        &tmp.path().join("state"),
+        &tmp.path().join("dots"),
+        &policy(tmp.path(), &[]),
+    );
     let first = fake.act("ok", json!([file(&tmp.path().join("ok"), "ok")]));
     assert_eq!(fake.result(&first)["status"], "ok");
     let target = |name: &str| tmp.path().join(name);
@@ -347,4 +366,81 @@ fn forged_resigned_replayed_and_expired_actions_are_rejected_and_nothing_runs() 
     for name in ["forged", "resigned", "replayed", "expired"] {
         assert!(!target(name).exists(), "{name} ran");
     }
+}
+
+#[test]
+fn the_policy_refuses_what_it_does_not_list_and_the_rest_converges() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok_dir, elsewhere) = (tmp.path().join("ok"), tmp.path().join("elsewhere"));
+    let (allowed, refused) = (ok_dir.join("motd"), elsewhere.join("shadow"));
+    std::fs::create_dir_all(&ok_dir).unwrap();
+    let mut fake = Fake::new();
+    let _actor = fake.start_actor(
+        &tmp.path().join("state"),
+        &tmp.path().join("dots"),
+        &policy(&ok_dir, &[]),
+    );
+
+    let bad = fake.act("motd", json!([file(&refused, "pwned")]));
+    let r = fake
+        .wait("actor/rejected", |e| e.tag == "actor/rejected")
+        .data;
+    assert_eq!(
+        (r["action"].as_str(), r["reason"].as_str()),
+        (Some(bad.as_str()), Some("policy"))
+    );
+    assert_eq!(r["rule"], "file.paths", "{r}");
+    assert!(
+        r["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&p(&refused))),
+        "{r}"
+    );
+
+    let good = fake.act("motd", json!([file(&allowed, "welcome\n")]));
+    let r = fake.result(&good);
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(read(&allowed).as_deref(), Some("welcome\n"));
+    // A swap the policy refuses leaves the graph in force running.
+    let worse = fake.act(
+        "motd",
+        json!([{"kind": "exec", "name": "x", "argv": ["touch", p(&refused)]}]),
+    );
+    let r = fake
+        .wait("the second actor/rejected", |e| e.tag == "actor/rejected")
+        .data;
+    assert_eq!(
+        (r["action"].as_str(), r["rule"].as_str()),
+        (Some(worse.as_str()), Some("exec.commands")),
+        "{r}"
+    );
+    std::fs::write(&allowed, "drift").unwrap();
+    wait_for("the graph in force repairs", T, || {
+        (read(&allowed).as_deref() == Some("welcome\n")).then_some(())
+    });
+    assert!(
+        !refused.exists() && !elsewhere.exists(),
+        "a refused action ran"
+    );
+}
+
+#[test]
+fn the_policy_file_is_checked_at_start_and_printed_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = p(tmp.path());
+    let (code, out, err) = run(&["actor", "--print-policy", "--state", &state]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("built-in strict policy") && out.contains("kinds"),
+        "{out}"
+    );
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "kinds = [\"noop\"]\n[file]\npaths = [\"/tmp/../etc/\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["actor", "--policy", &p(&bad), "--state", &state]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("bad.toml:3: field `file.paths`"), "{err}");
 }

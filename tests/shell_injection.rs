@@ -92,6 +92,44 @@ fn hostile_events_through_every_shipped_rule_that_runs_a_command_run_nothing() {
         ),
     )
     .unwrap();
+    // The actor's policy (`up` keeps one it finds): the shipped one, plus the commands this
+    // test configures below, each shell line written out exactly.
+    let version = format!(
+        "1\"; touch {}; echo \"$(touch {})",
+        m("deploy").display(),
+        m("deploy2").display()
+    );
+    let cache = dir.join("cache");
+    let renewed = dir.join("renewed");
+    let restarted = dir.join("restarted-benign");
+    let extra = json!([
+        format!("touch {}", renewed.display()),
+        format!("touch {}", restarted.display()),
+        "echo hello > /dev/null",
+        [
+            "sh",
+            "-c",
+            "[ -d \"$1\" ] && find \"$1\" -mindepth 1 -delete; true",
+            "disk-clean",
+            cache.display().to_string()
+        ],
+    ]);
+    let policy = actor::UP_POLICY.replace(
+        "commands = [",
+        &format!(
+            "commands = [\n{},",
+            extra
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",\n")
+        ),
+    );
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("policy.toml"), policy).unwrap();
+
     let mut args = vec!["up".to_string()];
     args.extend(stack_args(&state, base));
     args.extend([
@@ -124,16 +162,13 @@ fn hostile_events_through_every_shipped_rule_that_runs_a_command_run_nothing() {
 
     // Operator settings (trusted, written through the control socket): where the disk rule
     // cleans, and commands that leave a trace, so the benign paths can be seen to act.
-    let cache = dir.join("cache");
     std::fs::create_dir_all(&cache).unwrap();
     std::fs::write(cache.join("junk"), "x").unwrap();
     up.set_register("config/disk/cache_dir", &format!("\"{}\"", cache.display()));
-    let renewed = dir.join("renewed");
     up.set_register(
         "config/cert/renew_cmd",
         &format!("\"touch {}\"", renewed.display()),
     );
-    let restarted = dir.join("restarted-benign");
     up.set_register(
         "config/restart/benignapp",
         &format!("\"touch {}\"", restarted.display()),
@@ -179,11 +214,6 @@ fn hostile_events_through_every_shipped_rule_that_runs_a_command_run_nothing() {
 
     // 80-correlate: a hostile version (the default command once put it in double quotes),
     // then a failing check: the rollback marker holds the version as plain text.
-    let version = format!(
-        "1\"; touch {}; echo \"$(touch {})",
-        m("deploy").display(),
-        m("deploy2").display()
-    );
     up.send("deploy/finished", &[&format!("version={version}")]);
     up.send("beacon/http", &["ok=false", "url=http://victim/"]);
     let r = result(&mut mon, "rollback");

@@ -20,8 +20,9 @@
 //!
 //! Where things are: `sub` (the SUB thread and the subscriptions), `replay` (catching up from
 //! the publisher's log), `verify` (the signed envelope and its target), `intake` (order,
-//! duplicates, replays, expiry), `serve` (the serve loop),
-//! `graph_task` (one named graph and its reports), `store` (the graphs kept on disk).
+//! duplicates, replays, expiry), `serve` (the serve loop), `graph_task` (one named graph and
+//! its reports), `store` (the graphs kept on disk), `policy` (what this host accepts at all:
+//! a graph it refuses never runs, see [`Policy`]).
 //!
 //! ```no_run
 //! use std::sync::{atomic::AtomicBool, Arc};
@@ -39,6 +40,7 @@
 //!     replay: Some("tcp://127.0.0.1:4512".into()),
 //!     security: bus::secure::Security::Insecure,
 //!     sign_key: None,
+//!     policy: actor::Policy::strict(),
 //! };
 //! // Runs until the flag is set (from a signal handler, say).
 //! actor::run(cfg, Arc::new(AtomicBool::new(false)))?;
@@ -49,7 +51,7 @@
 
 mod graph_task;
 mod intake;
-#[allow(dead_code)] // until the policy check uses Reason::Policy
+mod policy;
 mod rejected;
 mod replay;
 mod serve;
@@ -58,6 +60,7 @@ mod sub;
 mod verify;
 
 use bus::Event;
+pub use policy::{Policy, PolicyError, Refusal, STRICT as STRICT_POLICY, UP as UP_POLICY};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
@@ -116,6 +119,9 @@ pub struct Config {
     /// The pinned public half of the control node's signing key: every action must be sealed
     /// with it. `None` only in the explicit insecure mode, where actions are not verified.
     pub sign_key: Option<bus::envelope::ManagerKey>,
+    /// What this host accepts at all: a graph it refuses is reported as `actor/rejected` and
+    /// never runs (checked on arrival and on restore from the state dir).
+    pub policy: Policy,
 }
 
 /// Run an actor until `stop` is set.

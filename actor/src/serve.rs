@@ -3,6 +3,7 @@
 
 use crate::graph_task::{result_data, Cmd, Crossed, Ctx, InForce};
 use crate::intake::{Admit, Intake, Source};
+use crate::policy::Policy;
 use crate::rejected::{self, Reason};
 use crate::replay::{catch_up, Replay};
 use crate::store::{LastSeqs, Store};
@@ -24,6 +25,8 @@ pub(crate) struct Actor {
     groups: Vec<String>,
     engine: engine::Engine,
     store: Option<Store>,
+    /// What this host accepts at all.
+    policy: Policy,
     ctx: Ctx,
     /// The graphs in force by name, with their convergence.
     graphs: HashMap<String, InForce>,
@@ -77,6 +80,7 @@ impl Actor {
         Ok(Actor {
             engine: engine::Engine::new()?,
             store,
+            policy: cfg.policy,
             ctx: Ctx {
                 host: cfg.name.clone(),
                 out,
@@ -148,12 +152,14 @@ impl Actor {
         }
     }
 
-    /// Graphs kept by a previous run converge again before any new action is taken.
+    /// Graphs kept by a previous run converge again before any new action is taken, those
+    /// the policy (perhaps tightened since) still admits.
     async fn restore(&mut self) {
         let Some(store) = &self.store else { return };
         let mut restored = Vec::new();
         for action in store.load() {
             match graph::Graph::from_value(&action.graph) {
+                Ok(g) if !g.is_empty() && self.refused(&action, &g) => store.remove(&action.name),
                 Ok(g) if !g.is_empty() => {
                     self.intake.saw(action.seq);
                     let running = self.engine.run(g, self.run_options(&action.name));
@@ -263,6 +269,10 @@ impl Actor {
         if graph.is_empty() {
             return self.remove(action, started).await;
         }
+        // Before anything runs or is stored; the graph in force under this name keeps running.
+        if self.refused(&action, &graph) {
+            return;
+        }
         if let Some(store) = &self.store {
             store.save(&action);
         }
@@ -296,6 +306,23 @@ impl Actor {
         let running = self.engine.run(graph, self.run_options(&name));
         self.start(running, *action, Some(started));
         self.report_convergence();
+    }
+
+    /// Whether the policy refuses `graph`; a refusal is reported as `actor/rejected`.
+    fn refused(&self, action: &Action, graph: &graph::Graph) -> bool {
+        let Err(r) = self.policy.check(graph) else {
+            return false;
+        };
+        tracing::warn!(name = %action.name, rule = %r.rule, "policy refused action {}: {}", action.id, r.detail);
+        let why = Reason::Policy {
+            rule: r.rule,
+            detail: r.detail,
+        };
+        self.ctx.emit(
+            rejected::TAG,
+            rejected::data(Some(&action.id), Some(&action.name), Some(action.seq), &why),
+        );
+        true
     }
 
     /// An empty graph: stop and forget the one in force under its name.
@@ -418,6 +445,7 @@ mod tests {
             replay: None,
             security: bus::secure::Security::Insecure,
             sign_key: None,
+            policy: Policy::strict(),
         };
         let stop = Arc::new(AtomicBool::new(false));
         let mut actor = Actor::new(cfg, Vec::new(), inbound, out, stop).expect("actor");

@@ -118,6 +118,7 @@ mod tests {
             replay: None,
             security: bus::secure::Security::Insecure,
             sign_key: None,
+            policy: crate::Policy::strict(),
         }
     }
 

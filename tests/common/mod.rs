@@ -385,7 +385,8 @@ impl Stack {
     }
 
     /// An actor as on a host of its own: its own state dir (so its own host key), enrolled
-    /// with `groups`, pinning the stack's manager key.
+    /// with `groups`, pinning the stack's manager and signing keys, under the policy `reflex
+    /// up` ships (files under /tmp, noop, the shipped rules' commands).
     pub fn actor(&self, name: &str, groups: &[&str]) -> Proc {
         let host_state = self.state.with_file_name(format!("host-{name}"));
         enroll_host(&self.state, &host_state, name, groups);
@@ -394,10 +395,12 @@ impl Stack {
         // The control node's signing key, made now if the publisher has not yet.
         bus::envelope::SignKey::load_or_create(&self.state).expect("signing key");
         let sign_key = bus::envelope::key::public_path(&self.state);
+        let policy = repo().join("dist/policy/up.toml").display().to_string();
         let mut a = vec!["actor".to_string(), "--name".into(), name.into()];
         a.extend(stack_args(&host_state, self.base));
         a.extend(["--manager-key".into(), manager_key.display().to_string()]);
         a.extend(["--sign-key".into(), sign_key.display().to_string()]);
+        a.extend(["--policy".into(), policy]);
         for g in groups {
             a.extend(["--group".into(), g.to_string()]);
         }
