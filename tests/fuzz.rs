@@ -11,6 +11,8 @@
 //!
 //! prints, per target, the cases run and the slowest case, so a hang shows as a slow case.
 
+mod common;
+
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -266,10 +268,7 @@ fn fuzz_topic_targets() {
 /// driven frame by frame without its run loop.
 fn manager() -> (tempfile::TempDir, manager::Manager) {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let base = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        l.local_addr().expect("its address").port()
-    };
+    let base = common::free_port_base();
     let cfg = manager::Config {
         endpoints: bus::Endpoints::local(base, tmp.path()),
         state_dir: tmp.path().to_path_buf(),
@@ -402,10 +401,7 @@ fn fuzz_signed_envelopes() {
 /// A real publisher on free ports (no CURVE), with a few actions in its log.
 fn publisher() -> (tempfile::TempDir, publisher::Publisher) {
     let tmp = tempfile::tempdir().expect("temp dir");
-    let base = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        l.local_addr().expect("its address").port()
-    };
+    let base = common::free_port_base();
     let cfg = publisher::Config {
         endpoints: bus::Endpoints::local(base, tmp.path()),
         state_dir: tmp.path().to_path_buf(),
