@@ -161,9 +161,21 @@ pub fn seal(key: &SignKey, action: &Action, issued_ms: u64) -> Vec<u8> {
     crate::encode(&OuterOut(&header_bytes, &signature.to_bytes(), &body))
 }
 
-/// The parts of a frame, unverified.
+/// The parts of a frame, unverified. Nothing may follow them: one signed action has one
+/// frame, not many that differ in trailing bytes (the fuzzer found those were accepted).
 fn split(frame: &[u8], max_frame: usize) -> Result<OuterIn<'_>, EnvelopeError> {
-    Ok(crate::decode_with_limit::<OuterIn>(frame, max_frame)?)
+    let outer = crate::decode_with_limit::<OuterIn>(frame, max_frame)?;
+    let body = frame.get(1..).unwrap_or_default();
+    let mut walk = rmp_serde::Deserializer::new(body);
+    serde::de::IgnoredAny::deserialize(&mut walk)
+        .map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+    let rest = walk.into_inner().len();
+    if rest > 0 {
+        return Err(EnvelopeError::Malformed(format!(
+            "{rest} bytes after the envelope"
+        )));
+    }
+    Ok(outer)
 }
 
 /// The header of a frame, NOT verified: for routing only (the publisher's replay filter, or
@@ -305,6 +317,16 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn bytes_after_the_envelope_are_refused() {
+        // Found by tests/fuzz.rs: a sealed frame with a byte appended verified.
+        let (k, p) = keys();
+        let mut frame = seal(&k, &action(3), 1_000);
+        frame.push(1);
+        let e = open(&frame, &p, crate::MAX_FRAME).unwrap_err();
+        assert!(matches!(e, EnvelopeError::Malformed(_)), "{e}");
     }
 
     #[test]
