@@ -22,6 +22,23 @@ pub fn hex(text: &str) -> String {
 /// readers see the old file or the new one, never half of it, even across a crash.
 /// `mode: None` gives what a plain create would (the umask applies).
 pub fn atomic_write(path: &Path, content: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    write_and_rename(path, content, mode, true)
+}
+
+/// [`atomic_write`] without the fsync: readers still see the old file or the new one, and a
+/// killed process loses nothing (the page cache keeps it); only a power cut can lose the last
+/// write. For small bookkeeping written on every action next to a file that is fsynced right
+/// after (on ext4's default data=ordered, that fsync commits this rename too).
+pub fn atomic_write_unsynced(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    write_and_rename(path, content, None, false)
+}
+
+fn write_and_rename(
+    path: &Path,
+    content: &[u8],
+    mode: Option<u32>,
+    sync: bool,
+) -> std::io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("/"));
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -46,7 +63,9 @@ pub fn atomic_write(path: &Path, content: &[u8], mode: Option<u32>) -> std::io::
             // Explicitly, because the open mode was filtered by the umask.
             file.set_permissions(Permissions::from_mode(mode))?;
         }
-        file.sync_all()?;
+        if sync {
+            file.sync_all()?;
+        }
         drop(file);
         fs::rename(&tmp, path)
     })();

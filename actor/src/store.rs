@@ -2,7 +2,7 @@
 //! again after a restart, and each graph's engine state (its pending refreshes).
 
 use bus::Action;
-use engine::os::{atomic_write, hex};
+use engine::os::{atomic_write, atomic_write_unsynced, hex};
 use std::path::{Path, PathBuf};
 
 /// Where the actor keeps its graphs and their engine state: `<state>/actor-<name>/`.
@@ -46,7 +46,8 @@ impl Store {
                 if let Some(dir) = self.issuers.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
-                atomic_write(&self.issuers, &bytes, None)
+                // The graph store's fsynced write follows at once (see apply).
+                atomic_write_unsynced(&self.issuers, &bytes)
             });
         if let Err(e) = result {
             tracing::error!(file = %self.issuers.display(), "cannot persist last sequences: {e}");
