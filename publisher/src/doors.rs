@@ -55,7 +55,7 @@ impl Doors {
         if security.is_secure() {
             doors.follow = Some(Follow::new(&store_dir(state_dir)));
             doors.look()?;
-            keys_follow_store(&doors.keys, state_dir);
+            doors.keys.follow_store(&store_dir(state_dir));
             bus::zap::install(keys, Mode::Secure, |u| {
                 tracing::info!(key = %u.key.fingerprint(), address = %u.address, door = %u.domain, "unknown key refused (it enrolls with the manager)");
             })?;
@@ -166,10 +166,6 @@ impl Doors {
         *topics = keep;
         refused
     }
-}
-
-fn keys_follow_store(keys: &KeySet, state_dir: &std::path::Path) {
-    keys.follow_store(&store_dir(state_dir));
 }
 
 /// The topics a host holds exactly: `all/`, its own, its groups'. The admin holds anything.
