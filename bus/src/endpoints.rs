@@ -7,7 +7,7 @@ use std::path::Path;
 pub const DEFAULT_PORT_BASE: u16 = 4510;
 
 /// How many TCP ports a stack uses, from its port base up.
-pub const TCP_PORTS: u16 = 6;
+pub const TCP_PORTS: u16 = 7;
 
 /// The endpoints of one reflex stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +24,13 @@ pub struct Endpoints {
     pub control: String,
     /// Manager enrollment door (REP): port base + 5.
     pub enroll: String,
+    /// Manager acknowledgements to event senders (ROUTER, bound by the manager): port base + 6.
+    pub acks: String,
     /// Manager -> publisher link (PUSH/PULL, bound by the publisher) under the state dir.
     pub link: String,
+    /// Publisher -> manager acknowledgements of the link (PUB, bound by the publisher) under
+    /// the state dir.
+    pub link_acks: String,
 }
 
 impl Endpoints {
@@ -40,7 +45,9 @@ impl Endpoints {
             monitor: tcp(3),
             control: tcp(4),
             enroll: tcp(5),
+            acks: tcp(6),
             link: link_endpoint(state_dir),
+            link_acks: ipc_endpoint(state_dir, "publisher-acks.ipc"),
         }
     }
 
@@ -63,8 +70,17 @@ pub fn enroll_for(ingest: &str) -> Option<String> {
     port_plus(ingest, 5)
 }
 
+/// The acknowledgement door of the manager whose ingest is `ingest` (it sits 6 ports above).
+pub fn acks_for(ingest: &str) -> Option<String> {
+    port_plus(ingest, 6)
+}
+
 /// `ipc://<state>/publisher.ipc`, with the state dir made absolute so every process agrees.
 pub fn link_endpoint(state_dir: &Path) -> String {
+    ipc_endpoint(state_dir, "publisher.ipc")
+}
+
+fn ipc_endpoint(state_dir: &Path, file: &str) -> String {
     let abs = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-    format!("ipc://{}", abs.join("publisher.ipc").display())
+    format!("ipc://{}", abs.join(file).display())
 }

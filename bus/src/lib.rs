@@ -10,6 +10,8 @@
 //! live in ([`private`]), how sockets apply them ([`secure`]), the ZAP handler that decides who may connect ([`zap`]), and the enrollment store of the keys it
 //! accepts ([`enroll`]). Actions travel signed by the control node's key ([`envelope`]).
 //!
+//! Delivery (stream numbers, batches and acknowledgements) is [`delivery`]'s.
+//!
 //! Receivers count what they drop with [`BadFrames`].
 //!
 //! This crate depends on no other reflex crate: it is the bottom of the graph.
@@ -35,6 +37,7 @@
 
 pub mod bad;
 pub mod codec;
+pub mod delivery;
 pub mod endpoints;
 pub mod enroll;
 pub mod envelope;

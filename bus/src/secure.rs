@@ -37,20 +37,24 @@ pub enum Door {
     /// Manager enrollment socket (REP): the one door an unknown key may pass, to ask to be
     /// enrolled under a name (see [`crate::enroll::ask`]).
     Enroll,
+    /// Manager acknowledgements (ROUTER): hosts and the admin learn which of their events are
+    /// done (see [`crate::delivery`]).
+    Acks,
 }
 
 impl Door {
     /// Every door.
-    pub const ALL: [Door; 6] = [
+    pub const ALL: [Door; 7] = [
         Door::Ingest,
         Door::Publish,
         Door::Replay,
         Door::Monitor,
         Door::Control,
         Door::Enroll,
+        Door::Acks,
     ];
 
-    /// The ZAP domain: `ingest`, `publish`, `replay`, `monitor`, `control`, `enroll`.
+    /// The ZAP domain: `ingest`, `publish`, `replay`, `monitor`, `control`, `enroll`, `acks`.
     pub fn as_str(self) -> &'static str {
         match self {
             Door::Ingest => "ingest",
@@ -59,6 +63,7 @@ impl Door {
             Door::Monitor => "monitor",
             Door::Control => "control",
             Door::Enroll => "enroll",
+            Door::Acks => "acks",
         }
     }
 
