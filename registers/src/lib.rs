@@ -1,23 +1,30 @@
 //! Registers: the persistent state rules read and write, so events can be correlated over time.
 //!
 //! Values are JSON-shaped ([`serde_json::Value`]: int, float, string, bool, array, map) stored as
-//! msgpack in sled under the state dir. On top of plain keys the store keeps, each in its own
-//! sled tree so they never collide with user keys:
+//! msgpack in sled under the state dir. On top of plain keys the store keeps, each in a space of
+//! its own (a one-byte key prefix in the one sled tree) so they never collide with user keys:
 //!
 //! - expiry times ([`Registers::expire`]): an expired key reads as absent and is purged;
 //! - time windows of samples ([`Registers::window`]) with count/sum/avg/min/max;
 //! - marks for correlation ([`Registers::mark`], [`Registers::seen`]);
 //! - throttles ([`Registers::once_within`], [`Registers::accumulate`]).
 //!
-//! Every read-modify-write is atomic (sled's compare-and-swap loop), so concurrent writers never
-//! lose an update.
+//! Every read-modify-write is atomic (it runs under the store's lock), so concurrent writers
+//! never lose an update.
 //!
-//! Durability: sled makes writes durable when it flushes. The store records that it has
-//! unflushed writes, and its owner calls [`Registers::flush_if_dirty`] whenever it goes idle
-//! (the manager does so after each burst of events, and at least every 100 ms under load), so a
-//! write that was acted on is on disk moments later, even if the process is then killed with
-//! SIGKILL. sled also flushes by itself every 500 ms as a backstop. What a crash can lose is
-//! the writes of the last few milliseconds before it, never a torn or half-written value.
+//! Durability: every write is staged in memory, and every read sees the staged writes first
+//! (a staged delete reads as absent), then sled. Nothing staged reaches sled until its owner
+//! calls [`Registers::commit`]: the staged writes, together with the owner's own
+//! [`SideWrite`]s (the manager's delivery marks and outbox), go into sled as one atomic batch,
+//! followed by one fsync. So a group of events commits as one: after a crash, even a SIGKILL
+//! at any instruction, either all of a group's register changes and side writes are there or
+//! none of them. [`Registers::flush`] is a commit without side writes, and
+//! [`Registers::flush_if_dirty`] commits only when something is staged. What was staged and
+//! not committed is lost by a crash or a drop, by design: the owner commits once the group's
+//! effects are decided, and acknowledges only after that.
+//!
+//! A store written before the one-tree layout (four sled trees) is moved into it at open,
+//! once, in one batch.
 //!
 //! Every operation that depends on time has an `_at` form taking "now" in Unix milliseconds,
 //! so its semantics are tested without sleeping.
@@ -29,9 +36,12 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use store::{Space, Store, MARKS, THROTTLES, VALUES, WINDOWS};
 use thiserror::Error;
+
+mod store;
+
+pub use store::{SideEntry, SideWrite, SIDE_SPACE_MIN};
 
 /// What a register operation can fail with.
 #[derive(Debug, Error)]
@@ -69,6 +79,12 @@ pub enum RegisterError {
         /// The number given.
         secs: f64,
     },
+    /// A side write (or a side read) in a space the registers keep for themselves.
+    #[error("side space {space:#04x} is below 0x80: those bytes belong to the registers")]
+    SideSpace {
+        /// The space byte given.
+        space: u8,
+    },
 }
 
 /// Statistics over the samples of a time window.
@@ -92,12 +108,11 @@ pub const MAX_WINDOW_SAMPLES: usize = 100_000;
 /// A handle on the register store; cheap to clone.
 #[derive(Clone)]
 pub struct Registers {
-    db: sled::Db,
-    values: sled::Tree,
-    windows: sled::Tree,
-    marks: sled::Tree,
-    throttles: sled::Tree,
-    dirty: Arc<AtomicBool>,
+    store: Store,
+    values: Space,
+    windows: Space,
+    marks: Space,
+    throttles: Space,
 }
 
 /// Unix time in milliseconds.
@@ -190,24 +205,6 @@ impl Stored {
     }
 }
 
-/// Run a read-modify-write atomically on `tree[key]`; `f` gets the current bytes and returns the
-/// new bytes (None = remove) and a result. It may run several times under contention, so it must
-/// decide from its input alone.
-fn update<R>(
-    tree: &sled::Tree,
-    key: &str,
-    mut f: impl FnMut(Option<&[u8]>) -> Result<(Option<Vec<u8>>, R), RegisterError>,
-) -> Result<R, RegisterError> {
-    loop {
-        let old = tree.get(key.as_bytes())?;
-        let (new, result) = f(old.as_deref())?;
-        match tree.compare_and_swap(key.as_bytes(), old, new)? {
-            Ok(()) => return Ok(result),
-            Err(_) => continue,
-        }
-    }
-}
-
 impl Registers {
     /// Open (or create) the store in `dir`. sled locks the store for one process; a previous
     /// owner that is still shutting down (its flusher thread lets go within its flush interval)
@@ -244,18 +241,14 @@ impl Registers {
     }
 
     fn with_db(db: sled::Db) -> Result<Registers, RegisterError> {
+        let store = Store::new(db)?;
         Ok(Registers {
-            values: db.open_tree("values")?,
-            windows: db.open_tree("windows")?,
-            marks: db.open_tree("marks")?,
-            throttles: db.open_tree("throttles")?,
-            db,
-            dirty: Arc::new(AtomicBool::new(false)),
+            values: Space::new(&store, VALUES),
+            windows: Space::new(&store, WINDOWS),
+            marks: Space::new(&store, MARKS),
+            throttles: Space::new(&store, THROTTLES),
+            store,
         })
-    }
-
-    fn touched(&self) {
-        self.dirty.store(true, Ordering::Relaxed);
     }
 
     /// The value of `key`, None when it is absent or expired.
@@ -265,18 +258,17 @@ impl Registers {
 
     /// [`Registers::get`] with "now" given, in Unix milliseconds.
     pub fn get_at(&self, key: &str, now: u64) -> Result<Option<Value>, RegisterError> {
-        let Some(bytes) = self.values.get(key.as_bytes())? else {
+        // Under the lock, so the purge below cannot undo a write made meanwhile.
+        let mut txn = self.store.txn();
+        let Some(bytes) = txn.get(VALUES, key.as_bytes())? else {
             return Ok(None);
         };
         let stored = Stored::decode(key, &bytes)?;
         if stored.live(now) {
             Ok(Some(stored.value))
         } else {
-            // Expired: purge it now (only if nobody rewrote it meanwhile).
-            let _ = self
-                .values
-                .compare_and_swap(key.as_bytes(), Some(bytes), None::<&[u8]>)?;
-            self.touched();
+            // Expired: purge it now.
+            txn.put(VALUES, key.as_bytes(), None);
             Ok(None)
         }
     }
@@ -287,18 +279,17 @@ impl Registers {
             expires: None,
             value: value.clone(),
         };
-        self.values.insert(key.as_bytes(), stored.encode())?;
-        self.touched();
+        self.values.insert(key, stored.encode());
         Ok(())
     }
 
     /// Remove a key (and its window, mark and throttles); true when it held a live value.
     pub fn del(&self, key: &str) -> Result<bool, RegisterError> {
-        let old = self.values.remove(key.as_bytes())?;
-        for tree in [&self.windows, &self.marks, &self.throttles] {
-            tree.remove(key.as_bytes())?;
+        let mut txn = self.store.txn();
+        let old = txn.remove(VALUES, key.as_bytes())?;
+        for space in [WINDOWS, MARKS, THROTTLES] {
+            txn.remove(space, key.as_bytes())?;
         }
-        self.touched();
         Ok(match old {
             Some(b) => Stored::decode(key, &b)
                 .map(|s| s.live(now_ms()))
@@ -315,7 +306,7 @@ impl Registers {
 
     /// [`Registers::incr`] with "now" given, in Unix milliseconds.
     pub fn incr_at(&self, key: &str, by: i64, now: u64) -> Result<i64, RegisterError> {
-        let n = update(&self.values, key, |old| {
+        self.values.update(key, |old| {
             let (current, expires) = match old.map(|b| Stored::decode(key, b)).transpose()? {
                 Some(s) if s.live(now) => match s.value.as_i64() {
                     Some(n) => (n, s.expires),
@@ -338,9 +329,7 @@ impl Registers {
                 value: Value::from(n),
             };
             Ok((Some(stored.encode()), n))
-        })?;
-        self.touched();
-        Ok(n)
+        })
     }
 
     /// Make `key` expire `secs` from now; false when the key does not exist.
@@ -351,7 +340,7 @@ impl Registers {
     /// [`Registers::expire`] with "now" given, in Unix milliseconds.
     pub fn expire_at(&self, key: &str, secs: f64, now: u64) -> Result<bool, RegisterError> {
         let ms = millis("expire", secs)?;
-        let found = update(&self.values, key, |old| {
+        self.values.update(key, |old| {
             match old.map(|b| Stored::decode(key, b)).transpose()? {
                 Some(s) if s.live(now) => {
                     let stored = Stored {
@@ -362,9 +351,7 @@ impl Registers {
                 }
                 _ => Ok((old.map(<[u8]>::to_vec), false)),
             }
-        })?;
-        self.touched();
-        Ok(found)
+        })
     }
 
     /// Remove every expired key; how many were removed.
@@ -374,27 +361,20 @@ impl Registers {
 
     /// [`Registers::purge_expired`] with "now" given, in Unix milliseconds.
     pub fn purge_expired_at(&self, now: u64) -> Result<usize, RegisterError> {
+        let mut txn = self.store.txn();
         let mut n = 0;
-        for item in self.values.iter() {
-            let (k, v) = item?;
+        for (k, v) in txn.scan(VALUES, b"")? {
             // Header 1 = has an expiry; only those can be due.
             if v.first() != Some(&1) {
                 continue;
             }
             let key = String::from_utf8_lossy(&k);
             if let Ok(s) = Stored::decode(&key, &v) {
-                if !s.live(now)
-                    && self
-                        .values
-                        .compare_and_swap(&k, Some(v), None::<&[u8]>)?
-                        .is_ok()
-                {
+                if !s.live(now) {
+                    txn.put(VALUES, &k, None);
                     n += 1;
                 }
             }
-        }
-        if n > 0 {
-            self.touched();
         }
         Ok(n)
     }
@@ -408,8 +388,7 @@ impl Registers {
     pub fn entries(&self, prefix: &str) -> Result<BTreeMap<String, Value>, RegisterError> {
         let now = now_ms();
         let mut out = BTreeMap::new();
-        for item in self.values.scan_prefix(prefix.as_bytes()) {
-            let (k, v) = item?;
+        for (k, v) in self.values.scan(prefix)? {
             let key = String::from_utf8_lossy(&k).into_owned();
             let s = Stored::decode(&key, &v)?;
             if s.live(now) {
@@ -434,7 +413,7 @@ impl Registers {
         now: u64,
     ) -> Result<WindowStats, RegisterError> {
         let span = millis("window", secs)?;
-        let stats = update(&self.windows, key, |old| {
+        self.windows.update(key, |old| {
             let mut samples: Vec<(u64, f64)> = match old {
                 Some(b) => unpack(key, b)?,
                 None => Vec::new(),
@@ -446,9 +425,7 @@ impl Registers {
             }
             let stats = window_stats(&samples);
             Ok((Some(pack(&samples)), stats))
-        })?;
-        self.touched();
-        Ok(stats)
+        })
     }
 
     /// Record that `key` happened now.
@@ -458,8 +435,7 @@ impl Registers {
 
     /// [`Registers::mark`] with "now" given, in Unix milliseconds.
     pub fn mark_at(&self, key: &str, now: u64) -> Result<(), RegisterError> {
-        self.marks.insert(key.as_bytes(), &now.to_be_bytes())?;
-        self.touched();
+        self.marks.insert(key, now.to_be_bytes().to_vec());
         Ok(())
     }
 
@@ -471,7 +447,7 @@ impl Registers {
     /// [`Registers::seen`] with "now" given, in Unix milliseconds.
     pub fn seen_at(&self, key: &str, secs: f64, now: u64) -> Result<bool, RegisterError> {
         let span = millis("seen", secs)?;
-        Ok(match self.marks.get(key.as_bytes())? {
+        Ok(match self.marks.get(key)? {
             Some(b) => read_u64(&b).is_some_and(|t| now.saturating_sub(t) <= span),
             None => false,
         })
@@ -487,17 +463,13 @@ impl Registers {
     pub fn once_within_at(&self, key: &str, secs: f64, now: u64) -> Result<bool, RegisterError> {
         let span = millis("once_within", secs)?;
         let tkey = format!("once/{key}");
-        let fire = update(&self.throttles, &tkey, |old| {
+        self.throttles.update(&tkey, |old| {
             let last = old.and_then(read_u64);
             match last {
                 Some(t) if now.saturating_sub(t) < span => Ok((old.map(<[u8]>::to_vec), false)),
                 _ => Ok((Some(now.to_be_bytes().to_vec()), true)),
             }
-        })?;
-        if fire {
-            self.touched();
-        }
-        Ok(fire)
+        })
     }
 
     /// Count an occurrence of `key`; true when `threshold` occurrences fall inside the last
@@ -517,7 +489,7 @@ impl Registers {
         let span = millis("accumulate", secs)?;
         let tkey = format!("accumulate/{key}");
         let limit = threshold.max(1) as usize;
-        let reached = update(&self.throttles, &tkey, |old| {
+        self.throttles.update(&tkey, |old| {
             let mut times: Vec<u64> = match old {
                 Some(b) => unpack(&tkey, b)?,
                 None => Vec::new(),
@@ -532,21 +504,35 @@ impl Registers {
             } else {
                 Ok((Some(pack(&times)), false))
             }
-        })?;
-        self.touched();
-        Ok(reached)
+        })
     }
 
-    /// Make every write so far durable.
+    /// Make every staged write and `side` durable, atomically: after a crash either all of
+    /// them are there or none. One batch, one fsync. A side write in a space below
+    /// [`SIDE_SPACE_MIN`] is refused before anything is written.
+    pub fn commit(&self, side: Vec<SideWrite>) -> Result<(), RegisterError> {
+        self.store.commit(side)
+    }
+
+    /// Committed side entries of `space` (key without the space byte, value), in key order:
+    /// what the owner reads back at start.
+    pub fn side_entries(&self, space: u8) -> Result<Vec<SideEntry>, RegisterError> {
+        self.store.side_entries(space)
+    }
+
+    /// True when writes are staged and not yet committed (or a commit's fsync failed).
+    pub fn is_dirty(&self) -> bool {
+        self.store.is_dirty()
+    }
+
+    /// Make every write so far durable: [`Registers::commit`] without side writes.
     pub fn flush(&self) -> Result<(), RegisterError> {
-        self.dirty.store(false, Ordering::Relaxed);
-        self.db.flush()?;
-        Ok(())
+        self.commit(Vec::new())
     }
 
-    /// Flush when anything was written since the last flush; cheap when nothing was.
+    /// Commit when anything is staged; cheap when nothing is.
     pub fn flush_if_dirty(&self) -> Result<(), RegisterError> {
-        if self.dirty.load(Ordering::Relaxed) {
+        if self.is_dirty() {
             self.flush()?;
         }
         Ok(())
