@@ -1,30 +1,51 @@
 //! The reflex publisher: the one place actions get their order.
 //!
 //! A separate process from the manager, linked to it over `ipc://<state>/publisher.ipc`. It
-//! PULLs each action, gives it the next sequence number (strictly increasing, across restarts),
-//! seals it in a signed envelope ([`bus::envelope`], with the control node's signing key in
-//! `<state>/keys/sign.secret`: the publisher numbers, so it signs), appends the sealed frame to a
-//! durable log in sled, and PUBlishes it under the topic frame of its target (`all/`,
-//! `host/<name>/`, `group/<name>/`). The log keeps the last [`Config::keep`] actions.
+//! PULLs [`bus::delivery::Linked`] frames (action number `n` of a manager's outbox), gives each
+//! new action the next sequence number (strictly increasing, never reused, across restarts and
+//! kill -9), seals it in a signed envelope ([`bus::envelope`], with the control node's signing
+//! key in `<state>/keys/sign.secret`: the publisher numbers, so it signs), logs it durably in
+//! sled, and PUBlishes it under the topic frame of its target (`all/`, `host/<name>/`,
+//! `group/<name>/`). The log keeps the last [`Config::keep`] actions and the newest of each name.
+//!
+//! **Log before publish, in groups.** What the link holds at one look (up to 4,096 frames) is
+//! numbered, sealed and staged in one atomic sled batch (the actions, the names they replace,
+//! the highest number logged per outbox, the pruning), applied, flushed once, and only then
+//! published and acknowledged. Numbering resumes from the log.
+//!
+//! **Link protocol.** Per outbox the publisher takes only the number after the highest it
+//! logged: a lower one is a resend (acknowledged again, not numbered, logged or published
+//! twice), a higher one follows a lost frame and is dropped unacknowledged (the manager resends
+//! in order). Anything that is not a `Linked` frame with a valid outbox id is counted as
+//! malformed and dropped. The newest 1,024 outboxes are remembered.
+//!
+//! **Acknowledgements** go out on a PUB bound at `ipc://<state>/publisher-acks.ipc`
+//! ([`bus::Endpoints::link_acks`]), two frames: the outbox id as topic, then
+//! [`bus::delivery::LinkAck`] (every number up to `upto` is in the durable log). One is sent
+//! after each group commit for every outbox it advanced, at once for a resend, and once a second
+//! for every outbox heard from in the last minute (or remembered at start), so a manager that
+//! subscribed late or missed one learns where it stands.
 //!
 //! A REP socket (the replay endpoint) serves the log to actors that were away: a JSON request
 //! `{"since": SEQ, "topics": ["all/", "host/web1/"], "latest_only": bool, "limit": N}` is
 //! answered with a JSON header frame `{"count", "last_seq", "oldest", "gap"}` followed by one
 //! sealed frame per action (oldest first), the very bytes published live, so an actor that was
-//! away checks them the same way. Filtering reads the envelope's header, not the body. `latest_only` keeps only the newest action of each name: what
-//! is in force, for an actor starting from nothing. `gap` is true when actions after `since` were
-//! already pruned from the log.
+//! away checks them the same way. Filtering reads the envelope's header, not the body.
+//! `latest_only` keeps only the newest action of each name: what is in force, for an actor
+//! starting from nothing. `gap` is true when actions after `since` were already pruned from the
+//! log.
 
 #![deny(missing_docs)]
 
 mod doors;
+mod journal;
+mod link;
 
 use bus::secure::Door;
-use bus::{Action, BadFrames, Endpoints, MalformedKind};
+use bus::{BadFrames, Endpoints};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// Why the publisher could not start or had to stop.
@@ -62,7 +83,7 @@ pub enum PublisherError {
 /// How to run a publisher.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where it binds: the link, the PUB fan-out and the replay socket.
+    /// Where it binds: the link and its acks, the PUB fan-out and the replay socket.
     pub endpoints: Endpoints,
     /// The state dir; the log is `<state>/publisher`.
     pub state_dir: PathBuf,
@@ -83,10 +104,11 @@ pub struct Publisher {
     doors: doors::Doors,
     publish_endpoint: String,
     security: bus::secure::Security,
-    log: sled::Tree,
-    /// Action name -> the sequence number of its newest action: pruning keeps those, so the
-    /// actions in force can always be replayed.
-    latest: sled::Tree,
+    /// Acknowledgements to the manager's outboxes (PUB, topic = outbox id).
+    acks: zmq::Socket,
+    /// The log, the names in force and where each outbox stands.
+    journal: journal::Journal,
+    outboxes: link::Outboxes,
     db: sled::Db,
     /// What every action is sealed with.
     sign: bus::envelope::SignKey,
@@ -96,9 +118,13 @@ pub struct Publisher {
     bad: BadFrames,
     /// Actions published since start.
     pub published: u64,
+    /// Link frames recognised as resends since start (acknowledged, not logged again).
+    pub resent: u64,
+    /// Link frames dropped since start because one before them was missing.
+    pub gaps: u64,
+    /// Groups committed (one flush each) since start.
+    pub commits: u64,
 }
-
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 impl Publisher {
     /// Open the log (numbering resumes after its last action) and bind the sockets.
@@ -118,20 +144,18 @@ impl Publisher {
                 source: sled::Error::Io(e),
             }
         })?;
-        let log = db.open_tree("actions")?;
-        let latest = db.open_tree("latest")?;
+        let journal = journal::Journal::open(&db)?;
+        let outboxes = link::Outboxes::load(&journal)?;
         let sign = bus::envelope::SignKey::load_or_create(&cfg.state_dir)?;
-        let next_seq = match log.last()? {
-            Some((k, _)) => seq_of(&k) + 1,
-            None => 1,
-        };
+        let next_seq = journal.next_seq()?;
         // The ZAP handler is bound before any socket, or libzmq would let every key in.
         let doors = doors::Doors::new(&cfg.security, &cfg.state_dir)?;
         let link = bus::sockets::bind(zmq::PULL, &cfg.endpoints.link)?;
+        let acks = bus::sockets::bind(zmq::PUB, &cfg.endpoints.link_acks)?;
         let sec = &cfg.security;
         let publish = doors::bind_fanout(&cfg.endpoints.publish, sec)?;
         let replay = bus::secure::bind(zmq::REP, &cfg.endpoints.replay, sec, Door::Replay)?;
-        tracing::info!(link = %cfg.endpoints.link, publish = %cfg.endpoints.publish, replay = %cfg.endpoints.replay, next_seq, sign_key = %sign.id(), "publisher up");
+        tracing::info!(link = %cfg.endpoints.link, link_acks = %cfg.endpoints.link_acks, publish = %cfg.endpoints.publish, replay = %cfg.endpoints.replay, next_seq, sign_key = %sign.id(), "publisher up");
         Ok(Publisher {
             link,
             publish,
@@ -139,8 +163,9 @@ impl Publisher {
             doors,
             publish_endpoint: cfg.endpoints.publish.clone(),
             security: cfg.security.clone(),
-            log,
-            latest,
+            acks,
+            journal,
+            outboxes,
             db,
             sign,
             next_seq,
@@ -148,14 +173,15 @@ impl Publisher {
             max_frame: cfg.max_frame,
             bad: BadFrames::new("action frame"),
             published: 0,
+            resent: 0,
+            gaps: 0,
+            commits: 0,
         })
     }
 
     /// Serve the link and the replay socket until `stop` is set, then flush the log.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), PublisherError> {
         let mut frame = zmq::Message::new();
-        let mut last_flush = Instant::now();
-        let mut dirty = false;
         while !stop.load(Ordering::Relaxed) {
             let (readable, replay, subscriptions) = {
                 let mut items = [
@@ -185,21 +211,20 @@ impl Publisher {
                 self.handle_replay()?;
             }
             if readable {
-                loop {
+                // What the link holds now is one group: one batch, one flush, then published.
+                let mut group = self.group();
+                for _ in 0..link::MAX_GROUP {
                     match self.link.recv(&mut frame, zmq::DONTWAIT) {
                         Ok(()) => {
-                            dirty |= self.handle(&frame)?;
+                            self.admit(&frame, &mut group);
                         }
                         Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
                         Err(e) => return Err(e.into()),
                     }
                 }
+                self.commit(group)?;
             }
-            if dirty && (!readable || last_flush.elapsed() >= FLUSH_EVERY) {
-                self.db.flush()?;
-                dirty = false;
-                last_flush = Instant::now();
-            }
+            self.tick_acks()?;
         }
         self.db.flush()?;
         tracing::info!(published = self.published, "publisher stopped");
@@ -236,10 +261,20 @@ impl Publisher {
         })
     }
 
-    /// Number, seal, log and publish one action frame from the link, as the run loop does;
-    /// false when the frame was bad and dropped. Public so the fuzz targets drive it.
+    /// Take one [`bus::delivery::Linked`] frame from the link and commit it alone, as a group
+    /// of one: logged, flushed, published and acknowledged as the run loop does. True when it
+    /// was new and is now logged; false when it was bad, a resend (acknowledged again) or after
+    /// a gap (dropped). Public so the fuzz targets drive it.
     pub fn take_frame(&mut self, frame: &[u8]) -> Result<bool, PublisherError> {
-        self.handle(frame)
+        let mut group = self.group();
+        let logged = self.admit(frame, &mut group);
+        self.commit(group)?;
+        Ok(logged)
+    }
+
+    /// The highest number of `outbox` logged (0 for an outbox not known).
+    pub fn acked(&self, outbox: &str) -> u64 {
+        self.outboxes.acked(outbox)
     }
 
     /// The header frame and the matching actions after `since`, oldest first.
@@ -248,24 +283,17 @@ impl Publisher {
         r: &ReplayRequest,
         refused: &[String],
     ) -> Result<Vec<Vec<u8>>, PublisherError> {
-        let oldest = match self.log.first()? {
-            Some((k, _)) => seq_of(&k),
-            None => self.next_seq,
-        };
-        let pruned_through = self
-            .latest
-            .get(PRUNED_KEY)?
-            .map(|v| seq_of(&v))
-            .unwrap_or(0);
+        let oldest = self.journal.oldest()?.unwrap_or(self.next_seq);
+        let pruned_through = self.journal.pruned_through()?;
         let mut picked: Vec<(u64, String, Vec<u8>)> = Vec::new();
-        for item in self.log.range((r.since.saturating_add(1)).to_be_bytes()..) {
-            let (k, v) = item?;
+        for item in self.journal.since(r.since) {
+            let (seq, v) = item?;
             // Our own sealed frames: the header is only read for routing here.
             let Ok(header) = bus::envelope::peek(&v, usize::MAX) else {
                 continue;
             };
             if r.topics.contains(&header.target.topic()) {
-                picked.push((seq_of(&k), header.name, v.to_vec()));
+                picked.push((seq, header.name, v.to_vec()));
             }
         }
         if r.latest_only {
@@ -293,59 +321,7 @@ impl Publisher {
         frames.extend(picked.into_iter().map(|(_, _, f)| f));
         Ok(frames)
     }
-
-    /// Number, log and publish one action frame; false when the frame was bad and dropped.
-    fn handle(&mut self, frame: &[u8]) -> Result<bool, PublisherError> {
-        // A bad target does not decode: it is counted as a malformed frame.
-        let Some(mut action) = self
-            .bad
-            .keep(bus::decode_with_limit::<Action>(frame, self.max_frame))
-        else {
-            return Ok(false);
-        };
-        if action.name.is_empty() || action.name.contains(char::is_control) {
-            let why = format!("bad action name {:?}", action.name);
-            self.bad.count(MalformedKind::Malformed, &why);
-            return Ok(false);
-        }
-        action.seq = self.next_seq;
-        self.next_seq += 1;
-        let out = bus::envelope::seal(&self.sign, &action, bus::now_ms());
-        self.log.insert(action.seq.to_be_bytes(), out.as_slice())?;
-        self.latest
-            .insert(action.name.as_bytes(), &action.seq.to_be_bytes())?;
-        if action.seq > self.keep && action.seq.is_multiple_of(1024) {
-            self.prune(action.seq - self.keep)?;
-        }
-        self.publish
-            .send(action.target.topic().as_bytes(), zmq::SNDMORE)?;
-        self.publish.send(out, 0)?;
-        self.published += 1;
-        tracing::debug!(seq = action.seq, name = %action.name, target = %action.target, "published");
-        Ok(true)
-    }
-
-    /// Drop log entries with a sequence number below `below`, except the newest action of each
-    /// name (still in force on the actors).
-    fn prune(&self, below: u64) -> Result<(), PublisherError> {
-        for item in self.log.range(..below.to_be_bytes()) {
-            let (k, v) = item?;
-            let in_force = bus::envelope::peek(&v, usize::MAX)
-                .ok()
-                .and_then(|h| self.latest.get(h.name.as_bytes()).ok().flatten())
-                .is_some_and(|s| s.as_ref() == k.as_ref());
-            if !in_force {
-                self.log.remove(&k)?;
-                self.latest.insert(PRUNED_KEY, &k)?;
-            }
-        }
-        Ok(())
-    }
 }
-
-/// Key in the `latest` tree holding the highest pruned sequence number (action names cannot
-/// hold control characters, so it cannot collide with one).
-const PRUNED_KEY: &[u8] = b"\0pruned";
 
 /// What an actor asks the replay socket for.
 #[derive(Debug, serde::Deserialize)]
@@ -359,13 +335,6 @@ struct ReplayRequest {
     limit: Option<usize>,
 }
 
-fn seq_of(key: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = key.len().min(8);
-    b[8 - n..].copy_from_slice(&key[key.len() - n..]);
-    u64::from_be_bytes(b)
-}
-
 /// Run a publisher until `stop` is set.
 pub fn run(cfg: Config, stop: &AtomicBool) -> Result<(), PublisherError> {
     let mut p = Publisher::new(&cfg)?;
@@ -373,125 +342,4 @@ pub fn run(cfg: Config, stop: &AtomicBool) -> Result<(), PublisherError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::{json, Value};
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    fn action(name: &str, target: &str) -> Action {
-        Action {
-            id: bus::new_id(),
-            name: name.into(),
-            seq: 0,
-            target: bus::Target::parse(target).unwrap(),
-            graph: json!([]),
-            origin: Default::default(),
-            expires: None,
-        }
-    }
-
-    /// What the replay socket answers, each frame verified against the state dir's key.
-    fn replay(ep: &str, key: &bus::envelope::ManagerKey, req: Value) -> (Value, Vec<Action>) {
-        let s = bus::sockets::connect(zmq::REQ, ep).unwrap();
-        s.set_rcvtimeo(5_000).unwrap();
-        s.send(req.to_string().as_bytes(), 0).unwrap();
-        let parts = s.recv_multipart(0).unwrap();
-        let header = serde_json::from_slice(&parts[0]).unwrap();
-        (
-            header,
-            parts[1..]
-                .iter()
-                .map(|p| bus::envelope::open(p, key, bus::MAX_FRAME).unwrap().action)
-                .collect(),
-        )
-    }
-
-    #[test]
-    fn numbers_logs_prunes_and_replays_by_topic() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let cfg = Config {
-            endpoints: bus::Endpoints::local(base, dir.path()),
-            state_dir: dir.path().to_path_buf(),
-            max_frame: bus::MAX_FRAME,
-            keep: 1_000,
-            security: bus::secure::Security::Insecure,
-        };
-        // The key the publisher will find and sign with.
-        let key = bus::envelope::SignKey::load_or_create(dir.path())
-            .unwrap()
-            .public();
-        let stop = Arc::new(AtomicBool::new(false));
-        let run = {
-            let (cfg, stop) = (cfg.clone(), stop.clone());
-            std::thread::spawn(move || run(cfg, &stop))
-        };
-        let link = bus::sockets::connect(zmq::PUSH, &cfg.endpoints.link).unwrap();
-        // "pinned" goes out first and is never replaced: pruning must keep it.
-        link.send(bus::encode(&action("pinned", "host/a")), 0)
-            .unwrap();
-        for i in 0..3_000 {
-            let target = if i % 2 == 0 { "host/a" } else { "host/ab" };
-            link.send(bus::encode(&action(&format!("n{}", i % 10), target)), 0)
-                .unwrap();
-        }
-        link.send(b"garbage".as_slice(), 0).unwrap();
-        link.send(bus::encode(&action("last", "all")), 0).unwrap();
-        let ep = cfg.endpoints.replay.clone();
-        let mut tries = 0;
-        let (header, all) = loop {
-            let (h, a) = replay(
-                &ep,
-                &key,
-                json!({"since": 0, "topics": ["all/", "host/a/"]}),
-            );
-            if h["last_seq"] == json!(3_002) || tries > 100 {
-                break (h, a);
-            }
-            tries += 1;
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert_eq!(header["last_seq"], json!(3_002), "garbage was not numbered");
-        assert_eq!(header["gap"], json!(true), "older actions were pruned");
-        assert!(
-            all.windows(2).all(|w| w[0].seq < w[1].seq),
-            "oldest first, strictly increasing"
-        );
-        assert!(
-            all.iter()
-                .all(|a| a.target == "host/a" || a.target == "all"),
-            "host/ab is not host/a"
-        );
-        assert_eq!(
-            all[0].name, "pinned",
-            "the newest action of a name survives pruning"
-        );
-        assert_eq!(all.last().unwrap().name, "last");
-
-        let (_, latest) = replay(
-            &ep,
-            &key,
-            json!({"since": 0, "topics": ["all/", "host/a/"], "latest_only": true}),
-        );
-        let names: Vec<&str> = latest.iter().map(|a| a.name.as_str()).collect();
-        assert_eq!(names, ["pinned", "n0", "n2", "n4", "n6", "n8", "last"]);
-        let (h, recent) = replay(&ep, &key, json!({"since": 3_000, "topics": ["host/ab/"]}));
-        assert_eq!((h["gap"].clone(), recent.len()), (json!(false), 1));
-        let s = bus::sockets::connect(zmq::REQ, &ep).unwrap();
-        s.set_rcvtimeo(5_000).unwrap();
-        s.send("not json", 0).unwrap();
-        assert!(String::from_utf8(s.recv_bytes(0).unwrap())
-            .unwrap()
-            .contains("bad replay request"));
-
-        stop.store(true, Ordering::Relaxed);
-        run.join().unwrap().unwrap();
-        // Numbering continues across a restart.
-        let p = Publisher::new(&cfg).unwrap();
-        assert_eq!(p.next_seq, 3_003);
-    }
-}
+mod tests;

@@ -3,6 +3,7 @@
 //! topics, an unknown key gets nothing, and a revoked host's subscription ends (the fan-out is
 //! rebound) while the others continue.
 
+use bus::delivery::Linked;
 use bus::enroll::{store_dir, Enrollment};
 use bus::keys::{KeyPair, Role};
 use bus::secure::Security;
@@ -138,6 +139,16 @@ fn hosts_get_their_own_topics_only_and_a_revoked_one_is_cut_off() {
     // Subscriptions travel after the CURVE handshakes, later on a loaded machine: probe each
     // allowed one until it receives, then take what the refused ones got (must be nothing).
     let link = bus::sockets::connect(zmq::PUSH, &ep.link).unwrap();
+    // The link takes numbered frames of a manager's outbox.
+    let mut next = 0;
+    let mut outbox = |action: Action| {
+        next += 1;
+        bus::encode(&Linked {
+            outbox: "m1".into(),
+            seq: next,
+            action,
+        })
+    };
     let mut ready = [false; 3];
     for i in 0..200 {
         for (target, got) in ["host/web1", "group/web", "host/web2"]
@@ -145,7 +156,7 @@ fn hosts_get_their_own_topics_only_and_a_revoked_one_is_cut_off() {
             .zip(&mut ready)
         {
             if !*got {
-                link.send(bus::encode(&action(&format!("probe-{i}"), target)), 0)
+                link.send(outbox(action(&format!("probe-{i}"), target)), 0)
                     .unwrap();
             }
         }
@@ -180,7 +191,7 @@ fn hosts_get_their_own_topics_only_and_a_revoked_one_is_cut_off() {
         ("b1", "host/web2"),
         ("all1", "all"),
     ] {
-        link.send(bus::encode(&action(name, target)), 0).unwrap();
+        link.send(outbox(action(name, target)), 0).unwrap();
     }
     let wait = Duration::from_millis(800);
     assert_eq!(received(&own, wait), ["a1"]);
@@ -226,9 +237,9 @@ fn hosts_get_their_own_topics_only_and_a_revoked_one_is_cut_off() {
     let mut web1_got = Vec::new();
     let mut web2_got = Vec::new();
     for i in 0..20 {
-        link.send(bus::encode(&action(&format!("b2-{i}"), "host/web2")), 0)
+        link.send(outbox(action(&format!("b2-{i}"), "host/web2")), 0)
             .unwrap();
-        link.send(bus::encode(&action(&format!("a2-{i}"), "host/web1")), 0)
+        link.send(outbox(action(&format!("a2-{i}"), "host/web1")), 0)
             .unwrap();
         web2_got.extend(received(&web2_own, Duration::from_millis(200)));
         web1_got.extend(received(&own, Duration::from_millis(100)));
