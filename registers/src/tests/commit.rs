@@ -171,7 +171,7 @@ fn kill_nine_keeps_registers_and_side_writes_together() {
         .map(|(_, rest)| format!("{rest}::kill_nine_keeps_registers_and_side_writes_together"))
         .unwrap();
     let mut before = 0;
-    for round in 0..3 {
+    for round in 0..6 {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_DIR, dir.path())
