@@ -311,3 +311,15 @@ impl Space {
         self.scan("").map(|m| m.len()).unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+impl Store {
+    /// The names of the sled trees the store holds (to see the old layout is gone).
+    pub(crate) fn tree_names(&self) -> Vec<String> {
+        self.db
+            .tree_names()
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect()
+    }
+}

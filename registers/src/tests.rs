@@ -142,3 +142,5 @@ fn marks_and_throttles_follow_their_windows() {
     // internal trees never show up as user keys
     assert!(r.keys("").unwrap().is_empty());
 }
+
+mod commit;
