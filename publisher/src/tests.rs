@@ -16,6 +16,28 @@ fn action(name: &str, target: &str) -> Action {
     }
 }
 
+/// A port base whose publish and replay ports are free and not handed to another test of
+/// this process (they run in parallel, and the kernel hands out ephemeral ports in sequence).
+fn free_base() -> u16 {
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap();
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        drop(l);
+        let ports = [p + 1, p + 2];
+        if p < 60_000
+            && ports.iter().all(|q| !taken.contains(q))
+            && ports
+                .iter()
+                .all(|&q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok())
+        {
+            taken.extend(ports);
+            return p;
+        }
+    }
+}
+
 /// A manager's outbox, as the link sees it: each action numbered from 1.
 struct Outbox {
     id: String,
@@ -48,7 +70,9 @@ fn linked(outbox: &str, seq: u64, action: Action) -> Vec<u8> {
 /// What the replay socket answers, each frame verified against the state dir's key.
 fn replay(ep: &str, key: &bus::envelope::ManagerKey, req: Value) -> (Value, Vec<Action>) {
     let s = bus::sockets::connect(zmq::REQ, ep).unwrap();
-    s.set_rcvtimeo(5_000).unwrap();
+    // Generous: a group of thousands of frames is sealed before the next request is served,
+    // and the machine may be busy.
+    s.set_rcvtimeo(30_000).unwrap();
     s.send(req.to_string().as_bytes(), 0).unwrap();
     let parts = s.recv_multipart(0).unwrap();
     let header = serde_json::from_slice(&parts[0]).unwrap();
@@ -64,10 +88,7 @@ fn replay(ep: &str, key: &bus::envelope::ManagerKey, req: Value) -> (Value, Vec<
 #[test]
 fn numbers_logs_prunes_and_replays_by_topic() {
     let dir = tempfile::tempdir().unwrap();
-    let base = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let base = free_base();
     let cfg = Config {
         endpoints: bus::Endpoints::local(base, dir.path()),
         state_dir: dir.path().to_path_buf(),
@@ -158,10 +179,7 @@ fn numbers_logs_prunes_and_replays_by_topic() {
 }
 
 fn insecure(dir: &std::path::Path) -> Config {
-    let base = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let base = free_base();
     Config {
         endpoints: bus::Endpoints::local(base, dir),
         state_dir: dir.to_path_buf(),
