@@ -87,7 +87,7 @@ pub struct Config {
     pub endpoints: Endpoints,
     /// The state dir; the log is `<state>/publisher`.
     pub state_dir: PathBuf,
-    /// Largest action frame accepted from the link, in bytes.
+    /// Largest link frame (a `Linked` action) accepted, in bytes.
     pub max_frame: usize,
     /// How many of the newest actions the log keeps.
     pub keep: u64,
@@ -171,7 +171,7 @@ impl Publisher {
             next_seq,
             keep: cfg.keep.max(1),
             max_frame: cfg.max_frame,
-            bad: BadFrames::new("action frame"),
+            bad: BadFrames::new("link frame"),
             published: 0,
             resent: 0,
             gaps: 0,

@@ -66,6 +66,12 @@ impl Outboxes {
         self.map.get(outbox).map_or(0, |o| o.acked)
     }
 
+    /// How many are remembered.
+    #[cfg(test)]
+    pub(crate) fn map_len(&self) -> usize {
+        self.map.len()
+    }
+
     fn touch(&mut self, outbox: &str, stamp: u64) {
         let now = Instant::now();
         match self.map.get_mut(outbox) {
@@ -85,19 +91,21 @@ impl Outboxes {
     }
 
     /// Forget the outboxes heard from longest ago while there are too many, sparing those in
-    /// `spare`; staged in `batch`.
+    /// `spare` (advanced by the group being committed); staged in `batch`.
     fn evict(&mut self, batch: &mut sled::Batch, spare: &HashMap<String, u64>) {
         let Some(excess) = self.map.len().checked_sub(MAX_OUTBOXES).filter(|&n| n > 0) else {
             return;
         };
-        let mut old: Vec<(u64, String)> = self
+        // Outboxes that never had an action logged (heard from only after a gap) go first, so
+        // frames with made-up ids cannot push out a real outbox.
+        let mut old: Vec<(bool, u64, String)> = self
             .map
             .iter()
             .filter(|(id, _)| !spare.contains_key(*id))
-            .map(|(id, o)| (o.stamp, id.clone()))
+            .map(|(id, o)| (o.acked > 0, o.stamp, id.clone()))
             .collect();
         old.sort_unstable();
-        for (_, id) in old.into_iter().take(excess) {
+        for (_, _, id) in old.into_iter().take(excess) {
             tracing::info!(outbox = %id, "forgot an outbox heard from longest ago");
             self.map.remove(&id);
             Journal::stage_forget(batch, &id);

@@ -16,6 +16,28 @@ fn action(name: &str, target: &str) -> Action {
     }
 }
 
+/// A port base whose publish and replay ports are free and not handed to another test of
+/// this process (they run in parallel, and the kernel hands out ephemeral ports in sequence).
+fn free_base() -> u16 {
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap();
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        drop(l);
+        let ports = [p + 1, p + 2];
+        if p < 60_000
+            && ports.iter().all(|q| !taken.contains(q))
+            && ports
+                .iter()
+                .all(|&q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok())
+        {
+            taken.extend(ports);
+            return p;
+        }
+    }
+}
+
 /// A manager's outbox, as the link sees it: each action numbered from 1.
 struct Outbox {
     id: String,
@@ -48,7 +70,9 @@ fn linked(outbox: &str, seq: u64, action: Action) -> Vec<u8> {
 /// What the replay socket answers, each frame verified against the state dir's key.
 fn replay(ep: &str, key: &bus::envelope::ManagerKey, req: Value) -> (Value, Vec<Action>) {
     let s = bus::sockets::connect(zmq::REQ, ep).unwrap();
-    s.set_rcvtimeo(5_000).unwrap();
+    // Generous: a group of thousands of frames is sealed before the next request is served,
+    // and the machine may be busy.
+    s.set_rcvtimeo(30_000).unwrap();
     s.send(req.to_string().as_bytes(), 0).unwrap();
     let parts = s.recv_multipart(0).unwrap();
     let header = serde_json::from_slice(&parts[0]).unwrap();
@@ -64,10 +88,7 @@ fn replay(ep: &str, key: &bus::envelope::ManagerKey, req: Value) -> (Value, Vec<
 #[test]
 fn numbers_logs_prunes_and_replays_by_topic() {
     let dir = tempfile::tempdir().unwrap();
-    let base = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let base = free_base();
     let cfg = Config {
         endpoints: bus::Endpoints::local(base, dir.path()),
         state_dir: dir.path().to_path_buf(),
@@ -155,4 +176,152 @@ fn numbers_logs_prunes_and_replays_by_topic() {
         3_002,
         "the outbox's number is kept with the log"
     );
+}
+
+fn insecure(dir: &std::path::Path) -> Config {
+    let base = free_base();
+    Config {
+        endpoints: bus::Endpoints::local(base, dir),
+        state_dir: dir.to_path_buf(),
+        max_frame: bus::MAX_FRAME,
+        keep: 1_000,
+        security: bus::secure::Security::Insecure,
+    }
+}
+
+/// Every sealed frame `sub` receives within `wait`, opened with `key`.
+fn receive(sub: &zmq::Socket, key: &bus::envelope::ManagerKey, wait: Duration) -> Vec<Action> {
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < deadline {
+        let mut items = [sub.as_poll_item(zmq::POLLIN)];
+        bus::sockets::poll(&mut items, 20).unwrap();
+        while let Ok(parts) = sub.recv_multipart(zmq::DONTWAIT) {
+            got.push(
+                bus::envelope::open(&parts[1], key, bus::MAX_FRAME)
+                    .unwrap()
+                    .action,
+            );
+        }
+    }
+    got
+}
+
+#[test]
+fn a_group_of_hundreds_is_published_in_order_after_one_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = insecure(dir.path());
+    let key = bus::envelope::SignKey::load_or_create(dir.path())
+        .unwrap()
+        .public();
+    let mut p = Publisher::new(&cfg).unwrap();
+    let sub = bus::sockets::connect(zmq::SUB, &cfg.endpoints.publish).unwrap();
+    sub.set_subscribe(b"all/").unwrap();
+    // Serve the subscription as the run loop does, probing until it has taken effect.
+    let mut probe = Outbox::new("probe");
+    let ready = (0..200).any(|_| {
+        p.doors.serve_subscriptions(&p.publish).unwrap();
+        p.take_frame(&probe.frame(action("probe", "all"))).unwrap();
+        !receive(&sub, &key, Duration::from_millis(20)).is_empty()
+    });
+    assert!(ready, "the subscription never took effect");
+    receive(&sub, &key, Duration::from_millis(200));
+
+    let (commits, first) = (p.commits, p.next_seq);
+    let mut m1 = Outbox::new("m1");
+    let mut group = p.group();
+    for i in 0..500 {
+        let frame = m1.frame(action(&format!("g{i}"), "all"));
+        assert!(p.admit(&frame, &mut group));
+        if i % 100 == 0 {
+            // A resend inside the group is recognised against the group itself.
+            assert!(!p.admit(&frame, &mut group));
+        }
+    }
+    assert!(
+        receive(&sub, &key, Duration::from_millis(100)).is_empty(),
+        "nothing goes out before the commit"
+    );
+    assert_eq!(
+        p.acked("m1"),
+        0,
+        "nothing is acknowledged before the commit"
+    );
+    p.commit(group).unwrap();
+    assert_eq!(p.commits, commits + 1, "one flush for the group");
+    assert_eq!(p.acked("m1"), 500);
+    let got = receive(&sub, &key, Duration::from_millis(1_000));
+    let names: Vec<String> = got.iter().map(|a| a.name.clone()).collect();
+    let want: Vec<String> = (0..500).map(|i| format!("g{i}")).collect();
+    assert_eq!(names, want, "published in order, once each");
+    assert!(
+        got.iter().zip(first..).all(|(a, seq)| a.seq == seq),
+        "numbered consecutively"
+    );
+}
+
+#[test]
+fn the_log_of_an_older_publisher_is_moved_into_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = insecure(dir.path());
+    let sign = bus::envelope::SignKey::load_or_create(dir.path()).unwrap();
+    {
+        // The trees as the publisher before outboxes kept them.
+        let db = sled::open(dir.path().join("publisher")).unwrap();
+        let (log, latest) = (
+            db.open_tree("actions").unwrap(),
+            db.open_tree("latest").unwrap(),
+        );
+        for (seq, name) in [(7u64, "old"), (9, "kept")] {
+            let mut a = action(name, "all");
+            a.seq = seq;
+            let sealed = bus::envelope::seal(&sign, &a, bus::now_ms());
+            log.insert(seq.to_be_bytes(), sealed).unwrap();
+            latest.insert(name.as_bytes(), &seq.to_be_bytes()).unwrap();
+        }
+        latest.insert(b"\0pruned", &6u64.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let mut p = Publisher::new(&cfg).unwrap();
+    assert_eq!(p.next_seq, 10, "numbering resumes after the old log");
+    let frames = p
+        .answer_replay(br#"{"since": 5, "topics": ["all/"]}"#, None)
+        .unwrap();
+    let header: Value = serde_json::from_slice(&frames[0]).unwrap();
+    assert_eq!((header["gap"].clone(), frames.len()), (json!(true), 3));
+    assert_eq!(header["oldest"], json!(7));
+    assert!(!p.db.tree_names().iter().any(|t| t.as_ref() == b"actions"));
+}
+
+#[test]
+fn outboxes_past_the_bound_are_forgotten_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = insecure(dir.path());
+    let mut p = Publisher::new(&cfg).unwrap();
+    for id in ["first", "real"] {
+        assert!(p.take_frame(&linked(id, 1, action(id, "all"))).unwrap());
+    }
+    // Made-up ids heard from only after a gap are forgotten before any real outbox.
+    for i in 0..2 * link::MAX_OUTBOXES {
+        let frame = linked(&format!("bogus{i}"), 9, action("x", "all"));
+        assert!(!p.take_frame(&frame).unwrap());
+    }
+    assert_eq!((p.acked("first"), p.acked("real")), (1, 1));
+    assert!(p.outboxes.map_len() <= link::MAX_OUTBOXES);
+    // One group naming more outboxes than are kept: the oldest remembered ones go.
+    let mut group = p.group();
+    for i in 0..link::MAX_OUTBOXES - 1 {
+        assert!(p.admit(&linked(&format!("o{i}"), 1, action("x", "all")), &mut group));
+    }
+    p.commit(group).unwrap();
+    assert_eq!(p.acked("first"), 0, "the oldest was forgotten");
+    assert_eq!((p.acked("real"), p.acked("o0")), (1, 1));
+    drop(p);
+    let p = Publisher::new(&cfg).unwrap();
+    assert_eq!(
+        (p.acked("first"), p.acked("real"), p.acked("o1022")),
+        (0, 1, 1),
+        "and stays forgotten"
+    );
+    assert_eq!(p.outboxes.map_len(), link::MAX_OUTBOXES);
 }
