@@ -166,7 +166,7 @@ pub fn run(a: BeaconsArgs) -> anyhow::Result<ExitCode> {
 
     eprintln!("emitter: {} events into the manager...", a.events);
     // A queue as deep as the run, so the rate is the emitter's, not the manager's back-pressure.
-    let queue = i32::try_from(a.events).unwrap_or(i32::MAX);
+    let queue = usize::try_from(a.events).unwrap_or(usize::MAX);
     let em = beacons::Emitter::with_queue(&ep.ingest, "bench-emitter", queue, &sec)?;
     // One event through first, so the connection is up before the clock starts.
     let seen = events_seen(&ep.control, &sec)?;

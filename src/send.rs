@@ -1,4 +1,5 @@
-//! `reflex send` (one event) and `reflex status` (a manager's counters).
+//! `reflex send` (one event, or one per line of stdin, each kept until the manager
+//! acknowledges it) and `reflex status` (a manager's counters).
 
 use crate::cli::{hostname, Exit, StackArgs};
 use crate::security::{security, Node};
@@ -10,7 +11,8 @@ use std::time::Duration;
 #[derive(Args, Debug)]
 pub struct SendArgs {
     /// Event tag, e.g. demo/hello.
-    pub tag: String,
+    #[arg(required_unless_present = "stdin")]
+    pub tag: Option<String>,
     /// Data fields as KEY=VALUE; values that parse as JSON numbers or booleans are sent as such.
     pub fields: Vec<String>,
     /// Data as a JSON object (KEY=VALUE fields are merged over it).
@@ -22,9 +24,17 @@ pub struct SendArgs {
     /// Manager ingest endpoint (default: from --addr and --port-base).
     #[arg(long)]
     pub to: Option<String>,
-    /// Seconds to wait for a manager.
+    /// Seconds to wait for the manager to acknowledge every event (after the last is read).
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
+    /// Read one event per line from stdin, as a JSON object: the data fields plus `tag`
+    /// (required) and `host` (optional); all go over one connection. Exits 0 once every
+    /// event was acknowledged.
+    #[arg(long, conflicts_with_all = ["tag", "fields", "data"])]
+    pub stdin: bool,
+    /// Send at most N events per second (with --stdin).
+    #[arg(long, requires = "stdin")]
+    pub rate: Option<f64>,
     #[command(flatten)]
     pub stack: StackArgs,
 }
@@ -61,30 +71,116 @@ pub fn build_data(data: Option<&str>, fields: &[String]) -> anyhow::Result<Value
     Ok(Value::Object(map))
 }
 
-pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
-    if a.tag.is_empty() || a.tag.contains(char::is_whitespace) {
+fn check_tag(tag: &str) -> anyhow::Result<()> {
+    if tag.is_empty() || tag.contains(char::is_whitespace) {
         return Err(Exit::usage(format!(
-            "bad tag {:?}: tags are slash-separated words without spaces",
-            a.tag
+            "bad tag {tag:?}: tags are slash-separated words without spaces"
         )));
     }
+    Ok(())
+}
+
+pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
     if !(a.timeout.is_finite() && a.timeout > 0.0) {
         return Err(Exit::usage(
             "--timeout must be a positive number of seconds",
         ));
     }
-    let data = build_data(a.data.as_deref(), &a.fields)?;
-    let to = a.to.unwrap_or(a.stack.endpoints().ingest);
-    let ev = bus::Event::new(a.tag, a.host.unwrap_or_else(hostname), data);
-    let sec = security(&a.stack, Node::Client)?;
-    match beacons::send_once(&to, &ev, Duration::from_secs_f64(a.timeout), &sec) {
-        Ok(()) => {
-            println!("{}", ev.id);
-            Ok(ExitCode::SUCCESS)
+    if a.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        return Err(Exit::usage(
+            "--rate must be a positive number of events per second",
+        ));
+    }
+    // The command line is checked before anything connects.
+    let one = match a.stdin {
+        true => None,
+        false => {
+            let tag = a.tag.clone().unwrap_or_default();
+            check_tag(&tag)?;
+            Some((tag, build_data(a.data.as_deref(), &a.fields)?))
         }
+    };
+    let to = a.to.clone().unwrap_or(a.stack.endpoints().ingest);
+    let sec = security(&a.stack, Node::Client)?;
+    let host = a.host.clone().unwrap_or_else(hostname);
+    let timeout = Duration::from_secs_f64(a.timeout);
+    let em = beacons::Emitter::connect(&to, &host, &sec)?;
+    let Some((tag, data)) = one else {
+        return send_lines(&em, &host, a.rate, timeout);
+    };
+    let ev = bus::Event::new(tag, host, data);
+    em.send_event(&ev);
+    acknowledged(&em, timeout)?;
+    println!("{}", ev.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn acknowledged(em: &beacons::Emitter, timeout: Duration) -> anyhow::Result<()> {
+    match em.wait_acked(timeout) {
+        Ok(()) => Ok(()),
         Err(e @ beacons::SendError::NoManager { .. }) => Err(Exit::unreachable(e.to_string())),
         Err(e) => Err(e.into()),
     }
+}
+
+/// One event per stdin line; a bad line stops the reading (what was sent before it is still
+/// waited for) and is named in the error.
+fn send_lines(
+    em: &beacons::Emitter,
+    host: &str,
+    rate: Option<f64>,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    use std::io::BufRead;
+    let start = std::time::Instant::now();
+    let mut sent: u64 = 0;
+    let mut bad = None;
+    for (i, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let ev = match line_event(&line, host) {
+            Ok(ev) => ev,
+            Err(e) => {
+                bad = Some(Exit::usage(format!("stdin line {}: {e}", i + 1)));
+                break;
+            }
+        };
+        if let Some(r) = rate {
+            let due = start + Duration::from_secs_f64(sent as f64 / r);
+            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        }
+        // The emitter holds 100,000 unacknowledged events: past that, wait for room.
+        if em.send_event_waiting(&ev) {
+            sent += 1;
+        }
+    }
+    acknowledged(em, timeout)?;
+    eprintln!("{sent} events sent, every one acknowledged");
+    match bad {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn line_event(line: &str, host: &str) -> anyhow::Result<bus::Event> {
+    let mut map = match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => anyhow::bail!("not a JSON object"),
+        Err(e) => anyhow::bail!("not JSON: {e}"),
+    };
+    let tag = match map.remove("tag") {
+        Some(Value::String(t)) => t,
+        _ => anyhow::bail!("needs a \"tag\" string"),
+    };
+    check_tag(&tag)?;
+    let host = match map.remove("host") {
+        Some(Value::String(h)) => h,
+        None => host.to_string(),
+        Some(_) => anyhow::bail!("\"host\" must be a string"),
+    };
+    Ok(bus::Event::new(tag, host, Value::Object(map)))
 }
 
 #[derive(Args, Debug)]

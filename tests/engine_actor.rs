@@ -19,7 +19,9 @@ const T: Duration = Duration::from_secs(20);
 /// The publisher and manager ends the actor talks to.
 struct Fake {
     publish: zmq::Socket,
-    ingest: zmq::Socket,
+    ingest: std::cell::RefCell<bus::sink::Sink>,
+    /// Events taken in and not looked at yet (a frame can hold several).
+    unread: std::cell::RefCell<std::collections::VecDeque<Event>>,
     base: u16,
     seq: u64,
     /// What actions are sealed with: the key pinned in the actor's state dir.
@@ -29,13 +31,16 @@ struct Fake {
 impl Fake {
     fn new() -> Fake {
         let base = free_port_base();
-        let ingest =
-            bus::sockets::bind(zmq::PULL, &format!("tcp://127.0.0.1:{base}")).expect("pull");
+        // Plays the manager: takes the actor's results and acknowledges them.
+        let ingest = std::cell::RefCell::new(
+            bus::sink::Sink::bind(&format!("tcp://127.0.0.1:{base}")).expect("sink"),
+        );
         let publish =
             bus::sockets::bind(zmq::PUB, &format!("tcp://127.0.0.1:{}", base + 1)).expect("pub");
         Fake {
             publish,
             ingest,
+            unread: Default::default(),
             base,
             seq: 0,
             sign: sign::stranger(),
@@ -108,13 +113,15 @@ impl Fake {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(!left.is_zero(), "timed out waiting for {what}");
-            let mut items = [self.ingest.as_poll_item(zmq::POLLIN)];
-            zmq::poll(&mut items, left.as_millis().min(500) as i64).expect("poll");
-            if !items[0].is_readable() {
+            let next = self.unread.borrow_mut().pop_front();
+            let Some(ev) = next else {
+                let got = self
+                    .ingest
+                    .borrow_mut()
+                    .recv(left.min(Duration::from_millis(500)));
+                self.unread.borrow_mut().extend(got);
                 continue;
-            }
-            let frame = self.ingest.recv_bytes(0).expect("recv");
-            let ev: Event = bus::decode(&frame).expect("event");
+            };
             if pred(&ev) {
                 return ev;
             }

@@ -15,7 +15,7 @@ mod common;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// One edit of a seed frame; positions are taken modulo the frame's length.
@@ -184,6 +184,22 @@ fn action_seeds() -> Vec<Vec<u8>> {
     vec![one, bus::encode(&a)]
 }
 
+/// The seed actions as the manager's outbox puts them on the link: numbered 1, 2, ...
+fn linked_seeds() -> Vec<Vec<u8>> {
+    action_seeds()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let action: bus::Action = bus::decode(f).expect("a seed action");
+            bus::encode(&bus::delivery::Linked {
+                outbox: "fuzz-outbox".into(),
+                seq: i as u64 + 1,
+                action,
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn fuzz_event_frames() {
     // What the manager's ingest decodes from every frame.
@@ -286,9 +302,8 @@ fn manager() -> (tempfile::TempDir, manager::Manager) {
 #[test]
 fn fuzz_manager_ingest() {
     // The whole ingest path: head decode, identity, full decode, every shipped rule run on
-    // hostile data. `stop` is set so actions (no publisher here) are dropped, not waited on.
+    // hostile data. Actions wait in the outbox (no publisher here).
     let (_tmp, mut m) = manager();
-    let stop = AtomicBool::new(true);
     let ev = |tag: &str, data: serde_json::Value| bus::encode(&bus::Event::new(tag, "web1", data));
     let seeds = vec![
         ev(
@@ -313,9 +328,21 @@ fn fuzz_manager_ingest() {
             serde_json::json!({"status": "error", "name": "x"}),
         ),
     ];
+    // The same events as a sender's stream sends them: batches, one resending another.
+    let mut seeds = seeds;
+    let batch = bus::delivery::Batch::encode("fuzz-stream", 0, &seeds[..3]);
+    let resend = bus::delivery::Batch::encode("fuzz-stream", 1, &seeds[1..]);
+    seeds.extend([batch, resend]);
+    let mut taken = 0u64;
     fuzz("manager ingest", seeds, |b| {
         // An error is a socket failure, not a verdict on the frame: there must be none.
-        m.take_frame(b, None, &stop).expect("ingest");
+        m.take_frame(b, None).expect("ingest");
+        taken += 1;
+        // Groups commit as the run loop commits them.
+        if taken.is_multiple_of(256) {
+            let r = m.answer_control(br#"{"cmd":"flush"}"#, true);
+            assert_eq!(r["ok"], serde_json::json!(true), "{r}");
+        }
     });
     // The mutations keep enough structure for rules to run on them, not only the decoder.
     let stats = m.answer_control(br#"{"cmd":"stats"}"#, true);
@@ -420,8 +447,11 @@ fn publisher() -> (tempfile::TempDir, publisher::Publisher) {
         security: bus::secure::Security::Insecure,
     };
     let mut p = publisher::Publisher::new(&cfg).expect("a publisher");
-    for f in action_seeds() {
-        p.take_frame(&f).expect("log");
+    for f in linked_seeds() {
+        assert!(
+            p.take_frame(&f).expect("log"),
+            "a seed action was not logged"
+        );
     }
     (tmp, p)
 }
@@ -430,7 +460,7 @@ fn publisher() -> (tempfile::TempDir, publisher::Publisher) {
 fn fuzz_publisher_link_frames() {
     // What the manager hands the publisher over the link: numbered, sealed, logged, published.
     let (_tmp, mut p) = publisher();
-    fuzz("publisher link", action_seeds(), |b| {
+    fuzz("publisher link", linked_seeds(), |b| {
         p.take_frame(b)
             .expect("the log takes it or counts it as bad");
     });

@@ -77,6 +77,9 @@ pub enum ActorError {
     /// A socket could not be set up.
     #[error(transparent)]
     Socket(#[from] bus::sockets::SocketError),
+    /// The sender of results could not start.
+    #[error(transparent)]
+    Sender(#[from] bus::sender::SenderError),
     /// ZeroMQ refused an operation.
     #[error("zeromq: {0}")]
     Zmq(#[from] zmq::Error),
@@ -139,7 +142,9 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
     let (out_tx, out_rx) = std_mpsc::channel::<Event>();
     let (in_tx, in_rx) = mpsc::channel(1024);
 
-    let push = bus::secure::connect(zmq::PUSH, &cfg.ingest, &cfg.security)?;
+    // Results are kept until the manager acknowledges them (bus::sender).
+    let push =
+        bus::sender::Sender::start(bus::sender::SenderConfig::new(&cfg.ingest, &cfg.security))?;
     let sender = std::thread::Builder::new()
         .name("actor-push".into())
         .spawn(move || push_loop(push, out_rx))?;
@@ -164,11 +169,11 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
     result
 }
 
-fn push_loop(push: zmq::Socket, rx: std_mpsc::Receiver<Event>) {
+fn push_loop(push: bus::sender::Sender, rx: std_mpsc::Receiver<Event>) {
     for ev in rx {
-        // Blocking send: results queue (up to the HWM) while the manager is away.
-        if let Err(e) = push.send(bus::encode(&ev), 0) {
-            tracing::error!("cannot send {} to the manager: {e}", ev.tag);
-        }
+        // Never blocks; an overflow (manager away for long) is counted and logged by the sender.
+        push.send(&ev);
     }
+    // Stopping: give the last results a moment to be acknowledged.
+    push.wait_acked(std::time::Duration::from_secs(2));
 }

@@ -73,7 +73,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for Raw<'a> {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("an event frame as msgpack bin")
             }
-            fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Raw<'de>, E> {
+            fn visit_borrowed_bytes<E: serde::de::Error>(
+                self,
+                v: &'de [u8],
+            ) -> Result<Raw<'de>, E> {
                 Ok(Raw(v))
             }
         }

@@ -45,6 +45,8 @@ pub mod keys;
 pub mod monitor;
 pub mod private;
 pub mod secure;
+pub mod sender;
+pub mod sink;
 pub mod sockets;
 pub mod target;
 pub mod wire;

@@ -17,8 +17,10 @@
 
 #![deny(missing_docs)]
 
+pub mod delivery;
 pub mod glob;
 pub mod lint;
+pub mod outbox;
 pub mod rules;
 pub mod shell;
 pub mod trust;
@@ -26,7 +28,7 @@ pub mod watch;
 
 use bus::monitor;
 use bus::secure::Door;
-use bus::{Action, BadFrames, Endpoints, Event};
+use bus::{BadFrames, Endpoints, Event};
 use registers::Registers;
 use rules::Change;
 use rules::{Limits, Produced, Rules};
@@ -121,6 +123,18 @@ pub struct Stats {
     pub loops: u64,
     /// Rule files reloaded after a change.
     pub reloads: u64,
+    /// Events skipped because they were done already (a sender's resend).
+    pub duplicates: u64,
+    /// Batches dropped because an event before them had not arrived (the sender resends).
+    pub gaps: u64,
+    /// Senders' streams remembered.
+    pub streams: usize,
+    /// Actions in the outbox, not yet in the publisher's log.
+    pub outbox: usize,
+    /// Outbox actions sent to the publisher again.
+    pub outbox_resent: u64,
+    /// Group commits (one fsync each).
+    pub commits: u64,
     /// The loaded rules, in run order.
     pub rules: Vec<String>,
     /// The rules disabled for failing.
@@ -155,11 +169,12 @@ pub struct Manager {
     registers: Registers,
     rules: Rules,
     ingest: zmq::Socket,
-    link: zmq::Socket,
     monitor: zmq::Socket,
     control: zmq::Socket,
     enroll: zmq::Socket,
     trust: trust::Trust,
+    streams: delivery::Streams,
+    outbox: outbox::Outbox,
     forged_log: trust::RateLog,
     stats: Stats,
     produced: Produced,
@@ -172,10 +187,8 @@ pub struct Manager {
     last_change: Instant,
 }
 
-/// How many frames to take in one go before looking at the control socket and flushing.
-const BATCH: usize = 4_096;
-/// Longest time unflushed register writes may wait while events keep coming.
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// How many events to take in one group before committing (one fsync per group).
+const GROUP: u64 = 4_096;
 /// Editors save in bursts (temp file, rename, chmod): wait this long after the last change.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// How often expired registers are purged.
@@ -213,17 +226,26 @@ impl Manager {
         let enroll = bus::secure::bind(zmq::REP, &ep.enroll, sec, Door::Enroll)?;
         // Strangers knock here: a request larger than a name is not one.
         enroll.set_maxmsgsize(bus::enroll::MAX_REQUEST)?;
-        tracing::info!(ingest = %ep.ingest, link = %ep.link, monitor = %ep.monitor, control = %ep.control, enroll = %ep.enroll, curve = sec.is_secure(), rules = %cfg.rules_dir.display(), "manager up");
+        let acks = bus::secure::bind(zmq::ROUTER, &ep.acks, sec, Door::Acks)?;
+        // A hello is a stream id: anything much larger is not one.
+        acks.set_maxmsgsize(4_096)?;
+        let streams = delivery::Streams::open(&registers, acks)?;
+        let link_acks = bus::sockets::connect(zmq::SUB, &ep.link_acks)?;
+        let (outbox, new_id) = outbox::Outbox::open(&registers, link, link_acks)?;
+        // The outbox id is durable before any action carries it.
+        registers.commit(new_id.into_iter().collect())?;
+        tracing::info!(ingest = %ep.ingest, acks = %ep.acks, link = %ep.link, monitor = %ep.monitor, control = %ep.control, enroll = %ep.enroll, curve = sec.is_secure(), rules = %cfg.rules_dir.display(), streams = streams.len(), outbox = outbox.waiting(), "manager up");
         let mut m = Manager {
             cfg,
             registers,
             rules,
             ingest,
-            link,
             monitor,
             control,
             enroll,
             trust,
+            streams,
+            outbox,
             forged_log: trust::RateLog::default(),
             stats: Stats::default(),
             produced: Produced::default(),
@@ -239,40 +261,59 @@ impl Manager {
         Ok(m)
     }
 
-    /// Run until `stop` is set (SIGINT/SIGTERM), then flush the registers.
+    /// Run until `stop` is set (SIGINT/SIGTERM), then commit what is staged.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), ManagerError> {
-        let mut last_flush = Instant::now();
         let mut last_purge = Instant::now();
         let mut frame = zmq::Message::new();
         let mut user = String::new();
         let secure = self.trust.is_secure();
         // Events about the initial load go out first.
-        self.drain_internal(stop)?;
+        self.drain_internal()?;
+        self.commit()?;
         while !stop.load(Ordering::Relaxed) {
             let timeout = if self.pending.is_empty() { 100 } else { 20 };
-            let (ready_ingest, ready_control, ready_enroll, ready_watch) = {
+            // Back-pressure: with the publisher away for long, events wait at their senders.
+            let take = self.outbox.waiting() < outbox::MAX_WAITING;
+            let ready = {
                 let mut items = [
-                    self.ingest.as_poll_item(zmq::POLLIN),
+                    self.ingest.as_poll_item(if take {
+                        zmq::POLLIN
+                    } else {
+                        zmq::PollEvents::empty()
+                    }),
                     self.control.as_poll_item(zmq::POLLIN),
                     self.enroll.as_poll_item(zmq::POLLIN),
+                    self.streams.door().as_poll_item(zmq::POLLIN),
+                    self.outbox.acks_socket().as_poll_item(zmq::POLLIN),
                     // The rules watch, read only when it has something: no syscall per batch.
                     zmq::PollItem::from_fd(0, zmq::PollEvents::empty()),
                 ];
                 let n = match &self.watcher {
                     Some(w) => {
-                        items[3] = zmq::PollItem::from_fd(w.fd(), zmq::POLLIN);
-                        4
+                        items[5] = zmq::PollItem::from_fd(w.fd(), zmq::POLLIN);
+                        6
                     }
-                    None => 3,
+                    None => 5,
                 };
                 bus::sockets::poll(&mut items[..n], timeout)?;
-                let [ingest, control, enroll, watch] = &items;
-                let watch = n == 4 && watch.is_readable();
-                let r = |i: &zmq::PollItem| i.is_readable();
-                (r(ingest), r(control), r(enroll), watch)
+                let mut ready = [false; 6];
+                for (r, i) in ready.iter_mut().zip(&items[..n]) {
+                    *r = i.is_readable();
+                }
+                ready
             };
+            let [ready_ingest, ready_control, ready_enroll, ready_door, ready_link_acks, ready_watch] =
+                ready;
+            if ready_link_acks {
+                self.outbox.take_acks();
+            }
+            if ready_door {
+                self.streams.serve_door(secure)?;
+            }
             if ready_ingest {
-                for _ in 0..BATCH {
+                // One group: until GROUP events are in or the socket is empty.
+                let until = self.stats.events + GROUP;
+                while self.stats.events < until {
                     match self.ingest.recv(&mut frame, zmq::DONTWAIT) {
                         Ok(()) => {
                             // Copied out: `gets` borrows the frame mutably.
@@ -281,18 +322,20 @@ impl Manager {
                                 user.push_str(frame.gets("User-Id").unwrap_or_default());
                                 user.as_str()
                             });
-                            self.handle_frame(&frame, sender, stop)?
+                            self.handle_frame(&frame, sender)?
                         }
                         Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
                         Err(e) => return Err(e.into()),
                     }
                 }
+                // Before anything else may write: a group commits whole, on its own.
+                self.commit()?;
             }
             if ready_control {
                 self.handle_control()?;
             }
             if ready_enroll {
-                self.handle_enroll(stop)?;
+                self.handle_enroll()?;
             }
             self.trust.follow();
             // Rule reloads happen here, between events: every event is run by either the old
@@ -302,25 +345,40 @@ impl Manager {
             }
             if !self.pending.is_empty() && self.last_change.elapsed() >= DEBOUNCE {
                 self.apply_rule_changes();
-                self.drain_internal(stop)?;
+                self.drain_internal()?;
             }
-            let idle = !ready_ingest;
-            if idle && last_purge.elapsed() >= PURGE_EVERY {
+            if !ready_ingest && last_purge.elapsed() >= PURGE_EVERY {
                 let n = self.registers.purge_expired()?;
                 if n > 0 {
                     tracing::debug!(purged = n, "expired registers purged");
                 }
                 last_purge = Instant::now();
             }
-            // Flush when idle, and at least every FLUSH_EVERY under load: a write the rules
-            // made is on disk soon after the event, even if the process is killed.
-            if idle || last_flush.elapsed() >= FLUSH_EVERY {
-                self.registers.flush_if_dirty()?;
-                last_flush = Instant::now();
-            }
+            // The group is done: its effects, stream marks and actions become durable
+            // together, and only then are they acknowledged and sent on.
+            self.commit()?;
+            self.streams.send_acks();
+            self.outbox.send();
+            self.outbox.tick();
         }
-        self.registers.flush()?;
+        self.commit()?;
         tracing::info!("manager stopped");
+        Ok(())
+    }
+
+    /// Commit the group built since the last commit, atomically and durably (one fsync): the
+    /// register changes, the streams' marks and the outbox. Then ack the streams and send the
+    /// actions.
+    fn commit(&mut self) -> Result<(), ManagerError> {
+        if !self.registers.is_dirty() && !self.streams.is_dirty() && !self.outbox.is_dirty() {
+            return Ok(());
+        }
+        let mut side = self.streams.side_writes();
+        side.extend(self.outbox.side_writes());
+        self.registers.commit(side)?;
+        self.stats.commits += 1;
+        self.streams.committed();
+        self.outbox.committed();
         Ok(())
     }
 
@@ -401,12 +459,7 @@ impl Manager {
             .push_back(Event::new(tag, self.cfg.host.clone(), data));
     }
 
-    fn handle_frame(
-        &mut self,
-        frame: &[u8],
-        sender: Option<&str>,
-        stop: &AtomicBool,
-    ) -> Result<(), ManagerError> {
+    fn handle_frame(&mut self, frame: &[u8], sender: Option<&str>) -> Result<(), ManagerError> {
         if !self.trust.known(sender) {
             self.stats.revoked += 1;
             let who = sender.unwrap_or_default();
@@ -415,6 +468,33 @@ impl Manager {
             });
             return Ok(());
         }
+        if !bus::delivery::is_batch(frame) {
+            // A lone event, outside any stream: run once, never acknowledged.
+            return self.handle_event(frame, sender);
+        }
+        let decoded = bus::delivery::Batch::decode(frame, self.cfg.max_frame);
+        let Some(batch) = self.stats.malformed.keep(decoded) else {
+            return Ok(());
+        };
+        let key = delivery::key(sender.unwrap_or_default(), batch.stream);
+        match self.streams.admit(&key, &batch) {
+            delivery::Admit::Gap => {
+                self.stats.gaps += 1;
+                Ok(())
+            }
+            delivery::Admit::From(skip) => {
+                self.stats.duplicates += skip as u64;
+                for (i, ev) in batch.events.iter().enumerate().skip(skip) {
+                    self.handle_event(ev, sender)?;
+                    // Done whatever became of it: run, refused as forged, or malformed.
+                    self.streams.done(&key, batch.first + i as u64);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn handle_event(&mut self, frame: &[u8], sender: Option<&str>) -> Result<(), ManagerError> {
         let decoded = bus::decode_with_limit::<Head>(frame, self.cfg.max_frame);
         let Some(head) = self.stats.malformed.keep(decoded) else {
             return Ok(());
@@ -433,23 +513,23 @@ impl Manager {
             if head.depth > MAX_DEPTH {
                 self.too_deep(head.tag, head.depth, &[]);
             }
-            return self.drain_internal(stop);
+            return self.drain_internal();
         }
         let decoded = bus::decode_with_limit::<Event>(frame, self.cfg.max_frame);
         let Some(event) = self.stats.malformed.keep(decoded) else {
             return Ok(());
         };
-        self.process(&event, stop)?;
-        self.drain_internal(stop)
+        self.process(&event)?;
+        self.drain_internal()
     }
 
     /// Run the events made inside the manager, each through the monitor and the rules.
-    fn drain_internal(&mut self, stop: &AtomicBool) -> Result<(), ManagerError> {
+    fn drain_internal(&mut self) -> Result<(), ManagerError> {
         while let Some(ev) = self.internal.pop_front() {
             self.stats.events += 1;
             self.publish_event(&ev.tag, &bus::encode(&ev))?;
             if self.rules.wants(&ev.tag) {
-                self.process(&ev, stop)?;
+                self.process(&ev)?;
             }
         }
         Ok(())
@@ -465,7 +545,7 @@ impl Manager {
         ));
     }
 
-    fn process(&mut self, event: &Event, stop: &AtomicBool) -> Result<(), ManagerError> {
+    fn process(&mut self, event: &Event) -> Result<(), ManagerError> {
         let mut out = std::mem::take(&mut self.produced);
         out.clear();
         self.rules.run(event, &mut out);
@@ -479,7 +559,8 @@ impl Manager {
         }
         for action in &out.actions {
             self.stats.actions += 1;
-            self.send_action(action, stop)?;
+            self.outbox.push(action);
+            self.monitor_msg(monitor::ACTION, &action.name, action)?;
         }
         for (rule, file) in out.disabled.drain(..) {
             self.internal.push_back(Event::new(
@@ -539,31 +620,6 @@ impl Manager {
         self.publish_monitor(&topic, &bus::encode(msg))
     }
 
-    /// Hand an action to the publisher. When the link is full (publisher down for long), wait
-    /// rather than drop it: back-pressure then reaches the event senders through ingest's HWM.
-    fn send_action(&self, action: &Action, stop: &AtomicBool) -> Result<(), ManagerError> {
-        let frame = bus::encode(action);
-        let mut warned = false;
-        loop {
-            match self.link.send(&frame[..], zmq::DONTWAIT) {
-                Ok(()) => break,
-                Err(zmq::Error::EAGAIN) if !stop.load(Ordering::Relaxed) => {
-                    if !warned {
-                        tracing::warn!(link = %self.cfg.endpoints.link, "publisher link full; holding events until it drains");
-                        warned = true;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(zmq::Error::EAGAIN) => {
-                    tracing::error!(action = %action.id, "stopping with the publisher link full: action not delivered");
-                    return Ok(());
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        self.monitor_msg(monitor::ACTION, &action.name, action)
-    }
-
     fn handle_control(&mut self) -> Result<(), ManagerError> {
         let mut req = zmq::Message::new();
         self.control.recv(&mut req, zmq::DONTWAIT)?;
@@ -586,13 +642,8 @@ impl Manager {
 
     /// Take one ingest frame from `sender` (its `User-Id`; `None` without CURVE) exactly as
     /// the run loop does. Public so the fuzz targets drive the real thing.
-    pub fn take_frame(
-        &mut self,
-        frame: &[u8],
-        sender: Option<&str>,
-        stop: &AtomicBool,
-    ) -> Result<(), ManagerError> {
-        self.handle_frame(frame, sender, stop)
+    pub fn take_frame(&mut self, frame: &[u8], sender: Option<&str>) -> Result<(), ManagerError> {
+        self.handle_frame(frame, sender)
     }
 
     fn control_reply(&mut self, req: &Value) -> Value {
@@ -602,8 +653,16 @@ impl Manager {
             Err(e) => json!({"error": e.to_string()}),
         };
         match (str_arg("cmd"), str_arg("op")) {
-            (Some("stats"), _) => serde_json::to_value(&self.stats).unwrap_or_default(),
-            (Some("flush"), _) => answer(self.registers.flush().map(|()| json!(true))),
+            (Some("stats"), _) => {
+                self.stats.streams = self.streams.len();
+                self.stats.outbox = self.outbox.waiting();
+                self.stats.outbox_resent = self.outbox.resent;
+                serde_json::to_value(&self.stats).unwrap_or_default()
+            }
+            (Some("flush"), _) => match self.commit() {
+                Ok(()) => json!({"ok": true}),
+                Err(e) => json!({"error": e.to_string()}),
+            },
             (Some("registers"), Some("list")) => answer(
                 self.registers
                     .entries(str_arg("prefix").unwrap_or(""))
@@ -633,7 +692,7 @@ impl Manager {
 impl Manager {
     /// Answer one request at the enroll door; a name that became pending is announced as
     /// `manager/keys/pending`.
-    fn handle_enroll(&mut self, stop: &AtomicBool) -> Result<(), ManagerError> {
+    fn handle_enroll(&mut self) -> Result<(), ManagerError> {
         let mut req = zmq::Message::new();
         self.enroll.recv(&mut req, zmq::DONTWAIT)?;
         let address = req.gets("Peer-Address").unwrap_or_default().to_string();
@@ -647,7 +706,7 @@ impl Manager {
                 self.cfg.host.clone(),
                 data,
             ));
-            self.drain_internal(stop)?;
+            self.drain_internal()?;
         }
         Ok(())
     }

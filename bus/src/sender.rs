@@ -1,0 +1,485 @@
+//! A sender that keeps every event until the manager says it is done ([`crate::delivery`]).
+//!
+//! [`Sender::send`] never blocks: it hands the encoded event to the sender's own thread over an
+//! `inproc` socket, or counts it as overflowed when the sender holds its limit already (the
+//! manager away for long, or slower than the application). The thread numbers the events in
+//! the sender's stream, PUSHes them to the manager's ingest in [`Batch`] frames (whatever is
+//! waiting goes out at once, in one frame: no delay for a lone event, fewer frames under load),
+//! says [`Hello`] at the acks door every heartbeat, forgets what an [`Ack`] covers, and, when no
+//! acknowledgement came for [`SenderConfig::resend_after`] while it holds events, sends them
+//! all again from the oldest (the manager skips what it has done already).
+//!
+//! What it holds lives in memory: a sender that is killed loses what was not acknowledged yet,
+//! and [`Sender::pending`] says how much that is at any time.
+
+use crate::delivery::{Ack, Batch, Hello, MAX_BATCH_EVENTS};
+use crate::secure::Security;
+use crate::sockets::SocketError;
+use crate::Event;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Why a sender could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SenderError {
+    /// A socket could not be made or connected.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// Its thread could not start.
+    #[error("cannot start the sender's thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// How a [`Sender`] reaches the manager and how much it holds.
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    /// The manager's ingest endpoint (PUSH connects here).
+    pub ingest: String,
+    /// The manager's acks door (DEALER connects here).
+    pub acks: String,
+    /// CURVE (this host's key pair, the pinned manager key) or the explicit insecure mode.
+    pub security: Security,
+    /// Most events held unacknowledged; past it, [`Sender::send`] counts overflow.
+    pub retain: usize,
+    /// Send everything held again when no acknowledgement came for this long.
+    pub resend_after: Duration,
+    /// How often to say hello at the acks door (also the sender's heartbeat).
+    pub heartbeat: Duration,
+    /// The stream id; `None` makes a new one.
+    pub stream: Option<String>,
+    /// Largest encoded event accepted; a larger one is refused at [`Sender::send`] (the
+    /// manager would refuse it, and it would be resent forever).
+    pub max_event: usize,
+}
+
+impl SenderConfig {
+    /// Defaults for a manager whose ingest is `ingest` (acks door 6 ports above): 100,000
+    /// events held, resend after 1 s, hello every second.
+    pub fn new(ingest: &str, security: &Security) -> SenderConfig {
+        SenderConfig {
+            ingest: ingest.to_string(),
+            acks: crate::endpoints::acks_for(ingest).unwrap_or_default(),
+            security: security.clone(),
+            retain: 100_000,
+            resend_after: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(1),
+            stream: None,
+            max_event: crate::MAX_FRAME - 4_096,
+        }
+    }
+}
+
+/// What a sender has done, shared between the application and the sender's thread.
+#[derive(Default)]
+struct Counts {
+    stop: AtomicBool,
+    queued: AtomicU64,
+    acked: AtomicU64,
+    overflowed: AtomicU64,
+    refused: AtomicU64,
+    resent: AtomicU64,
+}
+
+/// A non-blocking, acknowledged event sender; shareable between threads (`Arc<Sender>`).
+pub struct Sender {
+    inbox: Mutex<zmq::Socket>,
+    counts: Arc<Counts>,
+    stream: String,
+    max_event: usize,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Most frames waiting between the application and the sender's thread.
+const INBOX: i32 = 10_000;
+/// Largest batch frame, in bytes of events (a lone larger event still goes alone).
+const BATCH_BYTES: usize = 256 * 1024;
+
+impl Sender {
+    /// Connect to the manager and start the sender's thread.
+    pub fn start(cfg: SenderConfig) -> Result<Sender, SenderError> {
+        let stream = cfg
+            .stream
+            .clone()
+            .unwrap_or_else(crate::delivery::new_stream);
+        let inproc = format!("inproc://reflex-sender-{stream}");
+        let err = |e| SocketError::new(&inproc, e);
+        let ctx = crate::sockets::context();
+        let pull = ctx.socket(zmq::PULL).map_err(err)?;
+        pull.set_rcvhwm(INBOX).map_err(err)?;
+        pull.bind(&inproc).map_err(err)?;
+        let inbox = ctx.socket(zmq::PUSH).map_err(err)?;
+        inbox.set_sndhwm(INBOX).map_err(err)?;
+        inbox.set_linger(0).map_err(err)?;
+        inbox.connect(&inproc).map_err(err)?;
+        let push = crate::secure::connect(zmq::PUSH, &cfg.ingest, &cfg.security)?;
+        let acks = crate::secure::connect(zmq::DEALER, &cfg.acks, &cfg.security)?;
+        for s in [&push, &acks] {
+            // What is not acknowledged is held (and resent) here, not in libzmq.
+            s.set_linger(0)
+                .map_err(|e| SocketError::new(&cfg.ingest, e))?;
+        }
+        let counts = Arc::new(Counts::default());
+        let mut run = Run {
+            pull,
+            push,
+            acks,
+            hello: crate::encode(&Hello {
+                stream: stream.clone(),
+            }),
+            stream: stream.clone(),
+            held: VecDeque::new(),
+            base: 0,
+            cursor: 0,
+            counts: counts.clone(),
+            cfg: cfg.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("reflex-sender".into())
+            .spawn(move || run.run())?;
+        Ok(Sender {
+            inbox: Mutex::new(inbox),
+            counts,
+            stream,
+            max_event: cfg.max_event,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queue an event; never blocks. False (and counted) when it overflowed or is too large.
+    pub fn send(&self, ev: &Event) -> bool {
+        self.send_frame(crate::encode(ev))
+    }
+
+    /// Queue an encoded single-event frame; never blocks.
+    pub fn send_frame(&self, frame: Vec<u8>) -> bool {
+        self.queue(frame, zmq::DONTWAIT)
+    }
+
+    /// Queue an encoded single-event frame, waiting while the sender holds its limit (for a
+    /// tool that would rather slow down than refuse: `reflex send --stdin`, the benches).
+    pub fn send_frame_waiting(&self, frame: Vec<u8>) -> bool {
+        self.queue(frame, 0)
+    }
+
+    fn queue(&self, frame: Vec<u8>, flags: i32) -> bool {
+        if frame.len() > self.max_event {
+            let n = self.counts.refused.fetch_add(1, Ordering::Relaxed);
+            if n == 0 {
+                tracing::warn!(bytes = frame.len(), limit = self.max_event, "refusing an event larger than the manager takes (further ones are only counted)");
+            }
+            return false;
+        }
+        let sent = match self.inbox.lock() {
+            Ok(s) => s.send(frame, flags),
+            // A thread panicked mid-send; the socket itself is still sound.
+            Err(poisoned) => poisoned.into_inner().send(frame, flags),
+        };
+        match sent {
+            Ok(()) => {
+                self.counts.queued.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                let n = self.counts.overflowed.fetch_add(1, Ordering::Relaxed);
+                if n == 0 {
+                    tracing::warn!("events overflow the sender ({e}): the manager is away or slower than this sender; further ones are only counted");
+                }
+                false
+            }
+        }
+    }
+
+    /// Wait until every event queued so far is acknowledged; false after `timeout`.
+    pub fn wait_acked(&self, timeout: Duration) -> bool {
+        let target = self.queued();
+        let deadline = Instant::now() + timeout;
+        while self.acked() < target {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// This sender's stream id.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// Events queued so far.
+    pub fn queued(&self) -> u64 {
+        self.counts.queued.load(Ordering::Relaxed)
+    }
+
+    /// Events the manager acknowledged (done, effects durable).
+    pub fn acked(&self) -> u64 {
+        self.counts.acked.load(Ordering::Relaxed)
+    }
+
+    /// Events queued and not acknowledged yet.
+    pub fn pending(&self) -> u64 {
+        self.queued().saturating_sub(self.acked())
+    }
+
+    /// Events refused because the sender held its limit.
+    pub fn overflowed(&self) -> u64 {
+        self.counts.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Events refused for being larger than the manager takes.
+    pub fn refused(&self) -> u64 {
+        self.counts.refused.load(Ordering::Relaxed)
+    }
+
+    /// Events sent again after no acknowledgement came in time.
+    pub fn resent(&self) -> u64 {
+        self.counts.resent.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.counts.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let left = self.pending();
+        if left > 0 {
+            tracing::warn!(
+                stream = %self.stream,
+                left,
+                "sender closed with events not acknowledged"
+            );
+        }
+    }
+}
+
+/// The sender's thread: its sockets and what it holds.
+struct Run {
+    pull: zmq::Socket,
+    push: zmq::Socket,
+    acks: zmq::Socket,
+    hello: Vec<u8>,
+    stream: String,
+    /// Events `base..base + held.len()` of the stream, oldest first.
+    held: VecDeque<Vec<u8>>,
+    base: u64,
+    /// The next event to send.
+    cursor: u64,
+    counts: Arc<Counts>,
+    cfg: SenderConfig,
+}
+
+impl Run {
+    fn end(&self) -> u64 {
+        self.base + self.held.len() as u64
+    }
+
+    fn run(&mut self) {
+        let mut last_progress = Instant::now();
+        let mut last_hello: Option<Instant> = None;
+        while !self.counts.stop.load(Ordering::Relaxed) {
+            if last_hello.is_none_or(|t| t.elapsed() >= self.cfg.heartbeat) {
+                // Dropped when the door is unreachable: the next heartbeat says it again.
+                let _ = self.acks.send(&self.hello[..], zmq::DONTWAIT);
+                last_hello = Some(Instant::now());
+            }
+            let room = self.held.len() < self.cfg.retain;
+            let unsent = self.cursor < self.end();
+            let (inbox, acks, writable) = {
+                let mut items = [
+                    self.pull.as_poll_item(if room {
+                        zmq::POLLIN
+                    } else {
+                        zmq::PollEvents::empty()
+                    }),
+                    self.acks.as_poll_item(zmq::POLLIN),
+                    self.push.as_poll_item(if unsent {
+                        zmq::POLLOUT
+                    } else {
+                        zmq::PollEvents::empty()
+                    }),
+                ];
+                if zmq::poll(&mut items, 50).is_err() {
+                    continue;
+                }
+                (
+                    items[0].is_readable(),
+                    items[1].is_readable(),
+                    items[2].is_writable(),
+                )
+            };
+            if acks && self.take_acks() {
+                last_progress = Instant::now();
+            }
+            if inbox {
+                self.take_inbox();
+            }
+            if inbox || writable || acks {
+                self.send_unsent();
+            }
+            if !self.held.is_empty() && last_progress.elapsed() >= self.cfg.resend_after {
+                let again = self.cursor.saturating_sub(self.base);
+                if again > 0 {
+                    self.counts.resent.fetch_add(again, Ordering::Relaxed);
+                    tracing::debug!(stream = %self.stream, from = self.base, again, "no acknowledgement in time: sending again");
+                }
+                self.cursor = self.base;
+                last_progress = Instant::now();
+                self.send_unsent();
+            }
+        }
+    }
+
+    fn take_inbox(&mut self) {
+        while self.held.len() < self.cfg.retain {
+            match self.pull.recv_bytes(zmq::DONTWAIT) {
+                Ok(frame) => self.held.push_back(frame),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Send what is not sent yet, in batches, until the socket would block.
+    fn send_unsent(&mut self) {
+        while self.cursor < self.end() {
+            let from = (self.cursor - self.base) as usize;
+            let mut bytes = 0;
+            let mut n = 0;
+            for f in self.held.range(from..) {
+                if n == MAX_BATCH_EVENTS || (n > 0 && bytes + f.len() > BATCH_BYTES) {
+                    break;
+                }
+                bytes += f.len();
+                n += 1;
+            }
+            let events: Vec<&[u8]> = self.held.range(from..from + n).map(Vec::as_slice).collect();
+            let frame = Batch::encode(&self.stream, self.cursor, &events);
+            match self.push.send(frame, zmq::DONTWAIT) {
+                Ok(()) => self.cursor += n as u64,
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Forget what the acknowledgements cover; true when one moved us on.
+    fn take_acks(&mut self) -> bool {
+        let mut progress = false;
+        while let Ok(frame) = self.acks.recv_bytes(zmq::DONTWAIT) {
+            let Ok(ack) = crate::decode::<Ack>(&frame) else {
+                continue;
+            };
+            if ack.stream != self.stream || ack.next <= self.base {
+                continue;
+            }
+            // Never past what was sent: an ack beyond it would be someone else's stream.
+            let next = ack.next.min(self.end());
+            let done = (next - self.base) as usize;
+            self.held.drain(..done);
+            self.base = next;
+            self.cursor = self.cursor.max(self.base);
+            self.counts.acked.store(self.base, Ordering::Relaxed);
+            progress = true;
+        }
+        progress
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::Sink;
+    use serde_json::json;
+
+    fn config(sink: &Sink) -> SenderConfig {
+        SenderConfig::new(&sink.ingest, &Security::Insecure)
+    }
+
+    #[test]
+    fn events_arrive_in_order_and_are_acknowledged() {
+        let mut sink = Sink::local().unwrap();
+        let s = Sender::start(config(&sink)).unwrap();
+        for i in 0..5_000 {
+            assert!(s.send(&Event::new("t/x", "h", json!(i))));
+        }
+        let got = sink.recv_n(5_000, Duration::from_secs(20));
+        let seen: Vec<i64> = got.iter().map(|e| e.data.as_i64().unwrap()).collect();
+        assert_eq!(seen, (0..5_000).collect::<Vec<_>>());
+        // The sink acks as it reads; its door answers the heartbeat with where we stand.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.acked() < 5_000 && Instant::now() < deadline {
+            sink.recv(Duration::from_millis(50));
+        }
+        assert_eq!((s.acked(), s.pending()), (5_000, 0));
+    }
+
+    #[test]
+    fn what_a_receiver_lost_is_sent_again() {
+        let sink = Sink::local().unwrap();
+        let ingest = sink.ingest.clone();
+        drop(sink);
+        let mut cfg = SenderConfig::new(&ingest, &Security::Insecure);
+        cfg.resend_after = Duration::from_millis(200);
+        let s = Sender::start(cfg).unwrap();
+        // The first receiver reads every frame and dies without acknowledging any.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let rebind = |ep: &str| loop {
+            match crate::sockets::bind(zmq::PULL, ep) {
+                Ok(s) => break s,
+                Err(e) => assert!(Instant::now() < deadline, "{e}"),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let lossy = rebind(&ingest);
+        lossy.set_rcvtimeo(10_000).unwrap();
+        for i in 0..100 {
+            s.send(&Event::new("t/x", "h", json!(i)));
+        }
+        let mut read = 0;
+        while read < 100 {
+            let f = lossy.recv_bytes(0).unwrap();
+            read += Batch::decode(&f, crate::MAX_FRAME).unwrap().events.len();
+        }
+        drop(lossy);
+        let mut sink = loop {
+            match Sink::bind(&ingest) {
+                Ok(s) => break s,
+                Err(e) => assert!(Instant::now() < deadline, "{e}"),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let got = sink.recv_n(100, Duration::from_secs(20));
+        let seen: Vec<i64> = got.iter().map(|e| e.data.as_i64().unwrap()).collect();
+        assert_eq!(
+            seen,
+            (0..100).collect::<Vec<_>>(),
+            "every event came again, in order"
+        );
+        assert!(s.resent() >= 100);
+        while s.pending() > 0 && Instant::now() < deadline {
+            sink.recv(Duration::from_millis(50));
+        }
+        assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn a_sender_with_no_receiver_counts_overflow_and_never_blocks() {
+        let mut cfg = SenderConfig::new("tcp://127.0.0.1:9", &Security::Insecure);
+        cfg.retain = 1_000;
+        let s = Sender::start(cfg).unwrap();
+        let t0 = Instant::now();
+        let ok = (0..100_000)
+            .filter(|i| s.send(&Event::new("t/x", "h", json!(i))))
+            .count() as u64;
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        assert_eq!(s.queued(), ok);
+        assert_eq!(ok + s.overflowed(), 100_000);
+        assert!(s.overflowed() > 50_000, "held far more than asked: {ok}");
+        assert!(!s.send_frame(vec![1; crate::MAX_FRAME]), "too large");
+        assert_eq!(s.refused(), 1);
+    }
+}

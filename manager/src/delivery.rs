@@ -1,0 +1,301 @@
+//! Streams: which events of each sender are done, and the acks door that says so.
+//!
+//! A sender numbers its events in a stream ([`bus::delivery`]). Per stream, keyed by the
+//! sender's authenticated name and its stream id (a host can neither advance nor read another
+//! host's stream), the manager keeps the next number it expects. It is committed with the
+//! effects of the events it counts ([`Streams::side_writes`]), and only after that commit are
+//! acks sent ([`Streams::committed`]): an acknowledged event is durable, and an event done
+//! before a crash is recognised when it comes again.
+//!
+//! Bounded: at most [`MAX_STREAMS`] streams are remembered (the one idle longest is forgotten
+//! first, and so is any stream idle for [`FORGET_AFTER_MS`]); a sender whose stream was
+//! forgotten starts over as a new one. Hellos only record where to send acks (in memory, at most
+//! [`MAX_ROUTES`]).
+
+use bus::delivery::{Ack, Batch, Hello};
+use registers::{RegisterError, Registers, SideWrite};
+use std::collections::{HashMap, HashSet};
+
+/// The side space the stream marks live in, next to the registers.
+pub const SPACE: u8 = 0x80;
+/// Most streams remembered.
+pub const MAX_STREAMS: usize = 100_000;
+/// A stream not heard from for this long (7 days) is forgotten.
+pub const FORGET_AFTER_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Most ack routes kept in memory.
+pub const MAX_ROUTES: usize = 100_000;
+
+/// What the manager does with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Run the batch's events from this index on (the ones before were done already).
+    From(usize),
+    /// The batch starts past the next expected event: one was lost on the way. Dropped whole;
+    /// the sender sends again from where the ack says.
+    Gap,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stream {
+    next: u64,
+    seen: u64,
+}
+
+/// The streams and the acks door.
+pub struct Streams {
+    streams: HashMap<String, Stream>,
+    /// Streams advanced since the last commit.
+    dirty: HashSet<String>,
+    /// Streams forgotten since the last commit (their marks are deleted with it).
+    forgotten: Vec<String>,
+    /// Streams advanced by the last commit, to ack.
+    to_ack: Vec<String>,
+    routes: HashMap<String, Vec<u8>>,
+    door: zmq::Socket,
+    /// Events skipped because they were done already (resends).
+    pub duplicates: u64,
+    /// Batches dropped because an event before them was missing.
+    pub gaps: u64,
+}
+
+/// The key of `stream` from `user` (`""` without CURVE).
+pub fn key(user: &str, stream: &str) -> String {
+    let mut k = String::with_capacity(user.len() + stream.len() + 1);
+    k.push_str(user);
+    k.push('\0');
+    k.push_str(stream);
+    k
+}
+
+impl Streams {
+    /// The committed stream marks, and the bound acks door.
+    pub fn open(registers: &Registers, door: zmq::Socket) -> Result<Streams, RegisterError> {
+        let mut streams = HashMap::new();
+        for (k, v) in registers.side_entries(SPACE)? {
+            let (Ok(key), Some(s)) = (String::from_utf8(k), decode(&v)) else {
+                continue;
+            };
+            streams.insert(key, s);
+        }
+        Ok(Streams {
+            streams,
+            dirty: HashSet::new(),
+            forgotten: Vec::new(),
+            to_ack: Vec::new(),
+            routes: HashMap::new(),
+            door,
+            duplicates: 0,
+            gaps: 0,
+        })
+    }
+
+    /// How many streams are remembered.
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// True when no stream is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// Which events of `batch`, from the stream `key`, to run.
+    pub fn admit(&mut self, key: &str, batch: &Batch) -> Admit {
+        let n = batch.events.len() as u64;
+        let next = match self.streams.get(key) {
+            Some(s) => s.next,
+            // A stream never seen (or forgotten) starts where it says.
+            None => batch.first,
+        };
+        if batch.first > next {
+            self.gaps += 1;
+            // The ack tells the sender where to go back to.
+            self.to_ack.push(key.to_string());
+            return Admit::Gap;
+        }
+        let skip = (next - batch.first).min(n);
+        self.duplicates += skip;
+        if skip == n {
+            // All done already: ack again, the earlier ack may have been lost.
+            self.to_ack.push(key.to_string());
+        }
+        Admit::From(skip as usize)
+    }
+
+    /// Event number `n` of stream `key` is done (in the group being built).
+    pub fn done(&mut self, key: &str, n: u64) {
+        let now = bus::now_ms();
+        match self.streams.get_mut(key) {
+            Some(s) => {
+                s.next = n + 1;
+                s.seen = now;
+            }
+            None => {
+                self.streams.insert(
+                    key.to_string(),
+                    Stream {
+                        next: n + 1,
+                        seen: now,
+                    },
+                );
+            }
+        }
+        if !self.dirty.contains(key) {
+            self.dirty.insert(key.to_string());
+        }
+    }
+
+    /// True when marks wait for a commit.
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty() || !self.forgotten.is_empty()
+    }
+
+    /// The marks to commit with the group; forgets streams past the bounds.
+    pub fn side_writes(&mut self) -> Vec<SideWrite> {
+        self.forget(bus::now_ms());
+        let mut out = Vec::with_capacity(self.dirty.len() + self.forgotten.len());
+        for k in self.forgotten.drain(..) {
+            out.push(SideWrite {
+                space: SPACE,
+                key: k.into_bytes(),
+                value: None,
+            });
+        }
+        for k in &self.dirty {
+            if let Some(s) = self.streams.get(k) {
+                out.push(SideWrite {
+                    space: SPACE,
+                    key: k.as_bytes().to_vec(),
+                    value: Some(encode(s)),
+                });
+            }
+        }
+        out
+    }
+
+    fn forget(&mut self, now: u64) {
+        let stale: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| now.saturating_sub(s.seen) > FORGET_AFTER_MS)
+            .map(|(k, _)| k.clone())
+            .take(1_000)
+            .collect();
+        for k in stale {
+            self.streams.remove(&k);
+            self.dirty.remove(&k);
+            self.forgotten.push(k);
+        }
+        while self.streams.len() > MAX_STREAMS {
+            let Some(oldest) = self
+                .streams
+                .iter()
+                .min_by_key(|(_, s)| s.seen)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            tracing::warn!(stream = %oldest.replace('\0', "/"), "more than {MAX_STREAMS} streams: forgetting the one idle longest");
+            self.streams.remove(&oldest);
+            self.dirty.remove(&oldest);
+            self.forgotten.push(oldest);
+        }
+    }
+
+    /// The group is committed: ack every stream it advanced.
+    pub fn committed(&mut self) {
+        let advanced: Vec<String> = self.dirty.drain().collect();
+        self.to_ack.extend(advanced);
+        self.send_acks();
+    }
+
+    /// Send the acks owed (a gap or a resend answered without a commit).
+    pub fn send_acks(&mut self) {
+        for k in std::mem::take(&mut self.to_ack) {
+            self.ack(&k);
+        }
+    }
+
+    fn ack(&self, key: &str) {
+        let Some(route) = self.routes.get(key) else {
+            // No hello yet: the sender's next hello is answered with where it stands.
+            return;
+        };
+        let stream = key.split_once('\0').map(|(_, s)| s).unwrap_or(key);
+        let next = self.streams.get(key).map(|s| s.next).unwrap_or(0);
+        let frame = bus::encode(&Ack {
+            stream: stream.to_string(),
+            next,
+        });
+        // A sender gone away is dropped by ROUTER; its next hello gets the news.
+        if self
+            .door
+            .send(&route[..], zmq::SNDMORE | zmq::DONTWAIT)
+            .is_ok()
+        {
+            let _ = self.door.send(frame, zmq::DONTWAIT);
+        }
+    }
+
+    /// The acks door's socket, to poll.
+    pub fn door(&self) -> &zmq::Socket {
+        &self.door
+    }
+
+    /// Answer the hellos waiting at the door: remember where each stream's acks go and say
+    /// where it stands. `secure`: take the sender's name from its `User-Id`.
+    pub fn serve_door(&mut self, secure: bool) -> Result<(), zmq::Error> {
+        let mut route = zmq::Message::new();
+        let mut body = zmq::Message::new();
+        loop {
+            match self.door.recv(&mut route, zmq::DONTWAIT) {
+                Ok(()) => {}
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+            if !route.get_more() {
+                continue;
+            }
+            self.door.recv(&mut body, zmq::DONTWAIT)?;
+            // Whatever else the peer put in the message is not ours to read.
+            while body.get_more() {
+                let mut rest = zmq::Message::new();
+                self.door.recv(&mut rest, zmq::DONTWAIT)?;
+                if !rest.get_more() {
+                    break;
+                }
+            }
+            let user = if secure {
+                body.gets("User-Id").unwrap_or_default().to_string()
+            } else {
+                String::new()
+            };
+            let Ok(hello) = bus::decode_with_limit::<Hello>(&body, 1_024) else {
+                continue;
+            };
+            if !bus::delivery::valid_stream(&hello.stream) {
+                continue;
+            }
+            let k = key(&user, &hello.stream);
+            if self.routes.len() >= MAX_ROUTES && !self.routes.contains_key(&k) {
+                // Routes are only a cache of where acks go: start it again.
+                self.routes.clear();
+            }
+            self.routes.insert(k.clone(), route.to_vec());
+            self.ack(&k);
+        }
+    }
+}
+
+fn encode(s: &Stream) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&s.next.to_be_bytes());
+    v.extend_from_slice(&s.seen.to_be_bytes());
+    v
+}
+
+fn decode(v: &[u8]) -> Option<Stream> {
+    let next = u64::from_be_bytes(v.get(0..8)?.try_into().ok()?);
+    let seen = u64::from_be_bytes(v.get(8..16)?.try_into().ok()?);
+    Some(Stream { next, seen })
+}
