@@ -29,9 +29,18 @@ impl Drop for Daemon {
 }
 
 pub fn daemon(exe: &Path, args: &[String]) -> anyhow::Result<Daemon> {
-    let child = Command::new(exe)
-        .args(args)
-        .env("RUST_LOG", "warn")
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(exe);
+    cmd.args(args).env("RUST_LOG", "warn");
+    // SAFETY: prctl(2) only, between fork and exec. A bench killed before it could stop its
+    // daemons takes them with it, so they never skew the next run.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let child = cmd
         .spawn()
         .map_err(|e| anyhow::anyhow!("cannot start {} {}: {e}", exe.display(), args[0]))?;
     Ok(Daemon(child))

@@ -22,6 +22,9 @@ pub struct ManagerArgs {
     /// Load the rules once at start; do not watch the folder for changes.
     #[arg(long)]
     pub no_watch: bool,
+    /// Heartbeats (one a second) a host may miss in a row before it is host/<name>/down.
+    #[arg(long, default_value_t = manager::presence::DEFAULT_MISSED)]
+    pub missed_heartbeats: u32,
 }
 
 pub fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
@@ -40,6 +43,7 @@ pub fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
         host: hostname(),
         watch_rules: !a.no_watch,
         security,
+        missed_heartbeats: a.missed_heartbeats,
     };
     manager::run(cfg, stop)?;
     Ok(ExitCode::SUCCESS)

@@ -146,3 +146,38 @@ fn kill9_of_publisher_manager_and_actor_mid_stream_loses_nothing_and_applies_not
         );
     }
 }
+
+#[test]
+fn a_host_whose_heartbeats_stop_is_down_and_up_again_when_it_is_back() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let shipped = std::fs::read_to_string(repo().join("rules/95-host-down.rhai")).expect("rule");
+    let stack = Stack::start(tmp.path(), &[("95-host-down.rhai", &shipped)]);
+    let mut mon = Monitor::connect(&stack.state, stack.base);
+    let mut actor = stack.actor("p1", &[]);
+    let t = Duration::from_secs(30);
+    mon.wait("host/p1/up", t, |e| e.tag == "host/p1/up" && e.host == "p1");
+    actor.kill9();
+    let down = mon.wait("host/p1/down", t, |e| e.tag == "host/p1/down");
+    assert_eq!(down.host, "p1");
+    assert_eq!(down.data["missed_heartbeats"], 3);
+    // The shipped rule raised an alert and keeps the host in its register of hosts down.
+    mon.wait("the alert", t, |e| e.tag == "alert/host/down" && e.data["host"] == "p1");
+    let reg = |key: &str| {
+        let mut g = vec!["registers".to_string(), "get".into(), key.into()];
+        g.extend(stack_args(&stack.state, stack.base));
+        let (code, out, err) = run(&args_ref(&g));
+        assert_eq!(code, 0, "{err}");
+        out.trim().to_string()
+    };
+    assert_eq!(reg("hosts/down_total"), "1");
+    assert_ne!(reg("hosts/down/p1"), "null");
+    let _back = stack.actor("p1", &[]);
+    let ups = |m: &Monitor| m.seen.iter().filter(|e| e.tag == "host/p1/up").count();
+    wait_for("host/p1/up again", t, || {
+        mon.all_within(Duration::from_millis(200), |_| false);
+        (ups(&mon) == 2).then_some(())
+    });
+    wait_for("the register cleared", t, || (reg("hosts/down/p1") == "null").then_some(()));
+    // The admin is not a host: its tools never show up as one.
+    assert!(!mon.seen.iter().any(|e| e.tag.starts_with("host/admin")));
+}

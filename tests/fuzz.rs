@@ -294,6 +294,7 @@ fn manager() -> (tempfile::TempDir, manager::Manager) {
         host: "control".into(),
         watch_rules: false,
         security: bus::secure::Security::Insecure,
+        missed_heartbeats: manager::presence::DEFAULT_MISSED,
     };
     let m = manager::Manager::new(cfg).expect("a manager");
     (tmp, m)

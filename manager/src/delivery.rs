@@ -243,14 +243,16 @@ impl Streams {
     }
 
     /// Answer the hellos waiting at the door: remember where each stream's acks go and say
-    /// where it stands. `secure`: take the sender's name from its `User-Id`.
-    pub fn serve_door(&mut self, secure: bool) -> Result<(), zmq::Error> {
+    /// where it stands. `secure`: take the sender's name from its `User-Id`. Returns the
+    /// authenticated names heard from (their heartbeats; none without CURVE).
+    pub fn serve_door(&mut self, secure: bool) -> Result<Vec<String>, zmq::Error> {
         let mut route = zmq::Message::new();
         let mut body = zmq::Message::new();
+        let mut heard = Vec::new();
         loop {
             match self.door.recv(&mut route, zmq::DONTWAIT) {
                 Ok(()) => {}
-                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(()),
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(heard),
                 Err(e) => return Err(e),
             }
             if !route.get_more() {
@@ -283,6 +285,9 @@ impl Streams {
             }
             self.routes.insert(k.clone(), route.to_vec());
             self.ack(&k);
+            if !user.is_empty() && !heard.contains(&user) {
+                heard.push(user);
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod delivery;
 pub mod glob;
 pub mod lint;
 pub mod outbox;
+pub mod presence;
 pub mod rules;
 pub mod shell;
 pub mod trust;
@@ -99,6 +100,8 @@ pub struct Config {
     /// CURVE (the manager's key pair) or the explicit insecure mode, for ingest, monitor and
     /// control.
     pub security: bus::secure::Security,
+    /// Heartbeats a host may miss in a row before it is `host/<name>/down`.
+    pub missed_heartbeats: u32,
 }
 
 /// Counters, as the control socket reports them.
@@ -135,6 +138,10 @@ pub struct Stats {
     pub outbox_resent: u64,
     /// Group commits (one fsync each).
     pub commits: u64,
+    /// Hosts whose heartbeats arrive.
+    pub hosts_up: usize,
+    /// Hosts that missed too many heartbeats.
+    pub hosts_down: usize,
     /// The loaded rules, in run order.
     pub rules: Vec<String>,
     /// The rules disabled for failing.
@@ -175,6 +182,7 @@ pub struct Manager {
     trust: trust::Trust,
     streams: delivery::Streams,
     outbox: outbox::Outbox,
+    presence: presence::Presence,
     forged_log: trust::RateLog,
     stats: Stats,
     produced: Produced,
@@ -235,6 +243,7 @@ impl Manager {
         // The outbox id is durable before any action carries it.
         registers.commit(new_id.into_iter().collect())?;
         tracing::info!(ingest = %ep.ingest, acks = %ep.acks, link = %ep.link, monitor = %ep.monitor, control = %ep.control, enroll = %ep.enroll, curve = sec.is_secure(), rules = %cfg.rules_dir.display(), streams = streams.len(), outbox = outbox.waiting(), "manager up");
+        let presence = presence::Presence::new(cfg.missed_heartbeats);
         let mut m = Manager {
             cfg,
             registers,
@@ -246,6 +255,7 @@ impl Manager {
             trust,
             streams,
             outbox,
+            presence,
             forged_log: trust::RateLog::default(),
             stats: Stats::default(),
             produced: Produced::default(),
@@ -254,6 +264,11 @@ impl Manager {
             pending: BTreeSet::new(),
             last_change: Instant::now(),
         };
+        m.internal.push_back(Event::new(
+            "manager/up",
+            m.cfg.host.clone(),
+            json!({"ingest": m.cfg.endpoints.ingest, "streams": m.streams.len(), "outbox": m.outbox.waiting()}),
+        ));
         for c in changes {
             m.announce(c);
         }
@@ -264,6 +279,7 @@ impl Manager {
     /// Run until `stop` is set (SIGINT/SIGTERM), then commit what is staged.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), ManagerError> {
         let mut last_purge = Instant::now();
+        let mut last_presence = Instant::now();
         let mut frame = zmq::Message::new();
         let mut user = String::new();
         let secure = self.trust.is_secure();
@@ -308,7 +324,25 @@ impl Manager {
                 self.outbox.take_acks();
             }
             if ready_door {
-                self.streams.serve_door(secure)?;
+                for user in self.streams.serve_door(secure)? {
+                    if self.trust.is_admin(Some(&user)) {
+                        continue;
+                    }
+                    if let Some((tag, data)) = self.presence.heard(&user) {
+                        tracing::info!(host = %user, "host up");
+                        self.internal.push_back(Event::new(tag, user, data));
+                    }
+                }
+                self.drain_internal()?;
+            }
+            if last_presence.elapsed() >= presence::HEARTBEAT / 2 {
+                for (tag, data) in self.presence.check() {
+                    let host = data["host"].as_str().unwrap_or_default().to_string();
+                    tracing::warn!(%host, missed = self.presence.missed, "host down: no heartbeat");
+                    self.internal.push_back(Event::new(tag, host, data));
+                }
+                self.drain_internal()?;
+                last_presence = Instant::now();
             }
             if ready_ingest {
                 // One group: until GROUP events are in or the socket is empty.
@@ -657,6 +691,7 @@ impl Manager {
                 self.stats.streams = self.streams.len();
                 self.stats.outbox = self.outbox.waiting();
                 self.stats.outbox_resent = self.outbox.resent;
+                (self.stats.hosts_up, self.stats.hosts_down) = self.presence.counts();
                 serde_json::to_value(&self.stats).unwrap_or_default()
             }
             (Some("flush"), _) => match self.commit() {
