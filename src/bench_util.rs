@@ -48,18 +48,7 @@ pub fn daemon(exe: &Path, args: &[String]) -> anyhow::Result<Daemon> {
 
 /// A port base whose ports (all [`bus::endpoints::TCP_PORTS`]) are free now.
 pub fn free_port_base() -> anyhow::Result<u16> {
-    for _ in 0..200 {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let base = probe.local_addr()?.port();
-        drop(probe);
-        if base < 60_000
-            && (0..bus::endpoints::TCP_PORTS)
-                .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
-        {
-            return Ok(base);
-        }
-    }
-    Err(anyhow::anyhow!("no run of free ports for a stack found"))
+    Ok(bus::endpoints::free_local_base()?)
 }
 
 /// Raw ZeroMQ PUSH -> PULL over loopback TCP: the floor nothing built on it can beat.

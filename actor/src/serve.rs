@@ -213,8 +213,12 @@ impl Actor {
         };
         match self.intake.admit(action, source, bus::now_ms()) {
             Admit::Apply(action) => {
-                self.applied_seq(action.seq);
-                self.apply(action).await
+                let seq = action.seq;
+                // The graph is stored (inside apply) before its sequence is: killed between
+                // the two, the restored graph says how far we got; the other way round, the
+                // sequence would say "applied" of an action never stored, and it would be lost.
+                self.apply(action).await;
+                self.applied_seq(seq);
             }
             Admit::Expired(action) => self.reject(&claim(&action, Reason::Expired)),
             Admit::Replayed { seq, last } => {
@@ -231,8 +235,8 @@ impl Actor {
         }
     }
 
-    /// Keep the last sequence applied from the pinned issuer, before the action runs, so a
-    /// crash while it runs does not let it be replayed.
+    /// Keep the last sequence applied from the pinned issuer, once its graph is stored (a
+    /// crash after that restores the graph, and the catch-up starts after it).
     fn applied_seq(&mut self, seq: u64) {
         let Some(store) = &self.store else { return };
         let issuer = self.verify.issuer();

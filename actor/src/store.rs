@@ -46,7 +46,8 @@ impl Store {
                 if let Some(dir) = self.issuers.parent() {
                     std::fs::create_dir_all(dir)?;
                 }
-                // The graph store's fsynced write follows at once (see apply).
+                // Made durable by the next fsynced graph write (or lost with the machine, when
+                // the stored graphs say how far we got).
                 atomic_write_unsynced(&self.issuers, &bytes)
             });
         if let Err(e) = result {

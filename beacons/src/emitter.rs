@@ -155,7 +155,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            err.to_string().contains("did not acknowledge 1 event"),
+            err.to_string().contains("1 event(s) not acknowledged"),
             "{err}"
         );
     }

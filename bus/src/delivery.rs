@@ -13,7 +13,9 @@
 //! the events it counts. It takes only that number next: an event below it was done already (a
 //! resend) and is skipped; a batch that starts above it (an event lost on the way) is dropped
 //! whole and answered with the ack the sender rewinds to. So a stream is processed in order,
-//! every event once.
+//! every event once. A stream the manager does not know starts at 0, or where the sender's
+//! hello says its oldest held event is ([`Hello::from`]): never where a batch happens to
+//! start, which would skip events lost before it.
 //!
 //! **Manager → publisher.** Actions wait in the manager's durable outbox, numbered per outbox
 //! ([`Linked`]); the publisher logs them durably and answers with [`LinkAck`] on its ack PUB,
@@ -170,6 +172,11 @@ pub fn new_stream() -> String {
 pub struct Hello {
     /// The sender's stream id.
     pub stream: String,
+    /// The number of the oldest event the sender still holds: everything below it was
+    /// acknowledged. A manager that does not know the stream (it never committed a mark for
+    /// it, or forgot it) starts it here; until then it takes the stream only from 0.
+    #[serde(default)]
+    pub from: u64,
 }
 
 /// Manager → sender: every event of `stream` numbered below `next` is done (its effects are
@@ -226,7 +233,14 @@ mod tests {
         assert!(Batch::decode(&none, 1 << 20).is_err(), "empty batch");
         let many: Vec<Vec<u8>> = vec![vec![1]; MAX_BATCH_EVENTS + 1];
         assert!(Batch::decode(&Batch::encode("abc", 0, &many), 1 << 22).is_err());
-        assert!(Batch::decode(&crate::encode(&Hello { stream: "x".into() }), 1 << 20).is_err());
+        assert!(Batch::decode(
+            &crate::encode(&Hello {
+                stream: "x".into(),
+                from: 0
+            }),
+            1 << 20
+        )
+        .is_err());
         assert!(Batch::decode(&[], 1 << 20).is_err());
         assert!(Batch::decode(&[BATCH, 0xc1], 1 << 20).is_err());
         assert!(valid_stream(&new_stream()));

@@ -84,3 +84,26 @@ fn ipc_endpoint(state_dir: &Path, file: &str) -> String {
     let abs = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
     format!("ipc://{}", abs.join(file).display())
 }
+
+/// A port base on loopback whose [`TCP_PORTS`] ports are free now and overlap no base this
+/// process handed out before (tests and benches start stacks in parallel threads, and the
+/// kernel hands out ephemeral ports close together).
+pub fn free_local_base() -> std::io::Result<u16> {
+    use std::net::TcpListener;
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1_000 {
+        let base = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if base < 60_000
+            && taken.iter().all(|t| t.abs_diff(base) >= TCP_PORTS)
+            && (0..TCP_PORTS).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            taken.push(base);
+            return Ok(base);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no run of free loopback ports found",
+    ))
+}

@@ -126,9 +126,6 @@ impl Sender {
             pull,
             push,
             acks,
-            hello: crate::encode(&Hello {
-                stream: stream.clone(),
-            }),
             stream: stream.clone(),
             held: VecDeque::new(),
             base: 0,
@@ -263,7 +260,6 @@ struct Run {
     pull: zmq::Socket,
     push: zmq::Socket,
     acks: zmq::Socket,
-    hello: Vec<u8>,
     stream: String,
     /// Events `base..base + held.len()` of the stream, oldest first.
     held: VecDeque<Vec<u8>>,
@@ -284,8 +280,12 @@ impl Run {
         let mut last_hello: Option<Instant> = None;
         while !self.counts.stop.load(Ordering::Relaxed) {
             if last_hello.is_none_or(|t| t.elapsed() >= self.cfg.heartbeat) {
+                let hello = crate::encode(&Hello {
+                    stream: self.stream.clone(),
+                    from: self.base,
+                });
                 // Dropped when the door is unreachable: the next heartbeat says it again.
-                let _ = self.acks.send(&self.hello[..], zmq::DONTWAIT);
+                let _ = self.acks.send(hello, zmq::DONTWAIT);
                 last_hello = Some(Instant::now());
             }
             let room = self.held.len() < self.cfg.retain;

@@ -22,25 +22,9 @@ pub struct Sink {
 impl Sink {
     /// Bind on free loopback ports (ingest and its acks door 6 ports above).
     pub fn local() -> Result<Sink, SocketError> {
-        let mut last = None;
-        for _ in 0..100 {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0")
-                .map_err(|e| SocketError::new("tcp://127.0.0.1:0", io_err(e)))?;
-            let port = probe
-                .local_addr()
-                .map_err(|e| SocketError::new("tcp://127.0.0.1:0", io_err(e)))?
-                .port();
-            drop(probe);
-            if port > 60_000 {
-                continue;
-            }
-            let ingest = format!("tcp://127.0.0.1:{port}");
-            match Sink::bind(&ingest) {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| SocketError::new("tcp://127.0.0.1:0", zmq::Error::EADDRINUSE)))
+        let base = crate::endpoints::free_local_base()
+            .map_err(|e| SocketError::new("tcp://127.0.0.1:0", io_err(e)))?;
+        Sink::bind(&format!("tcp://127.0.0.1:{base}"))
     }
 
     /// Bind `ingest` and its acks door.
@@ -106,7 +90,7 @@ impl Sink {
         let Ok(b) = Batch::decode(frame, crate::MAX_FRAME) else {
             return Vec::new();
         };
-        let next = *self.next.get(b.stream).unwrap_or(&b.first);
+        let next = *self.next.get(b.stream).unwrap_or(&0);
         if b.first > next {
             return Vec::new();
         }
@@ -128,6 +112,7 @@ impl Sink {
                 continue;
             };
             if let Ok(h) = crate::decode::<Hello>(body) {
+                self.next.entry(h.stream.clone()).or_insert(h.from);
                 self.routes.insert(h.stream.clone(), route.clone());
                 self.ack(&h.stream);
             }

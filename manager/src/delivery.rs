@@ -104,8 +104,10 @@ impl Streams {
         let n = batch.events.len() as u64;
         let next = match self.streams.get(key) {
             Some(s) => s.next,
-            // A stream never seen (or forgotten) starts where it says.
-            None => batch.first,
+            // A stream never seen (or forgotten) starts at 0, or where its hello says
+            // ([`Streams::serve_door`]); never where a batch starts, or what was lost before it
+            // would be taken for done.
+            None => 0,
         };
         if batch.first > next {
             self.gaps += 1;
@@ -279,6 +281,11 @@ impl Streams {
                 continue;
             }
             let k = key(&user, &hello.stream);
+            if hello.from > 0 && !self.streams.contains_key(&k) {
+                // Everything below `from` was acknowledged (by this manager before it lost the
+                // mark, or before it forgot the stream): the stream goes on from there.
+                self.done(&k, hello.from - 1);
+            }
             if self.routes.len() >= MAX_ROUTES && !self.routes.contains_key(&k) {
                 // Routes are only a cache of where acks go: start it again.
                 self.routes.clear();
@@ -303,4 +310,56 @@ fn decode(v: &[u8]) -> Option<Stream> {
     let next = u64::from_be_bytes(v.get(0..8)?.try_into().ok()?);
     let seen = u64::from_be_bytes(v.get(8..16)?.try_into().ok()?);
     Some(Stream { next, seen })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn streams() -> Streams {
+        let door = bus::sockets::bind(zmq::ROUTER, &format!("inproc://streams-{}", bus::new_id()))
+            .expect("door");
+        Streams::open(&Registers::temporary().expect("store"), door).expect("streams")
+    }
+
+    fn batch(first: u64, n: usize) -> Vec<u8> {
+        let events: Vec<Vec<u8>> = (0..n).map(|i| vec![bus::VERSION, i as u8]).collect();
+        Batch::encode("s", first, &events)
+    }
+
+    #[test]
+    fn a_stream_is_taken_in_order_once_and_an_unknown_one_only_from_its_start() {
+        let mut s = streams();
+        let k = key("web1", "s");
+        // Unknown: a batch past 0 follows events lost on the way (or a lost mark): not taken.
+        let late = batch(5, 2);
+        assert_eq!(
+            s.admit(&k, &Batch::decode(&late, 1 << 20).unwrap()),
+            Admit::Gap
+        );
+        let first = batch(0, 3);
+        assert_eq!(
+            s.admit(&k, &Batch::decode(&first, 1 << 20).unwrap()),
+            Admit::From(0)
+        );
+        for n in 0..3 {
+            s.done(&k, n);
+        }
+        // A resend overlapping what is done: only the new part runs.
+        let again = batch(1, 4);
+        assert_eq!(
+            s.admit(&k, &Batch::decode(&again, 1 << 20).unwrap()),
+            Admit::From(2)
+        );
+        assert_eq!((s.duplicates, s.gaps), (2, 1));
+        // Another host's stream of the same id is its own.
+        let other = key("web2", "s");
+        assert_eq!(
+            s.admit(&other, &Batch::decode(&again, 1 << 20).unwrap()),
+            Admit::Gap
+        );
+        let writes = s.side_writes();
+        assert_eq!(writes.len(), 1);
+        assert_eq!(writes[0].key, k.as_bytes());
+    }
 }

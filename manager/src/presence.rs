@@ -102,7 +102,10 @@ mod tests {
     #[test]
     fn up_once_down_after_missed_heartbeats_and_up_again() {
         let mut p = Presence::new(1);
-        assert_eq!(p.heard("web1").map(|e| e.0).as_deref(), Some("host/web1/up"));
+        assert_eq!(
+            p.heard("web1").map(|e| e.0).as_deref(),
+            Some("host/web1/up")
+        );
         assert!(p.heard("web1").is_none(), "already up");
         assert!(p.check().is_empty());
         std::thread::sleep(HEARTBEAT + Duration::from_millis(100));

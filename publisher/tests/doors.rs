@@ -14,14 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn free_base() -> u16 {
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        drop(l);
-        if p < 60_000 && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            return p;
-        }
-    }
+    bus::endpoints::free_local_base().expect("free ports")
 }
 
 fn action(name: &str, target: &str) -> Action {

@@ -10,26 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A port base whose publish and replay ports are free and not handed to another test of
-/// this process (they run in parallel, and the kernel hands out ephemeral ports in sequence).
 fn free_base() -> u16 {
-    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut taken = TAKEN.lock().unwrap();
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = l.local_addr().unwrap().port();
-        drop(l);
-        let ports = [p + 1, p + 2];
-        if p < 60_000
-            && ports.iter().all(|q| !taken.contains(q))
-            && ports
-                .iter()
-                .all(|&q| std::net::TcpListener::bind(("127.0.0.1", q)).is_ok())
-        {
-            taken.extend(ports);
-            return p;
-        }
-    }
+    bus::endpoints::free_local_base().expect("free ports")
 }
 
 fn config(state: &std::path::Path) -> publisher::Config {
