@@ -13,6 +13,8 @@ pub enum BenchCmd {
     Beacons(crate::bench_beacons::BeaconsArgs),
     /// The resource-graph engine: 100k noops wide and deep, 10k files, a 10k swap, drift repair.
     Engine(crate::bench_engine::EngineArgs),
+    /// Delivery under kill -9: each part killed mid-stream; lost, applied twice, catch-up time.
+    Faults(crate::bench_faults::FaultsArgs),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
@@ -21,5 +23,6 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::Rules(a) => crate::bench_rules::run(a),
         BenchCmd::Beacons(a) => crate::bench_beacons::run(a),
         BenchCmd::Engine(a) => crate::bench_engine::run(a),
+        BenchCmd::Faults(a) => crate::bench_faults::run(a),
     }
 }

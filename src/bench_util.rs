@@ -103,7 +103,8 @@ pub struct BenchStack {
     /// False: every part runs `--insecure`.
     secure: bool,
     exe: std::path::PathBuf,
-    daemons: Vec<Daemon>,
+    /// Each part's arguments (the first is the subcommand) and its process.
+    daemons: Vec<(Vec<String>, Daemon)>,
     // Last, so the daemons are stopped before their state dir goes away.
     _tmp: tempfile::TempDir,
 }
@@ -176,8 +177,27 @@ impl BenchStack {
         }
         args.extend_from_slice(extra);
         let d = daemon(&self.exe, &args)?;
-        self.daemons.push(d);
+        self.daemons.push((args, d));
         Ok(())
+    }
+
+    /// Kill the part `sub` with SIGKILL, wait `away`, and start it again as it was.
+    pub fn kill_and_restart(&mut self, sub: &str, away: Duration) -> anyhow::Result<()> {
+        let Some(i) = self.daemons.iter().position(|(a, _)| a[0] == sub) else {
+            return Err(anyhow::anyhow!("no {sub} in this stack"));
+        };
+        let (args, mut d) = self.daemons.remove(i);
+        let _ = d.0.kill();
+        let _ = d.0.wait();
+        std::thread::sleep(away);
+        let d = daemon(&self.exe, &args)?;
+        self.daemons.push((args, d));
+        Ok(())
+    }
+
+    /// The stack's state dir.
+    pub fn state(&self) -> &Path {
+        &self.state
     }
 
     /// Send `n` frames (cycling through `frames`) through a [`bus::sender::Sender`] as the

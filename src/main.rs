@@ -9,6 +9,7 @@ mod bench;
 mod bench_beacons;
 mod bench_bus;
 mod bench_engine;
+mod bench_faults;
 mod bench_rules;
 mod bench_util;
 mod cli;

@@ -14,7 +14,7 @@
 
 use bus::delivery::{Ack, Batch, Hello};
 use registers::{RegisterError, Registers, SideWrite};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The side space the stream marks live in, next to the registers.
 pub const SPACE: u8 = 0x80;
@@ -24,6 +24,9 @@ pub const MAX_STREAMS: usize = 100_000;
 pub const FORGET_AFTER_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Most ack routes kept in memory.
 pub const MAX_ROUTES: usize = 100_000;
+/// Most streams remembered for one sender name: past it, that sender's stream idle longest is
+/// forgotten, so a host minting stream ids forgets only its own.
+pub const MAX_STREAMS_PER_SENDER: usize = 1_024;
 
 /// What the manager does with a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +46,8 @@ struct Stream {
 
 /// The streams and the acks door.
 pub struct Streams {
-    streams: HashMap<String, Stream>,
+    /// By key, so one sender's streams are one range.
+    streams: BTreeMap<String, Stream>,
     /// Streams advanced since the last commit.
     dirty: HashSet<String>,
     /// Streams forgotten since the last commit (their marks are deleted with it).
@@ -70,7 +74,7 @@ pub fn key(user: &str, stream: &str) -> String {
 impl Streams {
     /// The committed stream marks, and the bound acks door.
     pub fn open(registers: &Registers, door: zmq::Socket) -> Result<Streams, RegisterError> {
-        let mut streams = HashMap::new();
+        let mut streams = BTreeMap::new();
         for (k, v) in registers.side_entries(SPACE)? {
             let (Ok(key), Some(s)) = (String::from_utf8(k), decode(&v)) else {
                 continue;
@@ -140,11 +144,38 @@ impl Streams {
                         seen: now,
                     },
                 );
+                self.cap_sender(key);
             }
         }
         if !self.dirty.contains(key) {
             self.dirty.insert(key.to_string());
         }
+    }
+
+    /// Keep at most [`MAX_STREAMS_PER_SENDER`] streams of the sender of `key`.
+    fn cap_sender(&mut self, key: &str) {
+        let user_end = key.find('\0').map_or(key.len(), |i| i + 1);
+        let prefix = &key[..user_end];
+        let mine: Vec<(&String, &Stream)> = self
+            .streams
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(MAX_STREAMS_PER_SENDER + 1)
+            .collect();
+        if mine.len() <= MAX_STREAMS_PER_SENDER {
+            return;
+        }
+        let Some(oldest) = mine
+            .iter()
+            .filter(|(k, _)| k.as_str() != key)
+            .min_by_key(|(_, s)| s.seen)
+            .map(|(k, _)| (*k).clone())
+        else {
+            return;
+        };
+        self.streams.remove(&oldest);
+        self.dirty.remove(&oldest);
+        self.forgotten.push(oldest);
     }
 
     /// True when marks wait for a commit.
@@ -361,5 +392,20 @@ mod tests {
         let writes = s.side_writes();
         assert_eq!(writes.len(), 1);
         assert_eq!(writes[0].key, k.as_bytes());
+    }
+
+    #[test]
+    fn a_sender_minting_streams_forgets_only_its_own() {
+        let mut s = streams();
+        s.done(&key("web2", "keep"), 0);
+        for i in 0..MAX_STREAMS_PER_SENDER + 10 {
+            s.done(&key("web1", &format!("s{i}")), 0);
+        }
+        assert_eq!(s.len(), MAX_STREAMS_PER_SENDER + 1);
+        assert!(s.streams.contains_key(&key("web2", "keep")));
+        let last = key("web1", &format!("s{}", MAX_STREAMS_PER_SENDER + 9));
+        assert!(s.streams.contains_key(&last), "the newest is kept");
+        let forgotten = s.side_writes().iter().filter(|w| w.value.is_none()).count();
+        assert_eq!(forgotten, 10);
     }
 }
