@@ -13,6 +13,8 @@ pub enum BenchCmd {
     Beacons(crate::bench_beacons::BeaconsArgs),
     /// The resource-graph engine: 100k noops wide and deep, 10k files, a 10k swap, drift repair.
     Engine(crate::bench_engine::EngineArgs),
+    /// The whole loop to a file on disk: latency, applied/s, actor CPU and memory per graph.
+    E2e(crate::bench_e2e::E2eArgs),
     /// Delivery under kill -9: each part killed mid-stream; lost, applied twice, catch-up time.
     Faults(crate::bench_faults::FaultsArgs),
 }
@@ -24,5 +26,6 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::Beacons(a) => crate::bench_beacons::run(a),
         BenchCmd::Engine(a) => crate::bench_engine::run(a),
         BenchCmd::Faults(a) => crate::bench_faults::run(a),
+        BenchCmd::E2e(a) => crate::bench_e2e::run(a),
     }
 }

@@ -8,7 +8,7 @@
 //! manager as fast as it takes them: the rate at which events are handed to the socket, the
 //! drops, and how long the manager took to count them all.
 
-use crate::bench_util::{daemon, events_seen, free_port_base};
+use crate::bench_util::{daemon, events_seen, free_port_base, usage};
 use crate::cli::Exit;
 use bus::secure::Security;
 use clap::Args;
@@ -28,34 +28,6 @@ pub struct BeaconsArgs {
     /// Events the emitter pushes for its rate.
     #[arg(long, default_value_t = 2_000_000)]
     pub events: u64,
-}
-
-/// (utime + stime in seconds, peak RSS, private (anonymous) RSS now, in bytes) of a process.
-fn usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat"))?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3; utime and stime are fields 14 and 15.
-    let ticks: u64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
-    // SAFETY: sysconf only reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = |key: &str| -> anyhow::Result<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no {key} in /proc/{pid}/status"))
-    };
-    Ok((
-        ticks as f64 / hz,
-        kb("VmHWM:")? * 1024,
-        kb("RssAnon:")? * 1024,
-    ))
 }
 
 fn wait_manager(control: &str, sec: &Security) -> anyhow::Result<u64> {

@@ -195,6 +195,14 @@ impl BenchStack {
         Ok(())
     }
 
+    /// The process id of the part `sub`.
+    pub fn pid(&self, sub: &str) -> Option<u32> {
+        self.daemons
+            .iter()
+            .find(|(a, _)| a[0] == sub)
+            .map(|(_, d)| d.0.id())
+    }
+
     /// The stack's state dir.
     pub fn state(&self) -> &Path {
         &self.state
@@ -265,4 +273,32 @@ pub fn padded_frames(tag: &str, hosts: usize, bytes: usize) -> Vec<Vec<u8>> {
             bus::encode(&ev)
         })
         .collect()
+}
+
+/// (utime + stime in seconds, peak RSS, private (anonymous) RSS now, in bytes) of a process.
+pub fn usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3; utime and stime are fields 14 and 15.
+    let ticks: u64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = |key: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no {key} in /proc/{pid}/status"))
+    };
+    Ok((
+        ticks as f64 / hz,
+        kb("VmHWM:")? * 1024,
+        kb("RssAnon:")? * 1024,
+    ))
 }
