@@ -11,7 +11,7 @@
 //! host, and ten rules that match other tags. Latency is send -> `actor/result` for events sent
 //! one at a time through a real actor.
 
-use crate::bench_util::{floor, padded_frames, stats, BenchStack};
+use crate::bench_util::{floor, padded_frames, percentile, stats, BenchStack};
 use crate::cli::Exit;
 use clap::Args;
 use serde_json::json;
@@ -72,14 +72,6 @@ fn wait_actor_up(sub: &zmq::Socket, timeout: Duration) -> anyhow::Result<()> {
         }
     }
     Err(Exit::unreachable("the bench actor did not come up"))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// What one stack measured.

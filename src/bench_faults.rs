@@ -7,11 +7,9 @@
 //! action logged twice by the publisher), and how long after the last event everything was
 //! on disk.
 
-use crate::bench_util::BenchStack;
+use crate::bench_loop::FileLoop;
 use crate::cli::Exit;
 use clap::Args;
-use serde_json::json;
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -26,8 +24,6 @@ pub struct FaultsArgs {
 }
 
 const ACTOR: &str = "faults-actor";
-/// The number of the first event, which wakes everything up (counted in the N + 1 expected).
-const WARM_UP: u64 = 999_999_999_999;
 
 struct Row {
     fault: &'static str,
@@ -36,109 +32,35 @@ struct Row {
     catch_up: f64,
 }
 
-fn files(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|d| d.count() as u64)
-        .unwrap_or(0)
-}
-
 fn row(a: &FaultsArgs, fault: &'static str, part: &str, away: Duration) -> anyhow::Result<Row> {
-    let out = tempfile::Builder::new()
-        .prefix("reflex-faults")
-        .tempdir_in("/tmp")?;
-    let dir = out.path().to_path_buf();
-    let rule = format!(
-        "const MATCH = \"faults/event\";\nfn react(event) {{\n  registers::incr(\"faults/count\", 1);\n  let i = event.data.i;\n  act(`host/${{event.host}}`, [#{{ kind: \"file\", name: `{}/f-${{i}}`, content: `${{i}}` }}], #{{ name: `faults-${{i}}` }});\n}}\n",
-        dir.display()
-    );
-    let mut stack = BenchStack::start_as(
-        |d| {
-            std::fs::create_dir_all(d)?;
-            Ok(std::fs::write(d.join("20-faults.rhai"), &rule)?)
-        },
-        true,
-    )?;
-    stack.enroll_host(ACTOR)?;
-    let policy = stack.state().join("policy.toml");
-    std::fs::write(&policy, actor::UP_POLICY)?;
-    stack.spawn(
-        "actor",
-        &[
-            "--name".into(),
-            ACTOR.into(),
-            "--policy".into(),
-            policy.display().to_string(),
-        ],
-    )?;
-    let sender = bus::sender::Sender::start(bus::sender::SenderConfig::new(
-        &stack.endpoints.ingest,
-        &stack.security,
-    ))?;
-    let event = |i: u64| bus::Event::new("faults/event", ACTOR, json!({ "i": i }));
-    // One through the whole loop first: the actor is up and converging.
-    sender.send_frame_waiting(bus::encode(&event(WARM_UP)));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while files(&dir) < 1 {
-        if Instant::now() > deadline {
-            return Err(Exit::unreachable(
-                "the faults stack never applied its first action",
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut l = FileLoop::start("faults/event", ACTOR)?;
     eprintln!("{fault}: {} events at {}/s...", a.events, a.rate);
     let start = Instant::now();
     for i in 0..a.events {
         let due = start + Duration::from_secs_f64(i as f64 / a.rate);
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
         if i == a.events / 2 {
-            stack.kill_and_restart(part, away)?;
+            l.stack.kill_and_restart(part, away)?;
         }
-        sender.send_frame_waiting(bus::encode(&event(i)));
+        l.send(i);
     }
     let sent = Instant::now();
-    if !sender.wait_acked(Duration::from_secs(120)) {
-        eprintln!("{fault}: {} events never acknowledged", sender.pending());
+    if !l.sender.wait_acked(Duration::from_secs(120)) {
+        eprintln!("{fault}: {} events never acknowledged", l.sender.pending());
     }
+    // The warm-up event is one of them.
     let want = a.events + 1;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while files(&dir) < want && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let got = l.wait_files(want, Duration::from_secs(120));
     let catch_up = sent.elapsed().as_secs_f64();
-    let got = files(&dir);
-    let reply = crate::send::control_request(
-        &stack.endpoints.control,
-        &json!({"cmd": "registers", "op": "get", "key": "faults/count"}),
-        Duration::from_secs(5),
-        &stack.security,
-    )?;
-    let counted = reply["ok"].as_u64().unwrap_or(0);
-    let logged = logged_names(&stack)?;
+    let logged = l.logged_names()?;
     let distinct: std::collections::HashSet<&String> = logged.iter().collect();
-    let twice = counted.saturating_sub(want) + (logged.len() - distinct.len()) as u64;
+    let twice = l.counted()?.saturating_sub(want) + (logged.len() - distinct.len()) as u64;
     Ok(Row {
         fault,
         lost: want.saturating_sub(got),
         twice,
         catch_up,
     })
-}
-
-/// Every action the publisher logged for the bench actor, read from its replay door.
-fn logged_names(stack: &BenchStack) -> anyhow::Result<Vec<String>> {
-    let replay = bus::secure::connect(zmq::REQ, &stack.endpoints.replay, &stack.security)?;
-    replay.set_rcvtimeo(30_000)?;
-    let topic = format!("host/{ACTOR}/");
-    let req = json!({"since": 0, "topics": [topic], "limit": 1_000_000});
-    replay.send(req.to_string().as_bytes(), 0)?;
-    let parts = replay.recv_multipart(0)?;
-    Ok(parts
-        .iter()
-        .skip(1)
-        .filter_map(|f| bus::envelope::peek(f, usize::MAX).ok())
-        .map(|h| h.name)
-        .collect())
 }
 
 pub fn run(a: FaultsArgs) -> anyhow::Result<ExitCode> {

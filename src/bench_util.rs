@@ -302,3 +302,12 @@ pub fn usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
         kb("RssAnon:")? * 1024,
     ))
 }
+
+/// The `p` quantile (0..=1) of sorted samples; NaN when there are none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
