@@ -141,6 +141,8 @@ mod tests {
                 rule: "10-hello".into(),
             },
             expires: Some(5),
+            life: crate::Life::Keep,
+            prev: 0,
         };
         let back: Action = decode(&encode(&a)).unwrap();
         assert_eq!(back, a);
@@ -188,6 +190,8 @@ mod tests {
         graph: serde_json::Value,
         origin: Origin,
         expires: Option<u64>,
+        life: crate::Life,
+        prev: u64,
     }
 
     /// The same action as an [`Action`] with `target` and as a [`StringTargetAction`] with `s`.
@@ -200,6 +204,8 @@ mod tests {
             graph: json!([]),
             origin: Origin::default(),
             expires: None,
+            life: crate::Life::Keep,
+            prev: 0,
         };
         let plain = StringTargetAction {
             id: "a1",
@@ -209,6 +215,8 @@ mod tests {
             graph: json!([]),
             origin: Origin::default(),
             expires: None,
+            life: crate::Life::Keep,
+            prev: 0,
         };
         (typed, plain)
     }

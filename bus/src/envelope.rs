@@ -279,6 +279,8 @@ mod tests {
             graph: json!([{"kind": "file", "name": "/etc/motd", "content": "hi"}]),
             origin: Origin::default(),
             expires: Some(2_000),
+            life: crate::Life::Keep,
+            prev: 0,
         }
     }
 

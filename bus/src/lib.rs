@@ -27,6 +27,8 @@
 //!     graph: serde_json::json!([{"kind": "noop", "name": "x"}]),
 //!     origin: Origin::default(),
 //!     expires: None,
+//!     life: bus::Life::Keep,
+//!     prev: 0,
 //! };
 //! let frame = bus::encode(&action);
 //! let back: Action = bus::decode(&frame).unwrap();
@@ -59,4 +61,4 @@ pub use codec::{
 pub use endpoints::Endpoints;
 pub use keys::{KeyPair, PublicKey, Role};
 pub use target::{Target, TargetError};
-pub use wire::{new_id, now_ms, Action, Event, Origin};
+pub use wire::{new_id, now_ms, Action, Event, Life, Origin};

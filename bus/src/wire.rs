@@ -78,8 +78,40 @@ pub struct Action {
     #[serde(default)]
     pub origin: Origin,
     /// Unix time in milliseconds after which actors must not run it; `None` = never expires.
+    /// For [`Life::For`] it is also when the actor releases the graph.
     #[serde(default)]
     pub expires: Option<u64>,
+    /// How long its graph stays in force on the actor.
+    #[serde(default)]
+    pub life: Life,
+    /// The seq of the action the publisher sent on the same topic before this one; 0 when it
+    /// does not know (first since it started). An actor that sees a `prev` it never received
+    /// missed actions (the PUB socket drops for a subscriber past its high-water mark) and
+    /// fetches them from the replay endpoint.
+    #[serde(default)]
+    pub prev: u64,
+}
+
+/// How long an action's graph stays in force on an actor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Life {
+    /// Desired state: watched and repaired until an action with the same name replaces it.
+    #[default]
+    Keep,
+    /// Converge once, report, release: nothing is watched or kept afterwards (a restart, a
+    /// one-shot remediation).
+    Once,
+    /// Kept and repaired like `keep` for this many seconds from when the rule acted, then
+    /// released (the action's `expires` says when).
+    For(u64),
+}
+
+impl Life {
+    /// Whether the actor keeps the graph after its first converge.
+    pub fn kept(self) -> bool {
+        !matches!(self, Life::Once)
+    }
 }
 
 /// A new unique, time-ordered id (UUIDv7). Its random bits come from a user-space generator

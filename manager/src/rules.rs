@@ -6,7 +6,8 @@
 //!
 //! - `registers::get/set/incr/del/keys/expire`, `registers::window/mark/seen` and the throttles
 //!   `once_within(key, secs)` / `accumulate(key, threshold, secs)` reach the register store;
-//! - `act(target, graph [, #{name, expires}])` appends an action; an exec shell line (`cmd`,
+//! - `act(target, graph [, #{name, expires, life}])` appends an action (`life`: `"keep"`, the
+//!   default, `"once"`, or seconds to keep it for); an exec shell line (`cmd`,
 //!   `ifcmd`, `watchcmd`) that holds an event value unquoted fails the rule (see [`crate::shell`]);
 //! - `shell_quote(s)` quotes a value for a shell line;
 //! - `emit(tag, data)` sends a new event back into the manager, carrying its cause;
@@ -216,7 +217,8 @@ fn make_action(
     let parsed =
         graph::Graph::from_value(&graph).map_err(|e| format!("act: invalid graph: {e}"))?;
     let mut name = None;
-    let mut expires = None;
+    let mut expires: Option<u64> = None;
+    let mut life = bus::Life::Keep;
     for (k, v) in opts {
         match k.as_str() {
             "name" => {
@@ -232,10 +234,18 @@ fn make_action(
                     .map_err(|t| format!("act: expires must be seconds (an integer), not {t}"))?;
                 expires = Some(bus::now_ms().saturating_add(secs.max(0) as u64 * 1000));
             }
+            "life" => life = parse_life(v)?,
             other => {
-                return Err(format!("act: unknown option {other:?} (known: name, expires)").into())
+                return Err(
+                    format!("act: unknown option {other:?} (known: name, expires, life)").into(),
+                )
             }
         }
+    }
+    if let bus::Life::For(secs) = life {
+        // Released when its time is up, and never started after that.
+        let end = bus::now_ms().saturating_add(secs.saturating_mul(1000));
+        expires = Some(expires.map_or(end, |e| e.min(end)));
     }
     if let Some(n) = &name {
         if n.is_empty() || n.len() > 256 || n.contains(char::is_control) {
@@ -267,9 +277,33 @@ fn make_action(
             rule: c.rule.clone(),
         },
         expires,
+        life,
+        prev: 0,
     };
     c.actions.push(action);
     Ok(())
+}
+
+/// `life: "keep" | "once" | SECONDS` of `act`.
+fn parse_life(v: &Dynamic) -> FnResult<bus::Life> {
+    if let Ok(secs) = v.as_int() {
+        return match u64::try_from(secs) {
+            Ok(s) if s > 0 => Ok(bus::Life::For(s)),
+            _ => Err(format!("act: life must be at least 1 second, not {secs}").into()),
+        };
+    }
+    match v.clone().into_string().as_deref() {
+        Ok("keep") => Ok(bus::Life::Keep),
+        Ok("once") => Ok(bus::Life::Once),
+        Ok(other) => Err(format!(
+            "act: life must be \"keep\", \"once\" or seconds (an integer), not {other:?}"
+        )
+        .into()),
+        Err(t) => Err(format!(
+            "act: life must be \"keep\", \"once\" or seconds (an integer), not {t}"
+        )
+        .into()),
+    }
 }
 
 fn build_engine(store: Registers, ctx: Shared, limits: &Limits) -> Engine {

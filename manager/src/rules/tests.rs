@@ -332,3 +332,55 @@ fn shell_quote_is_there_for_rules() {
     r.run(&Event::new("a/b", "h", json!(null)), &mut out);
     assert_eq!(out.emitted[0].data["q"], r"'it'\''s'");
 }
+
+#[test]
+fn an_action_says_how_long_it_lives_and_a_bad_life_fails_the_rule() {
+    let (mut r, errs) = rules_with(&[(
+        "10-a.rhai",
+        r#"const MATCH = "demo/*"; fn react(e) {
+            let g = [#{kind: "noop", name: "n"}];
+            act("all", g, #{name: "k"});
+            act("all", g, #{name: "o", life: "once"});
+            act("all", g, #{name: "f", life: 30, expires: 600});
+            act("all", g, #{name: "e", life: 600, expires: 30});
+            if e.data.bad == 1 { act("all", g, #{life: "forever"}); }
+            if e.data.bad == 2 { act("all", g, #{life: 0}); }
+        }"#,
+    )]);
+    assert!(errs.is_empty(), "{errs:?}");
+    let mut out = Produced::default();
+    let before = bus::now_ms();
+    r.run(&Event::new("demo/x", "h", json!({"bad": 0})), &mut out);
+    let lives: Vec<_> = out
+        .actions
+        .iter()
+        .map(|a| (a.name.as_str(), a.life))
+        .collect();
+    assert_eq!(
+        lives,
+        [
+            ("k", bus::Life::Keep),
+            ("o", bus::Life::Once),
+            ("f", bus::Life::For(30)),
+            ("e", bus::Life::For(600))
+        ]
+    );
+    assert_eq!(out.actions[0].expires, None);
+    // A lifetime ends the action: it is never started after its end, whichever comes first.
+    let within = |a: &Action, secs: u64| {
+        let e = a.expires.expect("expires");
+        e >= before + secs * 1000 && e <= bus::now_ms() + secs * 1000
+    };
+    assert!(within(&out.actions[2], 30));
+    assert!(within(&out.actions[3], 30));
+    for bad in [1, 2] {
+        let mut out = Produced::default();
+        r.run(&Event::new("demo/x", "h", json!({"bad": bad})), &mut out);
+        assert!(out.actions.is_empty(), "a failing rule appends nothing");
+        assert!(
+            out.errors.iter().any(|e| e.message.contains("life must")),
+            "{:?}",
+            out.errors
+        );
+    }
+}
