@@ -56,6 +56,16 @@ pub struct PublisherArgs {
     /// How many of the newest actions the durable log keeps.
     #[arg(long, default_value_t = 100_000)]
     pub keep: u64,
+    /// Tests only: the PUB socket's send high-water mark and kernel buffer, as `MSGS,BYTES`,
+    /// made small so that a stalled subscriber is dropped for.
+    #[arg(long, hide = true, value_parser = parse_pair)]
+    pub send_limits: Option<(i32, i32)>,
+}
+
+fn parse_pair(s: &str) -> Result<(i32, i32), String> {
+    let (a, b) = s.split_once(',').ok_or("expected MSGS,BYTES")?;
+    let n = |x: &str| x.trim().parse::<i32>().map_err(|e| format!("{x:?}: {e}"));
+    Ok((n(a)?, n(b)?))
 }
 
 pub fn publisher(a: PublisherArgs) -> anyhow::Result<ExitCode> {
@@ -67,6 +77,7 @@ pub fn publisher(a: PublisherArgs) -> anyhow::Result<ExitCode> {
         state_dir: a.stack.state.clone(),
         max_frame: bus::MAX_FRAME,
         keep: a.keep,
+        send_limits: a.send_limits,
         security,
     };
     publisher::run(cfg, &stop)?;

@@ -91,6 +91,8 @@ impl Fake {
             graph,
             origin: Origin::default(),
             expires: None,
+            life: bus::Life::Keep,
+            prev: 0,
         }
     }
 

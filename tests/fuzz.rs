@@ -177,6 +177,8 @@ fn action_seeds() -> Vec<Vec<u8>> {
                                   {"kind": "exec", "name": "r", "argv": ["systemctl", "restart", "--", "x"]}]),
         origin: bus::Origin::default(),
         expires: Some(1),
+        life: bus::Life::Keep,
+        prev: 0,
     };
     let one = bus::encode(&a);
     a.target = bus::Target::All;
@@ -445,6 +447,7 @@ fn publisher() -> (tempfile::TempDir, publisher::Publisher) {
         state_dir: tmp.path().to_path_buf(),
         max_frame: bus::MAX_FRAME,
         keep: 64,
+        send_limits: None,
         security: bus::secure::Security::Insecure,
     };
     let mut p = publisher::Publisher::new(&cfg).expect("a publisher");

@@ -1,17 +1,24 @@
 //! Which actions the actor takes in, and in which order.
 //!
-//! Actions take effect in the order of their sequence numbers, each one once: an action with a
-//! number at or below the highest one taken in is a duplicate when it is one already taken in
-//! (received both replayed and live) and is ignored; any other is a replay of an old signed
-//! action and refused. To keep
-//! that order across a catch-up, what arrives live while one is in flight is held back and taken
-//! in after the replayed actions.
+//! Actions take effect in the order of their sequence numbers on each topic, each one once: an
+//! action with a number at or below the highest one taken in on its topic is a duplicate when it
+//! is one already taken in (received both replayed and live) and is ignored; any other, received
+//! live, is a replay of an old signed action and refused (one in a replay answer is just one we
+//! already have). To keep that order across a catch-up, what arrives live while one is in
+//! flight is held back and taken in after the replayed actions.
+//!
+//! **Gaps.** Each action names the seq the publisher sent before it on the same topic
+//! ([`Action::prev`]). The PUB socket drops silently for a subscriber past its high-water mark,
+//! so a `prev` above what was taken in on that topic (and above what the last catch-up covered)
+//! means actions were missed: the serve loop holds this one and catches up from the replay
+//! endpoint first, without reconnecting. The seq kept on disk never passes a gap not yet filled,
+//! so a crash then still fetches what was missed.
 //!
 //! Expiry is decided here too: a replayed action that expired while the actor was away is
 //! history and dropped quietly; a live one that expired before it arrived is reported.
 
 use bus::Action;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 /// Where an action came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +42,7 @@ pub(crate) enum Admit {
     Replayed {
         /// Its sequence.
         seq: u64,
-        /// The highest one taken in.
+        /// The highest one taken in on its topic.
         last: u64,
     },
 }
@@ -43,11 +50,18 @@ pub(crate) enum Admit {
 /// How many of the ids taken in are remembered to tell a duplicate from a replay.
 const RECENT_IDS: usize = 4096;
 
-/// The actor's intake: the sequence high-water mark and the actions held during catch-ups.
+/// The actor's intake: the sequence high-water marks and the actions held during catch-ups.
 #[derive(Default)]
 pub(crate) struct Intake {
-    /// The highest sequence number taken in.
+    /// Every action up to this seq, on every topic, was taken in or is known to be over (kept
+    /// from a previous run, or covered by a finished catch-up).
+    floor: u64,
+    /// The highest sequence number taken in on each topic, where above the floor.
+    topics: HashMap<String, u64>,
+    /// The highest sequence number taken in on any topic.
     last_seq: u64,
+    /// While a gap is being filled: the highest seq below which everything is known taken in.
+    unfilled: Option<u64>,
     /// Catch-ups started and not finished yet.
     catching_up: usize,
     /// Live actions received during a catch-up, in order of arrival. Bounded in practice by
@@ -59,9 +73,26 @@ pub(crate) struct Intake {
 }
 
 impl Intake {
-    /// Count `seq` as taken in (a graph kept by a previous run, or the persisted last one).
+    /// Count every action up to `seq` as taken in (the last one kept by a previous run).
     pub(crate) fn saw(&mut self, seq: u64) {
+        self.floor = self.floor.max(seq);
         self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// A graph kept by a previous run: the same action replayed is a duplicate. Its seq says
+    /// nothing of the others (one missed before it is still to be fetched).
+    pub(crate) fn restored(&mut self, action: &Action) {
+        self.remember(&action.id);
+    }
+
+    /// The seq it is safe to keep as "taken in up to": never past a gap not yet filled.
+    pub(crate) fn safe_seq(&self) -> u64 {
+        self.unfilled
+            .map_or(self.last_seq, |u| u.min(self.last_seq))
+    }
+
+    fn topic_last(&self, topic: &str) -> u64 {
+        self.topics.get(topic).copied().unwrap_or(0).max(self.floor)
     }
 
     fn remember(&mut self, id: &str) {
@@ -75,18 +106,55 @@ impl Intake {
         }
     }
 
+    /// Whether a catch-up is in flight (live actions are held).
+    pub(crate) fn catching_up(&self) -> bool {
+        self.catching_up > 0
+    }
+
     /// A catch-up starts: live actions are held from now on. Returns the number to replay from.
     pub(crate) fn begin_catch_up(&mut self) -> u64 {
         self.catching_up += 1;
-        self.last_seq
+        self.floor
     }
 
-    /// A catch-up ended (its replayed actions taken in): the live actions to take in now, none
-    /// while another catch-up is still in flight.
-    pub(crate) fn end_catch_up(&mut self) -> Vec<Action> {
+    /// A live action shows a gap on its topic: the number to replay from (the highest taken in
+    /// there), or `None` when nothing was missed.
+    pub(crate) fn gap(&self, action: &Action) -> Option<u64> {
+        let last = self.topic_last(&action.target.topic());
+        (action.prev > last).then_some(last)
+    }
+
+    /// The publisher says its last seq on `topic` is `last`: the number to replay from when
+    /// that is past what was taken in there, else `None`.
+    pub(crate) fn behind(&self, topic: &str, last: u64) -> Option<u64> {
+        let taken = self.topic_last(topic);
+        (last > taken).then_some(taken)
+    }
+
+    /// Fill a gap: a catch-up from `since` starts, with `action` (the live one that showed it,
+    /// if one did) held first.
+    pub(crate) fn begin_gap(&mut self, since: u64, action: Option<Action>) {
+        self.unfilled = Some(self.unfilled.map_or(since, |u| u.min(since)));
+        self.catching_up += 1;
+        if let Some(a) = action {
+            self.held.push_front(a);
+        }
+    }
+
+    /// A catch-up ended (its replayed actions taken in); `covered`: the publisher's last seq
+    /// when it answered in full, so everything up to it is in. The live actions to take in now,
+    /// none while another catch-up is still in flight.
+    pub(crate) fn end_catch_up(&mut self, covered: Option<u64>) -> Vec<Action> {
         self.catching_up = self.catching_up.saturating_sub(1);
+        if let Some(c) = covered {
+            self.floor = self.floor.max(c);
+            self.topics.retain(|_, s| *s > c);
+        }
         if self.catching_up > 0 {
             return Vec::new();
+        }
+        if covered.is_some() {
+            self.unfilled = None;
         }
         self.held.drain(..).collect()
     }
@@ -106,15 +174,20 @@ impl Intake {
         if expired && source == Source::Replayed {
             return Admit::Skip;
         }
-        if action.seq != 0 && action.seq <= self.last_seq {
-            if self.recent_set.contains(&action.id) {
+        let topic = action.target.topic();
+        let last = self.topic_last(&topic);
+        if action.seq != 0 && action.seq <= last {
+            if self.recent_set.contains(&action.id) || source == Source::Replayed {
                 tracing::debug!(seq = action.seq, "duplicate action ignored");
                 return Admit::Skip;
             }
             return Admit::Replayed {
                 seq: action.seq,
-                last: self.last_seq,
+                last,
             };
+        }
+        if action.seq != 0 {
+            self.topics.insert(topic, action.seq);
         }
         self.last_seq = self.last_seq.max(action.seq);
         self.remember(&action.id);
@@ -140,6 +213,8 @@ mod tests {
             graph: json!([{"kind": "noop", "name": "n"}]),
             origin: bus::Origin::default(),
             expires,
+            life: bus::Life::Keep,
+            prev: 0,
         }
     }
 
@@ -165,7 +240,7 @@ mod tests {
         assert_eq!(intake.hold(action(5, None)), None);
         let replayed = vec![action(2, None), action(3, None), action(4, None)];
         assert_eq!(applied(&mut intake, replayed, Source::Replayed), [3, 4]);
-        let live = intake.end_catch_up();
+        let live = intake.end_catch_up(None);
         assert_eq!(applied(&mut intake, live, Source::Live), [5]);
         // Caught up: live actions go straight through again; seq 0 is never a duplicate.
         assert_eq!(intake.hold(action(0, None)), Some(action(0, None)));
@@ -181,9 +256,9 @@ mod tests {
         intake.begin_catch_up();
         intake.begin_catch_up();
         assert_eq!(intake.hold(action(7, None)), None);
-        assert!(intake.end_catch_up().is_empty());
-        assert_eq!(intake.end_catch_up(), vec![action(7, None)]);
-        assert!(intake.end_catch_up().is_empty());
+        assert!(intake.end_catch_up(None).is_empty());
+        assert_eq!(intake.end_catch_up(None), vec![action(7, None)]);
+        assert!(intake.end_catch_up(None).is_empty());
     }
 
     #[test]
@@ -226,5 +301,79 @@ mod tests {
             intake.admit(action(4, Some(1_000)), Source::Live, 1_000),
             Admit::Apply(action(4, Some(1_000)))
         );
+    }
+
+    fn on(topic: &str, seq: u64, prev: u64) -> Action {
+        let mut a = action(seq, None);
+        a.target = bus::Target::parse(topic).unwrap();
+        a.prev = prev;
+        a
+    }
+
+    #[test]
+    fn a_prev_never_taken_in_is_a_gap_filled_before_the_action_that_showed_it() {
+        let mut intake = Intake::default();
+        intake.saw(10);
+        assert_eq!(
+            intake.gap(&on("host/web1", 11, 0)),
+            None,
+            "prev 0: not known"
+        );
+        assert_eq!(
+            applied(&mut intake, vec![on("host/web1", 11, 0)], Source::Live),
+            [11]
+        );
+        assert_eq!(
+            applied(&mut intake, vec![on("all", 12, 9)], Source::Live),
+            [12]
+        );
+        // 13 on host/web1 was dropped by the PUB socket; 14 names it.
+        let next = on("host/web1", 14, 13);
+        assert_eq!(intake.gap(&next), Some(11));
+        assert_eq!(intake.gap(&on("all", 15, 12)), None);
+        intake.begin_gap(11, Some(next));
+        assert_eq!(intake.safe_seq(), 11, "never kept past the gap");
+        assert_eq!(
+            intake.hold(on("all", 15, 12)),
+            None,
+            "live ones wait behind it"
+        );
+        // The replay answer: 12 again (ours already), the missed 13, and 14 (held live too).
+        let replayed = vec![
+            on("all", 12, 9),
+            on("host/web1", 13, 11),
+            on("host/web1", 14, 13),
+        ];
+        assert_eq!(applied(&mut intake, replayed, Source::Replayed), [13, 14]);
+        let live = intake.end_catch_up(Some(14));
+        assert_eq!(applied(&mut intake, live, Source::Live), [15]);
+        assert_eq!(intake.safe_seq(), 15);
+        // An old seq on a topic, live and not taken in before: still a replay, refused.
+        let mut old = on("host/web1", 13, 11);
+        old.id = "never-seen".into();
+        assert_eq!(
+            intake.admit(old, Source::Live, 1_000),
+            Admit::Replayed { seq: 13, last: 14 }
+        );
+    }
+
+    #[test]
+    fn topics_keep_their_own_order() {
+        let mut intake = Intake::default();
+        assert_eq!(
+            applied(&mut intake, vec![on("all", 5, 0)], Source::Live),
+            [5]
+        );
+        // A lower seq on another topic is not a replay: that topic had not reached it.
+        assert_eq!(
+            applied(&mut intake, vec![on("group/web", 4, 0)], Source::Replayed),
+            [4]
+        );
+        assert_eq!(intake.gap(&on("group/web", 7, 6)), Some(4));
+        assert_eq!(intake.gap(&on("all", 7, 5)), None);
+        // A tick: the publisher's last seq on a topic.
+        assert_eq!(intake.behind("all/", 5), None);
+        assert_eq!(intake.behind("all/", 9), Some(5));
+        assert_eq!(intake.behind("host/x/", 0), None, "at or below the floor");
     }
 }

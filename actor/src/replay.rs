@@ -24,46 +24,105 @@ pub(crate) struct Replay {
     pub(crate) security: bus::secure::Security,
 }
 
+/// What one catch-up fetched.
+#[derive(Default)]
+pub(crate) struct Fetched {
+    /// The sealed frames, oldest first, not verified yet.
+    pub(crate) frames: Vec<Vec<u8>>,
+    /// The publisher's last seq when it answered in full: every action up to it for our topics
+    /// is in `frames` or superseded. `None` when the replay failed or stopped short.
+    pub(crate) covered: Option<u64>,
+}
+
+/// Most answers one catch-up asks for (each up to the publisher's page size).
+const MAX_PAGES: usize = 100;
+
 impl Replay {
-    /// The sealed frames of the actions in force for our topics newer than `since`, oldest
-    /// first, not verified yet. A publisher that does not answer in time only costs the replay:
-    /// live actions still flow.
-    fn fetch(&self, since: u64) -> Vec<Vec<u8>> {
-        let req = json!({"since": since, "topics": self.topics, "latest_only": true});
-        let ask = || -> Result<Vec<Vec<u8>>, String> {
-            let s = bus::secure::connect(zmq::REQ, &self.endpoint, &self.security)
-                .map_err(|e| e.to_string())?;
-            s.set_rcvtimeo(ANSWER_MS).map_err(|e| e.to_string())?;
-            s.set_linger(0).map_err(|e| e.to_string())?;
-            s.send(req.to_string().as_bytes(), 0)
-                .map_err(|e| e.to_string())?;
-            s.recv_multipart(0).map_err(|e| e.to_string())
-        };
-        match ask() {
-            Ok(parts) => {
-                let actions: Vec<Vec<u8>> = parts
-                    .into_iter()
-                    .skip(1)
-                    .filter(|f| f.len() <= self.max_frame)
-                    .collect();
-                tracing::info!(
-                    since,
-                    replayed = actions.len(),
-                    "replay from the publisher's log"
-                );
-                actions
-            }
-            Err(e) => {
-                tracing::warn!(endpoint = %self.endpoint, "replay failed: {e}; live actions only");
-                Vec::new()
+    /// The actions in force for our topics newer than `since`, asked page by page. A publisher
+    /// that does not answer in time only costs the replay: live actions still flow.
+    fn fetch(&self, since: u64) -> Fetched {
+        let mut out = Fetched::default();
+        let mut from = since;
+        for _ in 0..MAX_PAGES {
+            match self.page(from) {
+                Ok(page) => {
+                    out.frames.extend(page.frames);
+                    if !page.more {
+                        out.covered = Some(page.last_seq);
+                        break;
+                    }
+                    // The next page starts after the last one received.
+                    match page.through {
+                        Some(s) if s > from => from = s,
+                        _ => break,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %self.endpoint, "replay failed: {e}; live actions only");
+                    break;
+                }
             }
         }
+        tracing::info!(
+            since,
+            replayed = out.frames.len(),
+            complete = out.covered.is_some(),
+            "replay from the publisher's log"
+        );
+        out
     }
+
+    /// One answer of the replay socket from `since`.
+    fn page(&self, since: u64) -> Result<Page, String> {
+        let req = json!({"since": since, "topics": self.topics, "latest_only": true});
+        let s = bus::secure::connect(zmq::REQ, &self.endpoint, &self.security)
+            .map_err(|e| e.to_string())?;
+        s.set_rcvtimeo(ANSWER_MS).map_err(|e| e.to_string())?;
+        s.set_linger(0).map_err(|e| e.to_string())?;
+        s.send(req.to_string().as_bytes(), 0)
+            .map_err(|e| e.to_string())?;
+        let mut parts = s.recv_multipart(0).map_err(|e| e.to_string())?.into_iter();
+        let header: serde_json::Value = parts
+            .next()
+            .and_then(|h| serde_json::from_slice(&h).ok())
+            .ok_or("the answer has no JSON header")?;
+        if let Some(e) = header.get("error") {
+            return Err(format!("the publisher refused the request: {e}"));
+        }
+        let last_seq = header
+            .get("last_seq")
+            .and_then(|v| v.as_u64())
+            .ok_or("the answer's header has no last_seq")?;
+        let more = header
+            .get("more")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let frames: Vec<Vec<u8>> = parts.filter(|f| f.len() <= self.max_frame).collect();
+        // Only for where to ask next; the frames are verified by the serve loop.
+        let through = frames
+            .last()
+            .and_then(|f| bus::envelope::peek(f, self.max_frame).ok())
+            .map(|h| h.seq);
+        Ok(Page {
+            frames,
+            last_seq,
+            more,
+            through,
+        })
+    }
+}
+
+/// One answer.
+struct Page {
+    frames: Vec<Vec<u8>>,
+    last_seq: u64,
+    more: bool,
+    through: Option<u64>,
 }
 
 /// Start catching up from `since`: once subscriptions have settled, the replayed actions (none
 /// without a replay endpoint, or when the publisher does not answer).
-pub(crate) fn catch_up(replay: Option<Replay>, since: u64) -> JoinHandle<Vec<Vec<u8>>> {
+pub(crate) fn catch_up(replay: Option<Replay>, since: u64) -> JoinHandle<Fetched> {
     tokio::spawn(async move {
         tokio::time::sleep(SETTLE).await;
         match replay {
@@ -71,7 +130,7 @@ pub(crate) fn catch_up(replay: Option<Replay>, since: u64) -> JoinHandle<Vec<Vec
             Some(r) => tokio::task::spawn_blocking(move || r.fetch(since))
                 .await
                 .unwrap_or_default(),
-            None => Vec::new(),
+            None => Fetched::default(),
         }
     })
 }

@@ -5,7 +5,7 @@ use crate::graph_task::{result_data, Cmd, Crossed, Ctx, InForce};
 use crate::intake::{Admit, Intake, Source};
 use crate::policy::Policy;
 use crate::rejected::{self, Reason};
-use crate::replay::{catch_up, Replay};
+use crate::replay::{catch_up, Fetched, Replay};
 use crate::store::{LastSeqs, Store};
 use crate::sub::Inbound;
 use crate::verify::{Refused, Verify};
@@ -22,6 +22,8 @@ use tokio::task::JoinHandle;
 /// The serve loop's state.
 pub(crate) struct Actor {
     name: String,
+    /// The publisher's PUB endpoint (for the log).
+    publish: String,
     groups: Vec<String>,
     engine: engine::Engine,
     store: Option<Store>,
@@ -40,8 +42,15 @@ pub(crate) struct Actor {
     /// The last sequence applied per issuer, as kept in the store.
     last_seqs: LastSeqs,
     replay: Option<Replay>,
-    /// Catch-ups in flight, oldest first; each ends with its replayed frames.
-    catch_ups: VecDeque<JoinHandle<Vec<Vec<u8>>>>,
+    /// Catch-ups in flight, oldest first, and why each began; each ends with its replayed
+    /// frames.
+    catch_ups: VecDeque<(Why, JoinHandle<Fetched>)>,
+    /// Graphs kept for a while ([`bus::Life::For`]): name -> (action id, release time, Unix ms).
+    leases: HashMap<String, (String, u64)>,
+    /// One-shot graphs ([`bus::Life::Once`]) converging now.
+    once: tokio::task::JoinSet<()>,
+    /// Since when the connection to the publisher is lost, if it is.
+    lost_since: Option<Instant>,
     inbound: mpsc::Receiver<Inbound>,
     crossings: mpsc::UnboundedReceiver<Crossed>,
     stop: Arc<AtomicBool>,
@@ -51,8 +60,18 @@ pub(crate) struct Actor {
 enum Wake {
     Inbound(Inbound),
     Crossed(Crossed),
-    CaughtUp(Vec<Vec<u8>>),
+    CaughtUp(Why, Fetched),
+    Tick,
     Stop,
+}
+
+/// Why a catch-up began.
+#[derive(Clone, Copy, PartialEq)]
+enum Why {
+    /// The subscription reached a publisher.
+    Connected,
+    /// A live action named one before it never received.
+    Gap,
 }
 
 impl Actor {
@@ -94,6 +113,7 @@ impl Actor {
                 max_frame: cfg.max_frame,
                 security: cfg.security.clone(),
             }),
+            publish: cfg.publish,
             name: cfg.name,
             groups: cfg.groups,
             graphs: HashMap::new(),
@@ -103,6 +123,9 @@ impl Actor {
             verify,
             last_seqs,
             catch_ups: VecDeque::new(),
+            leases: HashMap::new(),
+            once: tokio::task::JoinSet::new(),
+            lost_since: None,
             inbound,
             crossings,
             stop,
@@ -116,22 +139,22 @@ impl Actor {
         loop {
             match self.next(&mut tick).await {
                 Wake::Inbound(Inbound::Connected) => self.connected(),
+                Wake::Inbound(Inbound::Lost) => self.lost(),
+                Wake::Inbound(Inbound::Tick { topic, last }) => self.ticked(&topic, last),
                 Wake::Inbound(Inbound::Frame(f)) => match self.verify.check(&f) {
-                    Ok(a) => {
-                        if let Some(a) = self.intake.hold(a) {
-                            self.take(a, Source::Live).await;
-                        }
-                    }
+                    Ok(a) => self.take_live(a).await,
                     Err(refused) => self.reject(&refused),
                 },
-                Wake::CaughtUp(replayed) => self.caught_up(replayed).await,
+                Wake::CaughtUp(why, fetched) => self.caught_up(why, fetched).await,
                 Wake::Crossed(c) => self.crossed(c),
+                Wake::Tick => self.release_leases().await,
                 Wake::Stop => break,
             }
         }
-        for handle in self.catch_ups.drain(..) {
+        for (_, handle) in self.catch_ups.drain(..) {
             handle.abort();
         }
+        self.once.shutdown().await;
         for (_, g) in self.graphs.drain() {
             g.stop().await;
         }
@@ -144,9 +167,12 @@ impl Actor {
             tokio::select! {
                 m = self.inbound.recv() => return m.map_or(Wake::Stop, Wake::Inbound),
                 Some(c) = self.crossings.recv() => return Wake::Crossed(c),
-                replayed = next_catch_up(&mut self.catch_ups) => return Wake::CaughtUp(replayed),
-                _ = tick.tick() => if self.stop.load(Ordering::Relaxed) {
-                    return Wake::Stop;
+                (why, fetched) = next_catch_up(&mut self.catch_ups) => return Wake::CaughtUp(why, fetched),
+                Some(_) = self.once.join_next() => {}
+                _ = tick.tick() => return if self.stop.load(Ordering::Relaxed) {
+                    Wake::Stop
+                } else {
+                    Wake::Tick
                 },
             }
         }
@@ -158,10 +184,16 @@ impl Actor {
         let Some(store) = &self.store else { return };
         let mut restored = Vec::new();
         for action in store.load() {
+            let over = action.expires.is_some_and(|t| t < bus::now_ms());
             match graph::Graph::from_value(&action.graph) {
+                // Kept for a while, and the while ended with the actor away: released.
+                Ok(_) if over && matches!(action.life, bus::Life::For(_)) => {
+                    tracing::info!(name = %action.name, "kept graph's time ended while away: released");
+                    store.remove(&action.name)
+                }
                 Ok(g) if !g.is_empty() && self.refused(&action, &g) => store.remove(&action.name),
                 Ok(g) if !g.is_empty() => {
-                    self.intake.saw(action.seq);
+                    self.intake.restored(&action);
                     let running = self.engine.run(g, self.run_options(&action.name));
                     restored.push((action, running));
                 }
@@ -170,6 +202,7 @@ impl Actor {
             }
         }
         for (action, mut running) in restored {
+            self.lease(&action);
             let report = running.first_report().await;
             tracing::info!(name = %action.name, ok = report.ok, changed = report.changed.len(), "restored graph converged");
             self.ctx.write_dot(&action.name, &running);
@@ -180,27 +213,86 @@ impl Actor {
     /// The subscription reached a publisher: catch up on what we have not seen. Live actions
     /// are held from now until it ends.
     fn connected(&mut self) {
+        match self.lost_since.take() {
+            Some(t) => tracing::info!(
+                publisher = %self.publish,
+                after_s = t.elapsed().as_secs_f64(),
+                "publisher reached again"
+            ),
+            None => tracing::info!(publisher = %self.publish, "publisher reached"),
+        }
         let since = self.intake.begin_catch_up();
         self.catch_ups
-            .push_back(catch_up(self.replay.clone(), since));
+            .push_back((Why::Connected, catch_up(self.replay.clone(), since)));
     }
 
-    /// A catch-up ended: what was published while we were away comes first, then the
-    /// announcement that actions reach us, then what arrived live meanwhile.
-    async fn caught_up(&mut self, replayed: Vec<Vec<u8>>) {
-        for f in replayed {
+    /// The connection to the publisher is gone (it stopped, or its heartbeats did): actions
+    /// cannot reach us until the subscription reconnects and catches up.
+    fn lost(&mut self) {
+        if self.lost_since.is_none() {
+            self.lost_since = Some(Instant::now());
+            tracing::warn!(publisher = %self.publish, "publisher connection lost; reconnecting");
+        }
+    }
+
+    /// The publisher's last seq on `topic`: behind it, the tail of a burst was dropped for us.
+    fn ticked(&mut self, topic: &str, last: u64) {
+        if self.intake.catching_up() || self.replay.is_none() {
+            return;
+        }
+        if let Some(since) = self.intake.behind(topic, last) {
+            tracing::warn!(topic, last, since, "missed actions (the publisher's tick is ahead): fetching them from the replay endpoint");
+            self.intake.begin_gap(since, None);
+            self.catch_ups
+                .push_back((Why::Gap, catch_up(self.replay.clone(), since)));
+        }
+    }
+
+    /// A live action: taken in now, held behind a catch-up in flight, or, when it shows that
+    /// actions before it were missed, held while they are fetched.
+    async fn take_live(&mut self, action: Action) {
+        if self.intake.catching_up() {
+            self.intake.hold(action);
+            return;
+        }
+        if let Some(since) = self.intake.gap(&action) {
+            tracing::warn!(
+                topic = %action.target.topic(),
+                prev = action.prev,
+                last = since,
+                seq = action.seq,
+                "missed actions (dropped by the publisher for a slow subscriber): fetching them from the replay endpoint"
+            );
+            if self.replay.is_some() {
+                self.intake.begin_gap(since, Some(action));
+                self.catch_ups
+                    .push_back((Why::Gap, catch_up(self.replay.clone(), since)));
+                return;
+            }
+        }
+        self.take(action, Source::Live).await;
+    }
+
+    /// A catch-up ended: what was published while we were away (or missed) comes first, then,
+    /// after a connection, the announcement that actions reach us, then what arrived live
+    /// meanwhile.
+    async fn caught_up(&mut self, why: Why, fetched: Fetched) {
+        for f in fetched.frames {
             match self.verify.check(&f) {
                 Ok(a) => self.take(a, Source::Replayed).await,
                 Err(refused) => self.reject(&refused),
             }
         }
-        self.ctx.emit(
-            "actor/up",
-            json!({"name": self.name, "groups": self.groups, "version": env!("CARGO_PKG_VERSION"), "graphs": self.graphs.len()}),
-        );
-        for a in self.intake.end_catch_up() {
-            self.take(a, Source::Live).await;
+        if why == Why::Connected {
+            self.ctx.emit(
+                "actor/up",
+                json!({"name": self.name, "groups": self.groups, "version": env!("CARGO_PKG_VERSION"), "graphs": self.graphs.len()}),
+            );
         }
+        for a in self.intake.end_catch_up(fetched.covered) {
+            self.take_live(a).await;
+        }
+        self.applied_seq();
     }
 
     /// Take one verified action in: apply it, unless it is a duplicate, a replay or expired.
@@ -213,12 +305,11 @@ impl Actor {
         };
         match self.intake.admit(action, source, bus::now_ms()) {
             Admit::Apply(action) => {
-                let seq = action.seq;
                 // The graph is stored (inside apply) before its sequence is: killed between
                 // the two, the restored graph says how far we got; the other way round, the
                 // sequence would say "applied" of an action never stored, and it would be lost.
                 self.apply(action).await;
-                self.applied_seq(seq);
+                self.applied_seq();
             }
             Admit::Expired(action) => self.reject(&claim(&action, Reason::Expired)),
             Admit::Replayed { seq, last } => {
@@ -236,9 +327,11 @@ impl Actor {
     }
 
     /// Keep the last sequence applied from the pinned issuer, once its graph is stored (a
-    /// crash after that restores the graph, and the catch-up starts after it).
-    fn applied_seq(&mut self, seq: u64) {
+    /// crash after that restores the graph, and the catch-up starts after it), never past a
+    /// gap still being filled.
+    fn applied_seq(&mut self) {
         let Some(store) = &self.store else { return };
+        let seq = self.intake.safe_seq();
         let issuer = self.verify.issuer();
         if seq > self.last_seqs.get(&issuer).copied().unwrap_or(0) {
             self.last_seqs.insert(issuer, seq);
@@ -277,9 +370,13 @@ impl Actor {
         if self.refused(&action, &graph) {
             return;
         }
+        if action.life == bus::Life::Once {
+            return self.run_once(action, graph, started).await;
+        }
         if let Some(store) = &self.store {
             store.save(&action);
         }
+        self.lease(&action);
         let name = action.name.clone();
         // The graph in force under this name is diffed against the new one, not restarted.
         let serial = self.serials + 1;
@@ -331,7 +428,19 @@ impl Actor {
 
     /// An empty graph: stop and forget the one in force under its name.
     async fn remove(&mut self, action: Action, started: Instant) {
+        self.release(&action.name).await;
         let name = &action.name;
+        tracing::info!(name = %name, "graph removed");
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        self.ctx.emit(
+            "actor/result",
+            result_data(&action, "ok", vec![], vec![], ms),
+        );
+    }
+
+    /// Stop and forget the graph in force under `name`, if any, and its stored copy.
+    async fn release(&mut self, name: &str) {
+        self.leases.remove(name);
         if let Some(old) = self.graphs.remove(name) {
             old.stop().await;
         }
@@ -339,12 +448,65 @@ impl Actor {
             store.remove(name);
         }
         self.report_convergence();
-        tracing::info!(name = %name, "graph removed");
-        let ms = started.elapsed().as_secs_f64() * 1e3;
-        self.ctx.emit(
-            "actor/result",
-            result_data(&action, "ok", vec![], vec![], ms),
+    }
+
+    /// Note when a graph kept for a while is released (or that it is kept for good).
+    fn lease(&mut self, action: &Action) {
+        match (action.life, action.expires) {
+            (bus::Life::For(_), Some(until)) => {
+                self.leases
+                    .insert(action.name.clone(), (action.id.clone(), until));
+            }
+            _ => {
+                self.leases.remove(&action.name);
+            }
+        }
+    }
+
+    /// Release the graphs whose time is up, reporting each as `actor/released`.
+    async fn release_leases(&mut self) {
+        if self.leases.is_empty() {
+            return;
+        }
+        let now = bus::now_ms();
+        let due: Vec<(String, String)> = self
+            .leases
+            .iter()
+            .filter(|(_, (_, until))| *until <= now)
+            .map(|(name, (id, _))| (name.clone(), id.clone()))
+            .collect();
+        for (name, id) in due {
+            self.release(&name).await;
+            tracing::info!(name = %name, action = %id, "graph's time is up: released");
+            self.ctx
+                .emit("actor/released", json!({"name": name, "action": id}));
+        }
+    }
+
+    /// A one-shot action: the graph in force under its name (if any) is released, and this one
+    /// converges once on a task of its own, reports `actor/result`, and stops; nothing of it is
+    /// kept or watched.
+    async fn run_once(&mut self, action: Action, graph: graph::Graph, started: Instant) {
+        self.release(&action.name).await;
+        let mut running = self.engine.run(
+            graph,
+            engine::RunOptions {
+                noop: false,
+                state_dir: None,
+            },
         );
+        let ctx = self.ctx.clone();
+        self.once.spawn(async move {
+            let first = running.first_report().await;
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            let status = if first.ok { "ok" } else { "error" };
+            tracing::info!(name = %action.name, status, changed = first.changed.len(), ms, "one-shot action converged: released");
+            ctx.emit(
+                "actor/result",
+                result_data(&action, status, first.changed, first.errors, ms),
+            );
+            running.stop().await;
+        });
     }
 
     /// Hand a running graph to a new task, as the one in force under its name.
@@ -407,14 +569,15 @@ impl Actor {
 
 /// The replayed actions of the oldest catch-up in flight, once it ends; never, with none.
 /// Cancel-safe: the catch-up stays queued until it has ended.
-async fn next_catch_up(queue: &mut VecDeque<JoinHandle<Vec<Vec<u8>>>>) -> Vec<Vec<u8>> {
-    let Some(oldest) = queue.front_mut() else {
+async fn next_catch_up(queue: &mut VecDeque<(Why, JoinHandle<Fetched>)>) -> (Why, Fetched) {
+    let Some((why, oldest)) = queue.front_mut() else {
         return std::future::pending().await;
     };
+    let why = *why;
     // A catch-up that panicked or was aborted only costs the replay.
-    let replayed = oldest.await.unwrap_or_default();
+    let fetched = oldest.await.unwrap_or_default();
     queue.pop_front();
-    replayed
+    (why, fetched)
 }
 
 #[cfg(test)]
@@ -430,6 +593,8 @@ mod tests {
             graph: json!([{"kind": "noop", "name": noop}]),
             origin: bus::Origin::default(),
             expires: None,
+            life: bus::Life::Keep,
+            prev: 0,
         }
     }
 

@@ -144,6 +144,8 @@ mod tests {
             graph: json!([{"kind": "noop", "name": "n"}]),
             origin: bus::Origin::default(),
             expires: None,
+            life: bus::Life::Keep,
+            prev: 0,
         };
         store.save(&action);
         assert_eq!(store.load(), vec![action.clone()]);

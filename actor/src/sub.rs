@@ -14,7 +14,26 @@ pub(crate) enum Inbound {
     Frame(Vec<u8>),
     /// The subscription reached a publisher (first connect or reconnect): time to catch up.
     Connected,
+    /// The connection to the publisher was lost (closed, or its heartbeats timed out).
+    Lost,
+    /// The publisher's last seq on one of our topics (see `publisher::topics`): behind it,
+    /// we missed actions that no later one will show.
+    Tick {
+        /// The topic, as subscribed (`host/web1/`).
+        topic: String,
+        /// The last seq published there.
+        last: u64,
+    },
 }
+
+/// The middle frame of a tick (the publisher's `TICK`).
+const TICK: &[u8] = b"tick";
+
+/// How often the subscription pings the publisher (ZMTP heartbeats), and how long without any
+/// traffic it waits before taking the connection for lost and reconnecting: a link cut without
+/// a reset (a host unplugged) is noticed in seconds, not at the next TCP timeout.
+const HEARTBEAT_MS: i32 = 1_000;
+const HEARTBEAT_TIMEOUT_MS: i32 = 5_000;
 
 /// The topics this actor subscribes to, in the one order the SUB socket and the replay request
 /// both use. A name or group that would never match (one with a slash, say) is a bad config.
@@ -39,7 +58,9 @@ pub(crate) fn spawn(
     tx: mpsc::Sender<Inbound>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, ActorError> {
-    let (sub, watch) = bus::secure::connect_watched(zmq::SUB, &cfg.publish, &cfg.security)?;
+    let (sub, watch) = bus::secure::connect_watched_losses(zmq::SUB, &cfg.publish, &cfg.security)?;
+    sub.set_heartbeat_ivl(HEARTBEAT_MS)?;
+    sub.set_heartbeat_timeout(HEARTBEAT_TIMEOUT_MS)?;
     for topic in topics {
         sub.set_subscribe(topic.as_bytes())?;
     }
@@ -51,9 +72,22 @@ pub(crate) fn spawn(
 }
 
 fn sub_loop(
-    sub: zmq::Socket,
+    mut sub: zmq::Socket,
     watch: bus::sockets::HandshakeWatch,
     tx: mpsc::Sender<Inbound>,
+    max_frame: usize,
+    stop: &AtomicBool,
+) {
+    receive(&sub, &watch, &tx, max_frame, stop);
+    // Before the socket closes (see `HandshakeWatch::unwatch`).
+    watch.unwatch(&mut sub);
+}
+
+/// Hand what the subscription receives to the serve loop until `stop` or the loop is gone.
+fn receive(
+    sub: &zmq::Socket,
+    watch: &bus::sockets::HandshakeWatch,
+    tx: &mpsc::Sender<Inbound>,
     max_frame: usize,
     stop: &AtomicBool,
 ) {
@@ -71,14 +105,26 @@ fn sub_loop(
         };
         // Told before any action received after it, so the serve loop holds those back until
         // it has caught up.
-        if shake && watch.drain() && tx.blocking_send(Inbound::Connected).is_err() {
-            return;
+        if shake {
+            let (shook, lost) = watch.drain_both();
+            if lost && tx.blocking_send(Inbound::Lost).is_err() {
+                return;
+            }
+            if shook && tx.blocking_send(Inbound::Connected).is_err() {
+                return;
+            }
         }
         if !data {
             continue;
         }
         while let Ok(parts) = sub.recv_multipart(zmq::DONTWAIT) {
             let mut parts = parts;
+            if let Some(tick) = tick(&parts) {
+                if tx.blocking_send(tick).is_err() {
+                    return;
+                }
+                continue;
+            }
             let frame = match parts.len() {
                 2 if parts[1].len() > max_frame => {
                     let why = format!("{} bytes over the {max_frame}-byte limit", parts[1].len());
@@ -99,6 +145,19 @@ fn sub_loop(
             }
         }
     }
+}
+
+/// A tick, checked: three frames, a topic we can read, `tick`, 8 bytes of seq.
+fn tick(parts: &[Vec<u8>]) -> Option<Inbound> {
+    let [topic, mid, seq] = parts else {
+        return None;
+    };
+    let topic = std::str::from_utf8(topic).ok()?;
+    let seq: [u8; 8] = seq.as_slice().try_into().ok()?;
+    (mid == TICK).then(|| Inbound::Tick {
+        topic: topic.to_string(),
+        last: u64::from_be_bytes(seq),
+    })
 }
 
 #[cfg(test)]

@@ -82,6 +82,8 @@ mod tests {
             graph: json!([]),
             origin: Default::default(),
             expires: None,
+            life: bus::Life::Keep,
+            prev: 0,
         }
     }
 

@@ -156,6 +156,21 @@ pub fn connect_watched(
     Ok((s, watch))
 }
 
+/// [`connect_watched`], the watch also told when the connection is lost
+/// ([`HandshakeWatch::with_losses`]).
+pub fn connect_watched_losses(
+    kind: zmq::SocketType,
+    endpoint: &str,
+    sec: &Security,
+) -> Result<(zmq::Socket, HandshakeWatch), SocketError> {
+    let err = |e| SocketError::new(endpoint, e);
+    let s = sockets::socket(kind).map_err(err)?;
+    sec.dial(&s).map_err(err)?;
+    let watch = HandshakeWatch::with_losses(&s)?;
+    s.connect(endpoint).map_err(err)?;
+    Ok((s, watch))
+}
+
 /// Security was asked for and cannot be had.
 #[derive(Debug, Error)]
 pub enum SecurityError {

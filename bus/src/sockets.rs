@@ -90,17 +90,42 @@ pub struct HandshakeWatch {
 impl HandshakeWatch {
     /// Attach to `socket`; only handshakes after this call are seen (see [`connect_watched`]).
     pub fn new(socket: &zmq::Socket) -> Result<HandshakeWatch, SocketError> {
+        HandshakeWatch::watch(socket, zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32)
+    }
+
+    /// [`HandshakeWatch::new`], also told when a connection is lost (see
+    /// [`HandshakeWatch::drain_both`]). Drain it often: a lost peer that keeps coming back
+    /// makes an event each time. Close it with [`HandshakeWatch::unwatch`].
+    pub fn with_losses(socket: &zmq::Socket) -> Result<HandshakeWatch, SocketError> {
+        let events =
+            zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32 | zmq::SocketEvent::DISCONNECTED as i32;
+        HandshakeWatch::watch(socket, events)
+    }
+
+    fn watch(socket: &zmq::Socket, events: i32) -> Result<HandshakeWatch, SocketError> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ep = format!("inproc://handshake-{}-{n}", std::process::id());
         socket
-            .monitor(&ep, zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32)
+            .monitor(&ep, events)
             .map_err(|e| SocketError::new(&ep, e))?;
         let pair = context()
             .socket(zmq::PAIR)
             .map_err(|e| SocketError::new(&ep, e))?;
         pair.connect(&ep).map_err(|e| SocketError::new(&ep, e))?;
         Ok(HandshakeWatch { pair })
+    }
+
+    /// Stop watching `socket`, before it closes: libzmq tells a lost connection from its own
+    /// threads while a socket closes, and one told to a watch already gone blocks that thread
+    /// for good, and with it every socket of the context.
+    pub fn unwatch(self, socket: &mut zmq::Socket) {
+        // SAFETY: the socket pointer is valid while we hold `socket` mutably; a null address
+        // with no events is libzmq's documented way to stop a monitor.
+        unsafe {
+            zmq_sys::zmq_socket_monitor(socket.as_mut_ptr(), std::ptr::null(), 0);
+        }
+        drop(self);
     }
 
     /// The socket to poll for handshake notifications.
@@ -110,11 +135,23 @@ impl HandshakeWatch {
 
     /// Take every pending notification; true when at least one handshake succeeded.
     pub fn drain(&self) -> bool {
-        let mut any = false;
+        self.drain_both().0
+    }
+
+    /// Take every pending notification: whether a handshake succeeded, and whether a peer's
+    /// connection was lost (closed, reset, or timed out by ZMTP heartbeats).
+    pub fn drain_both(&self) -> (bool, bool) {
+        let (mut shook, mut lost) = (false, false);
         while let Ok(parts) = self.pair.recv_multipart(zmq::DONTWAIT) {
-            any |= parts.len() == 2;
+            // libzmq's own frames: a 16-bit event number, a 32-bit value, then the endpoint.
+            let event = match parts.first() {
+                Some(f) if parts.len() == 2 && f.len() >= 2 => u16::from_ne_bytes([f[0], f[1]]),
+                _ => continue,
+            };
+            shook |= event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16;
+            lost |= event == zmq::SocketEvent::DISCONNECTED as u16;
         }
-        any
+        (shook, lost)
     }
 
     /// Wait up to `timeout` for a handshake; true when one happened.
@@ -205,5 +242,34 @@ mod tests {
             );
             drop(publ);
         }
+    }
+
+    #[test]
+    fn a_lost_connection_is_told_and_unwatching_leaves_the_context_working() {
+        let ep = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("tcp://127.0.0.1:{}", l.local_addr().unwrap().port())
+        };
+        for _ in 0..3 {
+            let at = ep();
+            let publ = bind(zmq::PUB, &at).unwrap();
+            let mut sub = socket(zmq::SUB).unwrap();
+            let watch = HandshakeWatch::with_losses(&sub).unwrap();
+            sub.connect(&at).unwrap();
+            assert!(watch.wait(Duration::from_secs(5)), "handshake");
+            drop(publ);
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let mut lost = false;
+            while !lost && std::time::Instant::now() < deadline {
+                lost = watch.drain_both().1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(lost, "the peer went away");
+            watch.unwatch(&mut sub);
+            drop(sub);
+        }
+        // Had a loss been told to a watch already gone, libzmq's threads would be stuck and
+        // no new connection would complete.
+        handshake_seen_whether_the_peer_binds_before_or_after();
     }
 }

@@ -197,17 +197,30 @@ fn allowed(peer: &Peer, topic: &[u8]) -> bool {
     false
 }
 
+/// How often the PUB socket pings each subscriber, and how long it waits for any traffic back.
+const HEARTBEAT_MS: i32 = 2_000;
+const HEARTBEAT_TIMEOUT_MS: i32 = 10_000;
+
 /// Bind the fan-out: XPUB in manual mode at the publish door. After a close (a rebind), the
 /// port can stay busy for a moment while libzmq's I/O thread lets go of it: retry briefly.
 pub(crate) fn bind_fanout(
     endpoint: &str,
     security: &Security,
+    limits: Option<(i32, i32)>,
 ) -> Result<zmq::Socket, PublisherError> {
     let err = |e| bus::sockets::SocketError::new(endpoint, e);
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let mut s = bus::sockets::socket(zmq::XPUB).map_err(err)?;
         bus::sockets::set_xpub_manual(&mut s).map_err(err)?;
+        // A subscriber that stops answering ZMTP pings (a host unplugged, a stalled process)
+        // is dropped; it reconnects and catches up from the replay endpoint.
+        s.set_heartbeat_ivl(HEARTBEAT_MS).map_err(err)?;
+        s.set_heartbeat_timeout(HEARTBEAT_TIMEOUT_MS).map_err(err)?;
+        if let Some((hwm, sndbuf)) = limits {
+            s.set_sndhwm(hwm).map_err(err)?;
+            s.set_sndbuf(sndbuf).map_err(err)?;
+        }
         security.serve(&s, Door::Publish).map_err(err)?;
         match s.bind(endpoint) {
             Ok(()) => return Ok(s),

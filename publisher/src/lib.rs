@@ -6,7 +6,9 @@
 //! kill -9), seals it in a signed envelope ([`bus::envelope`], with the control node's signing
 //! key in `<state>/keys/sign.secret`: the publisher numbers, so it signs), logs it durably in
 //! sled, and PUBlishes it under the topic frame of its target (`all/`, `host/<name>/`,
-//! `group/<name>/`). The log keeps the last [`Config::keep`] actions and the newest of each name.
+//! `group/<name>/`), each action saying the seq of the one before it on the same topic
+//! ([`bus::Action::prev`]), and recent topics are ticked with their last seq (see `topics`), so
+//! a subscriber that the PUB socket dropped for knows. The log keeps the last [`Config::keep`] actions and the newest of each name.
 //!
 //! **Log before publish, in groups.** What the link holds at one look (up to 4,096 frames) is
 //! numbered, sealed and staged in one atomic sled batch (the actions, the names they replace,
@@ -28,9 +30,10 @@
 //!
 //! A REP socket (the replay endpoint) serves the log to actors that were away: a JSON request
 //! `{"since": SEQ, "topics": ["all/", "host/web1/"], "latest_only": bool, "limit": N}` is
-//! answered with a JSON header frame `{"count", "last_seq", "oldest", "gap"}` followed by one
-//! sealed frame per action (oldest first), the very bytes published live, so an actor that was
-//! away checks them the same way. Filtering reads the envelope's header, not the body.
+//! answered with a JSON header frame `{"count", "more", "last_seq", "oldest", "gap"}` followed by
+//! one sealed frame per action (oldest first, at most `limit` or [`REPLAY_LIMIT`]; `more` says
+//! there are others after them), the very bytes published live, so an actor that was away
+//! checks them the same way. Filtering reads the envelope's header, not the body.
 //! `latest_only` keeps only the newest action of each name: what is in force, for an actor
 //! starting from nothing. `gap` is true when actions after `since` were already pruned from the
 //! log.
@@ -40,6 +43,9 @@
 mod doors;
 mod journal;
 mod link;
+mod topics;
+
+pub use topics::TICK;
 
 use bus::secure::Door;
 use bus::{BadFrames, Endpoints};
@@ -94,6 +100,10 @@ pub struct Config {
     /// CURVE (the control node's key pair) or the explicit insecure mode, for the PUB and
     /// replay sockets. The link is `ipc://` in the 0700 state dir.
     pub security: bus::secure::Security,
+    /// The PUB socket's send high-water mark and kernel send buffer, in messages and bytes;
+    /// `None`: the defaults ([`bus::sockets::HWM`], the kernel's). Made small only by tests
+    /// that need a subscriber to fall behind.
+    pub send_limits: Option<(i32, i32)>,
 }
 
 /// A running publisher's sockets and log.
@@ -116,6 +126,9 @@ pub struct Publisher {
     keep: u64,
     max_frame: usize,
     bad: BadFrames,
+    /// The last seq published on each topic: the next action's `prev` there, and the ticks.
+    topics: topics::Topics,
+    send_limits: Option<(i32, i32)>,
     /// Actions published since start.
     pub published: u64,
     /// Link frames recognised as resends since start (acknowledged, not logged again).
@@ -153,7 +166,7 @@ impl Publisher {
         let link = bus::sockets::bind(zmq::PULL, &cfg.endpoints.link)?;
         let acks = bus::sockets::bind(zmq::PUB, &cfg.endpoints.link_acks)?;
         let sec = &cfg.security;
-        let publish = doors::bind_fanout(&cfg.endpoints.publish, sec)?;
+        let publish = doors::bind_fanout(&cfg.endpoints.publish, sec, cfg.send_limits)?;
         let replay = bus::secure::bind(zmq::REP, &cfg.endpoints.replay, sec, Door::Replay)?;
         tracing::info!(link = %cfg.endpoints.link, link_acks = %cfg.endpoints.link_acks, publish = %cfg.endpoints.publish, replay = %cfg.endpoints.replay, next_seq, sign_key = %sign.id(), "publisher up");
         Ok(Publisher {
@@ -172,6 +185,8 @@ impl Publisher {
             keep: cfg.keep.max(1),
             max_frame: cfg.max_frame,
             bad: BadFrames::new("link frame"),
+            topics: topics::Topics::new(),
+            send_limits: cfg.send_limits,
             published: 0,
             resent: 0,
             gaps: 0,
@@ -205,7 +220,8 @@ impl Publisher {
                 self.publish.set_linger(0)?;
                 let unbound = bus::sockets::socket(zmq::XPUB)?;
                 drop(std::mem::replace(&mut self.publish, unbound));
-                self.publish = doors::bind_fanout(&self.publish_endpoint, &self.security)?;
+                self.publish =
+                    doors::bind_fanout(&self.publish_endpoint, &self.security, self.send_limits)?;
             }
             if replay {
                 self.handle_replay()?;
@@ -225,6 +241,7 @@ impl Publisher {
                 self.commit(group)?;
             }
             self.tick_acks()?;
+            self.topics.tick(&self.publish)?;
         }
         self.db.flush()?;
         tracing::info!(published = self.published, "publisher stopped");
@@ -306,12 +323,13 @@ impl Publisher {
             newest_first.reverse();
             picked = newest_first;
         }
-        let limit = r.limit.unwrap_or(10_000);
-        if picked.len() > limit {
-            picked.drain(..picked.len() - limit);
-        }
+        // The oldest first: an actor asks again from the last one it got for the rest.
+        let limit = r.limit.unwrap_or(REPLAY_LIMIT).min(REPLAY_LIMIT);
+        let more = picked.len() > limit;
+        picked.truncate(limit);
         let header = serde_json::json!({
             "count": picked.len(),
+            "more": more,
             "last_seq": self.next_seq - 1,
             "oldest": oldest,
             "gap": r.since < pruned_through,
@@ -322,6 +340,9 @@ impl Publisher {
         Ok(frames)
     }
 }
+
+/// Most actions in one replay answer; past it the header says `more` and the actor asks again.
+pub const REPLAY_LIMIT: usize = 10_000;
 
 /// What an actor asks the replay socket for.
 #[derive(Debug, serde::Deserialize)]

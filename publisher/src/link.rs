@@ -126,6 +126,8 @@ pub(crate) struct Group {
     advanced: HashMap<String, u64>,
     /// Outboxes to acknowledge once committed: advanced or resent to.
     ack: BTreeSet<String>,
+    /// The last seq the group gives each topic.
+    topics: HashMap<String, u64>,
 }
 
 impl Publisher {
@@ -138,6 +140,7 @@ impl Publisher {
             named: Vec::new(),
             advanced: HashMap::new(),
             ack: BTreeSet::new(),
+            topics: HashMap::new(),
         }
     }
 
@@ -185,6 +188,13 @@ impl Publisher {
         }
         action.seq = group.next;
         group.next += 1;
+        let topic = action.target.topic();
+        action.prev = group
+            .topics
+            .get(&topic)
+            .copied()
+            .unwrap_or_else(|| self.topics.last(&topic));
+        group.topics.insert(topic, action.seq);
         let sealed = bus::envelope::seal(&self.sign, &action, bus::now_ms());
         Journal::stage_action(&mut group.batch, action.seq, &action.name, &sealed);
         group.out.push((action.target.topic(), sealed));
@@ -204,6 +214,7 @@ impl Publisher {
             named,
             advanced,
             ack,
+            topics,
         } = group;
         self.outboxes.evict(&mut batch, &advanced);
         if !out.is_empty() {
@@ -223,6 +234,7 @@ impl Publisher {
                     o.acked = acked;
                 }
             }
+            self.topics.published(topics);
             for (topic, sealed) in out {
                 self.publish.send(topic.as_bytes(), zmq::SNDMORE)?;
                 self.publish.send(sealed, 0)?;

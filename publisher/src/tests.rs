@@ -13,6 +13,8 @@ fn action(name: &str, target: &str) -> Action {
         graph: json!([]),
         origin: Default::default(),
         expires: None,
+        life: bus::Life::Keep,
+        prev: 0,
     }
 }
 
@@ -76,6 +78,7 @@ fn numbers_logs_prunes_and_replays_by_topic() {
         state_dir: dir.path().to_path_buf(),
         max_frame: bus::MAX_FRAME,
         keep: 1_000,
+        send_limits: None,
         security: bus::secure::Security::Insecure,
     };
     // The key the publisher will find and sign with.
@@ -131,6 +134,25 @@ fn numbers_logs_prunes_and_replays_by_topic() {
         "the newest action of a name survives pruning"
     );
     assert_eq!(all.last().unwrap().name, "last");
+    // Each action names the one before it on its topic (host/a and host/ab alternate).
+    for a in all.iter().filter(|a| a.target == "host/a" && a.seq > 2) {
+        assert_eq!(a.prev, a.seq - 2, "{a:?}");
+    }
+    assert_eq!(all.last().unwrap().prev, 0, "the first on all/");
+    // A page holds the oldest; `more` says there are others.
+    let (h, page) = replay(
+        &ep,
+        &key,
+        json!({"since": 2_990, "topics": ["host/a/"], "limit": 2}),
+    );
+    let seqs: Vec<u64> = page.iter().map(|a| a.seq).collect();
+    assert_eq!((seqs, h["more"].clone()), (vec![2_992, 2_994], json!(true)));
+    let (h, _) = replay(
+        &ep,
+        &key,
+        json!({"since": 2_998, "topics": ["host/a/"], "limit": 2}),
+    );
+    assert_eq!(h["more"], json!(false));
 
     let (_, latest) = replay(
         &ep,
@@ -167,6 +189,7 @@ fn insecure(dir: &std::path::Path) -> Config {
         state_dir: dir.to_path_buf(),
         max_frame: bus::MAX_FRAME,
         keep: 1_000,
+        send_limits: None,
         security: bus::secure::Security::Insecure,
     }
 }
@@ -179,6 +202,9 @@ fn receive(sub: &zmq::Socket, key: &bus::envelope::ManagerKey, wait: Duration) -
         let mut items = [sub.as_poll_item(zmq::POLLIN)];
         bus::sockets::poll(&mut items, 20).unwrap();
         while let Ok(parts) = sub.recv_multipart(zmq::DONTWAIT) {
+            if parts.len() == 3 && parts[1] == TICK {
+                continue;
+            }
             got.push(
                 bus::envelope::open(&parts[1], key, bus::MAX_FRAME)
                     .unwrap()
@@ -239,6 +265,26 @@ fn a_group_of_hundreds_is_published_in_order_after_one_flush() {
     assert!(
         got.iter().zip(first..).all(|(a, seq)| a.seq == seq),
         "numbered consecutively"
+    );
+    assert!(
+        got.windows(2).all(|w| w[1].prev == w[0].seq),
+        "each names the one before it on all/"
+    );
+    assert_eq!(got[0].prev, first - 1, "the last probe, before the group");
+    // The tail of a burst: the topic is ticked with its last seq, for a subscriber that the
+    // PUB socket dropped the last actions for.
+    std::thread::sleep(Duration::from_millis(1_100));
+    p.topics.tick(&p.publish).unwrap();
+    let mut items = [sub.as_poll_item(zmq::POLLIN)];
+    bus::sockets::poll(&mut items, 2_000).unwrap();
+    let tick = sub.recv_multipart(0).unwrap();
+    assert_eq!(
+        tick,
+        [
+            b"all/".to_vec(),
+            TICK.to_vec(),
+            (first + 499).to_be_bytes().to_vec()
+        ]
     );
 }
 

@@ -26,6 +26,8 @@ fn action(name: &str, target: &str) -> Action {
         graph: json!([{"kind": "noop", "name": name}]),
         origin: Default::default(),
         expires: None,
+        life: bus::Life::Keep,
+        prev: 0,
     }
 }
 
@@ -103,6 +105,7 @@ fn hosts_get_their_own_topics_only_and_a_revoked_one_is_cut_off() {
         state_dir: state.to_path_buf(),
         max_frame: bus::MAX_FRAME,
         keep: 1_000,
+        send_limits: None,
         security: Security::Curve {
             pair: manager.clone(),
             server: *manager.public(),

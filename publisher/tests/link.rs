@@ -20,6 +20,7 @@ fn config(state: &std::path::Path) -> publisher::Config {
         state_dir: state.to_path_buf(),
         max_frame: bus::MAX_FRAME,
         keep: 1_000,
+        send_limits: None,
         security: bus::secure::Security::Insecure,
     }
 }
@@ -36,6 +37,8 @@ fn linked(outbox: &str, seq: u64, name: &str, target: &str) -> Vec<u8> {
             graph: json!([{"kind": "noop", "name": name}]),
             origin: Default::default(),
             expires: None,
+            life: bus::Life::Keep,
+            prev: 0,
         },
     })
 }
@@ -48,6 +51,9 @@ fn messages(sub: &zmq::Socket, wait: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut items = [sub.as_poll_item(zmq::POLLIN)];
         bus::sockets::poll(&mut items, 20).unwrap();
         while let Ok(mut parts) = sub.recv_multipart(zmq::DONTWAIT) {
+            if parts.len() == 3 && parts[1] == publisher::TICK {
+                continue;
+            }
             assert_eq!(parts.len(), 2, "topic and body");
             let body = parts.pop().unwrap();
             got.push((parts.pop().unwrap(), body));

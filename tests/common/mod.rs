@@ -43,6 +43,16 @@ pub struct Proc {
 impl Proc {
     /// Start `reflex ARGS...`, capturing stdout lines; stderr goes to the test's stderr.
     pub fn start(name: &str, args: &[&str]) -> Proc {
+        Proc::spawn(name, args, false)
+    }
+
+    /// Start `reflex ARGS...`, capturing its log (stderr) lines as well as stdout; the log is
+    /// still copied to the test's stderr.
+    pub fn start_logged(name: &str, args: &[&str]) -> Proc {
+        Proc::spawn(name, args, true)
+    }
+
+    fn spawn(name: &str, args: &[&str], logs: bool) -> Proc {
         let child = Command::new(REFLEX)
             .args(args)
             .env(
@@ -50,6 +60,11 @@ impl Proc {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdout(Stdio::piped())
+            .stderr(if logs {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start reflex {name}: {e}"));
         let mut p = Proc {
@@ -57,16 +72,28 @@ impl Proc {
             name: name.to_string(),
             lines: None,
         };
-        let out = p.child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
+        let out = p.child.stdout.take().expect("piped stdout");
+        let tx_out = tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
+                if tx_out.send(line).is_err() {
                     break;
                 }
             }
         });
+        if let Some(err) = p.child.stderr.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("{line}");
+                    // Kept reading after the test stopped listening, so the child never
+                    // blocks on a full pipe.
+                    let _ = tx.send(line);
+                }
+            });
+        }
         p.lines = Some(rx);
         p
     }
@@ -388,6 +415,15 @@ impl Stack {
     /// with `groups`, pinning the stack's manager and signing keys, under the policy `reflex
     /// up` ships (files under /tmp, noop, the shipped rules' commands).
     pub fn actor(&self, name: &str, groups: &[&str]) -> Proc {
+        Proc::start(name, &args_ref(&self.actor_args(name, groups)))
+    }
+
+    /// [`Stack::actor`], its log captured (see [`Proc::start_logged`]).
+    pub fn actor_logged(&self, name: &str, groups: &[&str]) -> Proc {
+        Proc::start_logged(name, &args_ref(&self.actor_args(name, groups)))
+    }
+
+    fn actor_args(&self, name: &str, groups: &[&str]) -> Vec<String> {
         let host_state = self.state.with_file_name(format!("host-{name}"));
         enroll_host(&self.state, &host_state, name, groups);
         let manager_key =
@@ -404,7 +440,7 @@ impl Stack {
         for g in groups {
             a.extend(["--group".into(), g.to_string()]);
         }
-        Proc::start(name, &args_ref(&a))
+        a
     }
 
     pub fn send(&self, tag: &str, fields: &[&str]) {
