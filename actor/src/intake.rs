@@ -176,6 +176,12 @@ impl Intake {
         }
         let topic = action.target.topic();
         let last = self.topic_last(&topic);
+        if action.seq > last && self.recent_set.contains(&action.id) {
+            // Taken in before under a lower seq: the publisher died between publishing it and
+            // keeping it, and numbered it again when the manager resent it.
+            tracing::debug!(seq = action.seq, id = %action.id, "action taken in before, renumbered: ignored");
+            return Admit::Skip;
+        }
         if action.seq != 0 && action.seq <= last {
             if self.recent_set.contains(&action.id) || source == Source::Replayed {
                 tracing::debug!(seq = action.seq, "duplicate action ignored");
@@ -375,5 +381,21 @@ mod tests {
         assert_eq!(intake.behind("all/", 5), None);
         assert_eq!(intake.behind("all/", 9), Some(5));
         assert_eq!(intake.behind("host/x/", 0), None, "at or below the floor");
+    }
+
+    #[test]
+    fn an_action_renumbered_after_a_publisher_crash_is_taken_in_once() {
+        let mut intake = Intake::default();
+        assert_eq!(
+            applied(&mut intake, vec![on("all", 100, 0)], Source::Live),
+            [100]
+        );
+        let mut again = on("all", 4_197, 0);
+        again.id = "a100".into();
+        assert_eq!(intake.admit(again, Source::Live, 1_000), Admit::Skip);
+        assert_eq!(
+            applied(&mut intake, vec![on("all", 4_198, 0)], Source::Live),
+            [4_198]
+        );
     }
 }

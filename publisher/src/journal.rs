@@ -7,6 +7,7 @@
 //! | `n` + action name | the seq of that name's newest action (pruning keeps it) |
 //! | `o` + outbox id | the highest link number logged from it, and when it was last seen |
 //! | `p` | the highest seq pruned |
+//! | `c` | present only while stopped cleanly (every published seq is in the log) |
 //!
 //! One tree because a [`sled::Batch`] is atomic on one tree only: a group's actions, the names
 //! they replace, the outbox numbers they cover and the pruning they cause land together or not
@@ -19,6 +20,7 @@ const ACTION: u8 = b'a';
 const NAME: u8 = b'n';
 const OUTBOX: u8 = b'o';
 const PRUNED: &[u8] = b"p";
+const CLEAN: &[u8] = b"c";
 
 /// How often (in seqs) pruning is considered.
 const PRUNE_EVERY: u64 = 1024;
@@ -89,6 +91,8 @@ impl Journal {
                 batch.insert(key(NAME, &k), v);
             }
         }
+        // That publisher flushed before it published: every seq it gave is in its log.
+        batch.insert(CLEAN, &[1u8]);
         self.tree.apply_batch(batch)?;
         db.flush()?;
         db.drop_tree("actions")?;
@@ -96,6 +100,21 @@ impl Journal {
         db.flush()?;
         tracing::info!("moved the action log into the journal tree");
         Ok(())
+    }
+
+    /// Mark a clean stop: everything published is in the log (flushed).
+    pub(crate) fn mark_clean(&self, db: &sled::Db) -> Result<(), PublisherError> {
+        self.tree.insert(CLEAN, &[1u8])?;
+        db.flush()?;
+        Ok(())
+    }
+
+    /// Whether the last run stopped cleanly; the mark is taken away (durably) first, so a crash
+    /// of this run is never taken for a clean stop.
+    pub(crate) fn take_clean(&self, db: &sled::Db) -> Result<bool, PublisherError> {
+        let clean = self.tree.remove(CLEAN)?.is_some();
+        db.flush()?;
+        Ok(clean)
     }
 
     /// The seq after the newest logged action (pruning always keeps the newest).

@@ -10,10 +10,13 @@
 //! ([`bus::Action::prev`]), and recent topics are ticked with their last seq (see `topics`), so
 //! a subscriber that the PUB socket dropped for knows. The log keeps the last [`Config::keep`] actions and the newest of each name.
 //!
-//! **Log before publish, in groups.** What the link holds at one look (up to 4,096 frames) is
-//! numbered, sealed and staged in one atomic sled batch (the actions, the names they replace,
-//! the highest number logged per outbox, the pruning), applied, flushed once, and only then
-//! published and acknowledged. Numbering resumes from the log.
+//! **Log, publish, flush, acknowledge, in groups.** What the link holds at one look (up to 4,096
+//! frames) is numbered, sealed and staged in one atomic sled batch (the actions, the names they
+//! replace, the highest number logged per outbox, the pruning), applied, published, flushed
+//! once, and only then acknowledged to the manager, whose outbox keeps each action until then:
+//! the fsync is not on the way to the actors. Numbering resumes from the log, one group further
+//! after a crash (a group published but not flushed must not see its seqs given again; actors
+//! recognise its actions, resent by the manager, by id).
 //!
 //! **Link protocol.** Per outbox the publisher takes only the number after the highest it
 //! logged: a lower one is a resend (acknowledged again, not numbered, logged or published
@@ -160,7 +163,14 @@ impl Publisher {
         let journal = journal::Journal::open(&db)?;
         let outboxes = link::Outboxes::load(&journal)?;
         let sign = bus::envelope::SignKey::load_or_create(&cfg.state_dir)?;
-        let next_seq = journal.next_seq()?;
+        let logged = journal.next_seq()?;
+        // Actions are published before their group's flush (see `link`): after a crash, the
+        // last group's seqs may have gone out without being kept, so numbering skips it.
+        let next_seq = if journal.take_clean(&db)? || logged == 1 {
+            logged
+        } else {
+            logged + link::MAX_GROUP as u64
+        };
         // The ZAP handler is bound before any socket, or libzmq would let every key in.
         let doors = doors::Doors::new(&cfg.security, &cfg.state_dir)?;
         let link = bus::sockets::bind(zmq::PULL, &cfg.endpoints.link)?;
@@ -243,7 +253,7 @@ impl Publisher {
             self.tick_acks()?;
             self.topics.tick(&self.publish)?;
         }
-        self.db.flush()?;
+        self.journal.mark_clean(&self.db)?;
         tracing::info!(published = self.published, "publisher stopped");
         Ok(())
     }

@@ -7,8 +7,9 @@
 //! unacknowledged; the manager resends in order from `acked + 1`).
 //!
 //! A group is what the link holds at one look (at most [`MAX_GROUP`] frames): numbered, sealed,
-//! staged in one batch, applied, flushed once, and only then published and acknowledged. A
-//! kill -9 anywhere loses nothing acknowledged and never reuses a seq.
+//! staged in one batch, applied, published, flushed once, and only then acknowledged. A kill -9
+//! anywhere loses nothing acknowledged and never reuses a seq (a restart after one numbers on
+//! from one group further).
 
 use crate::journal::Journal;
 use crate::{Publisher, PublisherError};
@@ -226,19 +227,24 @@ impl Publisher {
         }
         self.journal.apply(batch)?;
         if !out.is_empty() {
-            self.db.flush()?;
-            self.commits += 1;
+            // Published while the flush is still to come, acknowledged only after it: the
+            // fsync is off the path to the actors. Killed in between, the group's seqs were
+            // seen but not kept, so a publisher that did not stop cleanly numbers on from one
+            // group further (never a seq twice), and the manager resends the group (never
+            // acknowledged), which actors recognise by action id.
             self.next_seq = next;
-            for (id, acked) in advanced {
-                if let Some(o) = self.outboxes.map.get_mut(&id) {
-                    o.acked = acked;
-                }
-            }
             self.topics.published(topics);
             for (topic, sealed) in out {
                 self.publish.send(topic.as_bytes(), zmq::SNDMORE)?;
                 self.publish.send(sealed, 0)?;
                 self.published += 1;
+            }
+            self.db.flush()?;
+            self.commits += 1;
+            for (id, acked) in advanced {
+                if let Some(o) = self.outboxes.map.get_mut(&id) {
+                    o.acked = acked;
+                }
             }
         }
         for id in &ack {
