@@ -341,7 +341,7 @@ impl Actor {
 
     /// Report a refused frame: nothing of it runs.
     fn reject(&self, r: &Refused) {
-        tracing::warn!(name = ?r.name, seq = ?r.seq, "action rejected: {}", r.reason.detail());
+        tracing::warn!(name = ?r.name, seq = ?r.seq, action = ?r.id, "action rejected: {}", r.reason.detail());
         self.ctx.emit(
             rejected::TAG,
             rejected::data(r.id.as_deref(), r.name.as_deref(), r.seq, &r.reason),
@@ -355,7 +355,7 @@ impl Actor {
             Ok(g) => g,
             Err(e) => {
                 // The graph in force under this name (if any) keeps running.
-                tracing::warn!(name = %action.name, "rejected action {}: {e}", action.id);
+                tracing::warn!(name = %action.name, event = %action.origin.event, "rejected action {}: {e}", action.id);
                 self.ctx.emit(
                     "actor/result",
                     result_data(&action, "error", vec![], vec![e.to_string()], 0.0),
@@ -414,7 +414,7 @@ impl Actor {
         let Err(r) = self.policy.check(graph) else {
             return false;
         };
-        tracing::warn!(name = %action.name, rule = %r.rule, "policy refused action {}: {}", action.id, r.detail);
+        tracing::warn!(name = %action.name, rule = %r.rule, event = %action.origin.event, "policy refused action {}: {}", action.id, r.detail);
         let why = Reason::Policy {
             rule: r.rule,
             detail: r.detail,
@@ -500,7 +500,7 @@ impl Actor {
             let first = running.first_report().await;
             let ms = started.elapsed().as_secs_f64() * 1e3;
             let status = if first.ok { "ok" } else { "error" };
-            tracing::info!(name = %action.name, status, changed = first.changed.len(), ms, "one-shot action converged: released");
+            tracing::info!(name = %action.name, action = %action.id, event = %action.origin.event, status, changed = first.changed.len(), ms, "one-shot action converged: released");
             ctx.emit(
                 "actor/result",
                 result_data(&action, status, first.changed, first.errors, ms),

@@ -154,7 +154,6 @@ pub struct Stats {
 #[derive(Deserialize)]
 struct Head<'a> {
     #[serde(borrow)]
-    #[allow(dead_code)]
     id: &'a str,
     #[serde(borrow)]
     tag: &'a str,
@@ -535,9 +534,9 @@ impl Manager {
         };
         if self.trust.check_event(sender, head.host) != trust::Verdict::Pass {
             self.stats.forged += 1;
-            let (who, host, tag) = (sender.unwrap_or_default(), head.host, head.tag);
+            let (who, host, tag, id) = (sender.unwrap_or_default(), head.host, head.tag, head.id);
             self.forged_log.warn(|quiet| {
-                format!("refused {tag} from {who} claiming host {host:?}: a host key speaks only for itself ({quiet} more not logged)")
+                format!("refused {tag} (event {id}) from {who} claiming host {host:?}: a host key speaks only for itself ({quiet} more not logged)")
             });
             return Ok(());
         }
@@ -545,7 +544,7 @@ impl Manager {
         self.publish_event(head.tag, frame)?;
         if head.depth > MAX_DEPTH || !self.rules.wants(head.tag) {
             if head.depth > MAX_DEPTH {
-                self.too_deep(head.tag, head.depth, &[]);
+                self.too_deep(head.id, head.tag, head.depth, &[]);
             }
             return self.drain_internal();
         }
@@ -569,9 +568,10 @@ impl Manager {
         Ok(())
     }
 
-    fn too_deep(&mut self, tag: &str, depth: u32, chain: &[String]) {
+    /// `event`: the id of the event dropped, or of the one whose rule emitted it.
+    fn too_deep(&mut self, event: &str, tag: &str, depth: u32, chain: &[String]) {
         self.stats.loops += 1;
-        tracing::warn!(tag, depth, chain = ?chain, "event chain deeper than {MAX_DEPTH}: dropped (rules emitting in a loop?)");
+        tracing::warn!(event, tag, depth, chain = ?chain, "event chain deeper than {MAX_DEPTH}: dropped (rules emitting in a loop?)");
         self.internal.push_back(Event::new(
             "manager/loop",
             self.cfg.host.clone(),
@@ -616,7 +616,7 @@ impl Manager {
             chain.push(em.rule);
             let depth = event.depth + 1;
             if depth > MAX_DEPTH {
-                self.too_deep(&em.tag, depth, &chain);
+                self.too_deep(&event.id, &em.tag, depth, &chain);
                 continue;
             }
             let mut child = Event::new(em.tag, event.host.clone(), em.data);

@@ -318,9 +318,15 @@ fn build_engine(store: Registers, ctx: Shared, limits: &Limits) -> Engine {
     // No module resolver: `import` cannot read files.
     engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
     let c = ctx.clone();
-    engine.on_print(move |s| tracing::info!(rule = %lock(&c).rule, "{s}"));
+    engine.on_print(move |s| {
+        let c = lock(&c);
+        tracing::info!(rule = %c.rule, event = %c.event, "{s}")
+    });
     let c = ctx.clone();
-    engine.on_debug(move |s, _, pos| tracing::debug!(rule = %lock(&c).rule, %pos, "{s}"));
+    engine.on_debug(move |s, _, pos| {
+        let c = lock(&c);
+        tracing::debug!(rule = %c.rule, event = %c.event, %pos, "{s}")
+    });
     engine.register_static_module("registers", registers_module(store.clone()).into());
     // The throttles read naturally without the module prefix too.
     engine.register_fn("once_within", once_within_fn(store.clone()));

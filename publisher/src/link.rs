@@ -200,7 +200,7 @@ impl Publisher {
         Journal::stage_action(&mut group.batch, action.seq, &action.name, &sealed);
         group.out.push((action.target.topic(), sealed));
         group.named.push((action.seq, action.name.clone()));
-        tracing::debug!(seq = action.seq, name = %action.name, target = %action.target, %outbox, link_seq = seq, "logged");
+        tracing::debug!(seq = action.seq, name = %action.name, action = %action.id, event = %action.origin.event, target = %action.target, %outbox, link_seq = seq, "logged");
         group.advanced.insert(outbox.clone(), seq);
         group.ack.insert(outbox);
         true
