@@ -10,6 +10,8 @@ use std::process::ExitCode;
 pub struct ManagerArgs {
     #[command(flatten)]
     pub stack: StackArgs,
+    #[command(flatten)]
+    pub cfg: crate::config::ConfigArgs,
     /// Folder of `*.rhai` rules.
     #[arg(long, default_value = "rules")]
     pub rules: PathBuf,
@@ -53,6 +55,8 @@ pub fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
 pub struct PublisherArgs {
     #[command(flatten)]
     pub stack: StackArgs,
+    #[command(flatten)]
+    pub cfg: crate::config::ConfigArgs,
     /// How many of the newest actions the durable log keeps.
     #[arg(long, default_value_t = 100_000)]
     pub keep: u64,
@@ -88,6 +92,8 @@ pub fn publisher(a: PublisherArgs) -> anyhow::Result<ExitCode> {
 pub struct ActorArgs {
     #[command(flatten)]
     pub stack: StackArgs,
+    #[command(flatten)]
+    pub cfg: crate::config::ConfigArgs,
     /// This actor's name (its `host/<name>` target); defaults to the host name.
     #[arg(long)]
     pub name: Option<String>,

@@ -15,6 +15,7 @@ mod bench_loop;
 mod bench_rules;
 mod bench_util;
 mod cli;
+mod config;
 mod daemons;
 mod keys_cmd;
 mod rules_cmd;
@@ -23,11 +24,33 @@ mod send;
 mod tail;
 mod up;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let argv = match config::expand(std::env::args_os().collect(), &cli::Cli::command()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("reflex: config {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let matches = cli::Cli::command().get_matches_from(argv);
+    if let Some((name, sub)) = matches.subcommand() {
+        if sub.try_get_one::<bool>("print_config").ok().flatten() == Some(&true) {
+            let mut cmd = cli::Cli::command();
+            // Built, so the global flags (the log's) are among the subcommand's.
+            cmd.build();
+            if let Some(c) = cmd.find_subcommand(name) {
+                print!("{}", config::print(c, sub));
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+    let args = match cli::Cli::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     cli::init_logging(&args.log);
     match cli::dispatch(args) {
         Ok(code) => code,
