@@ -35,6 +35,38 @@ pub struct BeaconArgs {
     /// Print the shipped default config and exit.
     #[arg(long)]
     pub print_defaults: bool,
+    /// Keep the events the manager has not acknowledged in this spool directory (default: the
+    /// config's `spool`, else `<state>/spool/beacon-<host>` when the state dir exists), so a
+    /// beacon restarted while its manager is down still sends them once it is back.
+    #[arg(long, value_name = "PATH")]
+    pub spool: Option<PathBuf>,
+    /// Hold unacknowledged events in memory only (lost when the beacon stops).
+    #[arg(long, conflicts_with = "spool")]
+    pub no_spool: bool,
+}
+
+/// Where the beacon's spool is, if it has one.
+fn spool_path(a: &BeaconArgs, cfg: &beacons::Config, host: &str) -> Option<PathBuf> {
+    if a.no_spool {
+        return None;
+    }
+    if let Some(p) = a.spool.clone().or(cfg.spool.clone()) {
+        return Some(p);
+    }
+    // Only a state dir that is there: a beacon run by hand in any folder makes none.
+    a.stack.state.is_dir().then(|| {
+        let name: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        a.stack.state.join("spool").join(format!("beacon-{name}"))
+    })
 }
 
 /// The config the flags ask for.
@@ -91,16 +123,36 @@ pub fn beacon(a: BeaconArgs) -> anyhow::Result<ExitCode> {
     let stop = stop_flag()?;
     let host = a.host.clone().or(cfg.host.clone()).unwrap_or_else(hostname);
     let to = a.to.clone().unwrap_or(a.stack.endpoints().ingest);
+    let spool = spool_path(&a, &cfg, &host);
     // A beacon started by hand on a new host enrolls its (the host's) key like the actor,
-    // before it connects.
+    // before it connects. A spool is made only after that, so one that is there means this
+    // key was accepted before: with no manager answering (down), sample at once into it
+    // rather than wait for the manager to come back.
     if let Some(door) = bus::endpoints::enroll_for(&to).filter(|_| security.is_secure()) {
-        if !bus::enroll::wait_until_accepted(&door, &security, &host, &stop) {
+        let resumed = spool.as_ref().is_some_and(|p| p.is_dir())
+            && matches!(
+                bus::enroll::ask(&door, &security, &host, Duration::from_secs(1)),
+                Err(bus::enroll::AskError::Timeout(_))
+            );
+        if resumed {
+            tracing::warn!(
+                "no manager answers at {door}: sampling into the spool of the beacon that ran here before"
+            );
+        } else if !bus::enroll::wait_until_accepted(&door, &security, &host, &stop) {
             return Ok(ExitCode::SUCCESS);
         }
     }
-    let emitter = Arc::new(beacons::Emitter::connect(&to, &host, &security)?);
+    let emitter = Arc::new(match &spool {
+        Some(path) => beacons::Emitter::spooled(&to, &host, &security, path)?,
+        None => beacons::Emitter::connect(&to, &host, &security)?,
+    });
     let kinds: Vec<&str> = cfg.beacons.iter().map(|s| s.beacon.kind()).collect();
-    tracing::info!(to = %to, host = %host, beacons = %kinds.join(","), "beacons up");
+    let spool_shown = spool
+        .as_ref()
+        .map_or("none (memory only)".to_string(), |p| {
+            p.display().to_string()
+        });
+    tracing::info!(to = %to, host = %host, beacons = %kinds.join(","), spool = %spool_shown, "beacons up");
     let running = beacons::run(cfg, emitter.clone());
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
@@ -108,6 +160,7 @@ pub fn beacon(a: BeaconArgs) -> anyhow::Result<ExitCode> {
     running.stop(Duration::from_secs(3));
     tracing::info!(
         sent = emitter.sent(),
+        acked = emitter.acked(),
         dropped = emitter.dropped(),
         "beacons stopped"
     );

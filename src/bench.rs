@@ -17,6 +17,9 @@ pub enum BenchCmd {
     E2e(crate::bench_e2e::E2eArgs),
     /// Delivery under kill -9: each part killed mid-stream; lost, applied twice, catch-up time.
     Faults(crate::bench_faults::FaultsArgs),
+    /// A steady paced stream through the whole loop for M minutes: each part's RSS and open
+    /// fds sampled, flat after warm-up or not; lost events.
+    Soak(crate::bench_soak::SoakArgs),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
@@ -27,5 +30,6 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::Engine(a) => crate::bench_engine::run(a),
         BenchCmd::Faults(a) => crate::bench_faults::run(a),
         BenchCmd::E2e(a) => crate::bench_e2e::run(a),
+        BenchCmd::Soak(a) => crate::bench_soak::run(a),
     }
 }

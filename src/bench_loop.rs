@@ -1,7 +1,7 @@
 //! The loop `reflex bench e2e` and `reflex bench faults` drive: a CURVE stack whose one rule
 //! counts each event `<tag>` in the register `<tag>/count` and makes it a distinct one-file
-//! action (`<out>/f-<i>`, kept, named `<tag>-<i>`) on a real actor under the `reflex up`
-//! policy, and a sender of such events.
+//! action (`<out>/f-<i>`, kept, named `<tag>-<i>`, holding the event's `n`, else `i`) on a real
+//! actor under the `reflex up` policy, and a sender of such events.
 
 use crate::bench_util::BenchStack;
 use crate::cli::Exit;
@@ -29,7 +29,7 @@ impl FileLoop {
             .prefix("reflex-bench-files")
             .tempdir_in("/tmp")?;
         let rule = format!(
-            "const MATCH = \"{tag}\";\nfn react(event) {{\n  registers::incr(\"{tag}/count\", 1);\n  let i = event.data.i;\n  act(`host/${{event.host}}`, [#{{ kind: \"file\", name: `{}/f-${{i}}`, content: `${{i}}` }}], #{{ name: `{tag}-${{i}}` }});\n}}\n",
+            "const MATCH = \"{tag}\";\nfn react(event) {{\n  registers::incr(\"{tag}/count\", 1);\n  let i = event.data.i;\n  let c = event.data.n;\n  if c == () {{ c = i; }}\n  act(`host/${{event.host}}`, [#{{ kind: \"file\", name: `{}/f-${{i}}`, content: `${{c}}` }}], #{{ name: `{tag}-${{i}}` }});\n}}\n",
             out.path().display()
         );
         let mut stack = BenchStack::start_as(
@@ -70,6 +70,17 @@ impl FileLoop {
     /// Send event `i` (waiting while the sender holds its limit).
     pub fn send(&self, i: u64) -> bool {
         let ev = bus::Event::new(self.tag.clone(), self.actor.clone(), json!({ "i": i }));
+        self.sender.send_frame_waiting(bus::encode(&ev))
+    }
+
+    /// Send an event for file `i` holding `n` (the same file written again with new content:
+    /// the actor replaces that graph).
+    pub fn send_as(&self, i: u64, n: u64) -> bool {
+        let ev = bus::Event::new(
+            self.tag.clone(),
+            self.actor.clone(),
+            json!({ "i": i, "n": n }),
+        );
         self.sender.send_frame_waiting(bus::encode(&ev))
     }
 

@@ -303,6 +303,18 @@ pub fn usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
     ))
 }
 
+/// (resident memory now in bytes, open file descriptors) of a process.
+pub fn rss_fds(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
+    Ok((rss * 1024, fds))
+}
+
 /// The `p` quantile (0..=1) of sorted samples; NaN when there are none.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

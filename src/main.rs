@@ -13,6 +13,7 @@ mod bench_engine;
 mod bench_faults;
 mod bench_loop;
 mod bench_rules;
+mod bench_soak;
 mod bench_util;
 mod cli;
 mod config;

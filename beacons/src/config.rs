@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! host = "web1"              # optional: the host name events carry (default: this machine's)
+//! spool = "/var/lib/reflex/spool"  # optional: where unacknowledged events wait on disk
 //!
 //! [[beacon]]
 //! kind = "disk"              # required
@@ -45,6 +46,8 @@ pub struct ConfigError {
 pub struct Config {
     /// The host name events carry, when the file sets it.
     pub host: Option<String>,
+    /// Where the events not acknowledged yet wait on disk, when the file sets it.
+    pub spool: Option<std::path::PathBuf>,
     /// The beacons, in file order.
     pub beacons: Vec<Spec>,
 }
@@ -92,6 +95,10 @@ impl Config {
                 return Err(top.error("host", "must be a name without '/' or spaces"));
             }
         }
+        let spool = top.string("spool")?.map(std::path::PathBuf::from);
+        if spool.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(top.error("spool", "must be a path"));
+        }
         let mut beacons = Vec::new();
         match root.get("beacon") {
             None => {}
@@ -111,7 +118,11 @@ impl Config {
         }
         top.used.insert("beacon".into());
         top.finish()?;
-        Ok(Config { host, beacons })
+        Ok(Config {
+            host,
+            spool,
+            beacons,
+        })
     }
 
     /// Read and parse a file.
@@ -528,6 +539,17 @@ mod tests {
         assert_eq!(c.beacons[1].gate.mode, Mode::Change);
         assert_eq!(c.beacons[1].gate.delta, 5.0);
         assert_eq!(c.beacons[1].line, 8);
+    }
+
+    #[test]
+    fn the_spool_is_a_path_when_set() {
+        let c = Config::parse("spool = \"/var/spool/b\"\n", "b.toml").unwrap();
+        assert_eq!(c.spool, Some(std::path::PathBuf::from("/var/spool/b")));
+        assert_eq!(Config::parse("", "b.toml").unwrap().spool, None);
+        let Err(err) = Config::parse("spool = \"\"\n", "b.toml") else {
+            panic!("an empty spool path is refused");
+        };
+        assert_eq!(err.field.as_deref(), Some("spool"));
     }
 
     #[test]

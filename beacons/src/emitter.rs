@@ -5,13 +5,17 @@
 //! is kept until the manager acknowledges it (its effects durable) and sent again after a
 //! reconnect or a timeout, so a manager that restarts loses nothing. What it holds is bounded
 //! (the queue given, 100,000 events by default); past it an event is refused and counted
-//! ([`Emitter::dropped`]), never lost silently. An `Emitter` can be shared between threads
+//! ([`Emitter::dropped`]), never lost silently. With a spool ([`Emitter::spooled`]) what it
+//! holds is on disk too, so an emitter started again on the same spool (a beacon restarted while
+//! its manager is down) resumes its stream and sends its backlog once the manager is back
+//! ([`bus::spool`] says what a crash can lose). An `Emitter` can be shared between threads
 //! (`Arc<Emitter>`).
 
 use bus::secure::Security;
 use bus::sender::{Sender, SenderConfig, SenderError};
 use bus::Event;
 use serde_json::Value;
+use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -58,6 +62,19 @@ impl Emitter {
     ) -> Result<Emitter, SendError> {
         let mut cfg = SenderConfig::new(endpoint, sec);
         cfg.retain = queue.max(1);
+        Emitter::with_config(cfg, host)
+    }
+
+    /// Connect holding what is not acknowledged on disk too, in the spool directory `spool`
+    /// (made when missing): the stream and its held events resume from it.
+    pub fn spooled(
+        endpoint: &str,
+        host: &str,
+        sec: &Security,
+        spool: &Path,
+    ) -> Result<Emitter, SendError> {
+        let mut cfg = SenderConfig::new(endpoint, sec);
+        cfg.spool = Some(spool.to_path_buf());
         Emitter::with_config(cfg, host)
     }
 
@@ -221,6 +238,39 @@ mod tests {
             "{tags:?}"
         );
         assert_eq!(em.dropped(), 0);
+    }
+
+    #[test]
+    fn a_spooled_emitter_started_again_sends_what_the_first_one_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        let sink = Sink::local().unwrap();
+        let ep = sink.ingest.clone();
+        drop(sink);
+        let em = Emitter::spooled(&ep, "h", &Security::Insecure, &spool).unwrap();
+        assert!(em.emit("t/held", json!(1)));
+        drop(em);
+        let em = Emitter::spooled(&ep, "h", &Security::Insecure, &spool).unwrap();
+        assert_eq!(em.pending(), 1, "held across the restart");
+        assert!(em.emit("t/later", json!(2)));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut sink = loop {
+            match Sink::bind(&ep) {
+                Ok(s) => break s,
+                Err(e) => assert!(Instant::now() < deadline, "{e}"),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let tags: Vec<String> = sink
+            .recv_n(2, Duration::from_secs(10))
+            .into_iter()
+            .map(|e| e.tag)
+            .collect();
+        assert_eq!(tags, ["t/held", "t/later"]);
+        while em.pending() > 0 && Instant::now() < deadline {
+            sink.recv(Duration::from_millis(20));
+        }
+        assert_eq!(em.pending(), 0);
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!
 //! The [`config`] module reads the `[[beacon]]` TOML file and names the line and field of any
 //! mistake. The [`Emitter`] is the small sending library beacons, `reflex send` and any
-//! application share: non-blocking, bounded, drops counted, reconnecting by itself.
+//! application share: non-blocking, bounded, drops counted, reconnecting by itself, and, with a
+//! spool, keeping what it holds on disk across a restart.
 
 #![deny(missing_docs)]
 

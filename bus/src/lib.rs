@@ -10,7 +10,8 @@
 //! live in ([`private`]), how sockets apply them ([`secure`]), the ZAP handler that decides who may connect ([`zap`]), and the enrollment store of the keys it
 //! accepts ([`enroll`]). Actions travel signed by the control node's key ([`envelope`]).
 //!
-//! Delivery (stream numbers, batches and acknowledgements) is [`delivery`]'s.
+//! Delivery (stream numbers, batches and acknowledgements) is [`delivery`]'s; the [`sender`]
+//! keeps what it holds until acknowledged, in memory or in a [`spool`] on disk.
 //!
 //! Receivers count what they drop with [`BadFrames`].
 //!
@@ -50,6 +51,7 @@ pub mod secure;
 pub mod sender;
 pub mod sink;
 pub mod sockets;
+pub mod spool;
 pub mod target;
 pub mod wire;
 pub mod zap;

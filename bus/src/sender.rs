@@ -9,14 +9,19 @@
 //! acknowledgement came for [`SenderConfig::resend_after`] while it holds events, sends them
 //! all again from the oldest (the manager skips what it has done already).
 //!
-//! What it holds lives in memory: a sender that is killed loses what was not acknowledged yet,
-//! and [`Sender::pending`] says how much that is at any time.
+//! What it holds lives in memory, and, with [`SenderConfig::spool`], on disk too
+//! ([`crate::spool`]: synced in groups on the sender's thread, before it is sent): a sender
+//! started again on the same spool resumes the same stream, numbers and held events included,
+//! so the manager takes each event once. Without a spool a sender that is killed loses what
+//! was not acknowledged yet; [`Sender::pending`] says how much that is at any time.
 
 use crate::delivery::{Ack, Batch, Hello, MAX_BATCH_EVENTS};
 use crate::secure::Security;
 use crate::sockets::SocketError;
+use crate::spool::{Spool, SpoolError};
 use crate::Event;
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -31,6 +36,9 @@ pub enum SenderError {
     /// Its thread could not start.
     #[error("cannot start the sender's thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// The spool is in use by another sender or cannot be opened.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
 }
 
 /// How a [`Sender`] reaches the manager and how much it holds.
@@ -53,6 +61,11 @@ pub struct SenderConfig {
     /// Largest encoded event accepted; a larger one is refused at [`Sender::send`] (the
     /// manager would refuse it, and it would be resent forever).
     pub max_event: usize,
+    /// Keep what is held on disk too, in this sled directory ([`crate::spool`]); the stream
+    /// id comes from it when it has one. `None`: memory only.
+    pub spool: Option<PathBuf>,
+    /// With a spool, most bytes of events held; past it (or past `retain`), overflow.
+    pub spool_bytes: u64,
 }
 
 impl SenderConfig {
@@ -68,6 +81,8 @@ impl SenderConfig {
             heartbeat: Duration::from_secs(1),
             stream: None,
             max_event: crate::MAX_FRAME - 4_096,
+            spool: None,
+            spool_bytes: 64 << 20,
         }
     }
 }
@@ -100,10 +115,22 @@ const BATCH_BYTES: usize = 256 * 1024;
 impl Sender {
     /// Connect to the manager and start the sender's thread.
     pub fn start(cfg: SenderConfig) -> Result<Sender, SenderError> {
-        let stream = cfg
-            .stream
-            .clone()
-            .unwrap_or_else(crate::delivery::new_stream);
+        let (spool, stream, base, held) = match &cfg.spool {
+            Some(path) => {
+                let (spool, l) = Spool::open(path, cfg.stream.as_deref())?;
+                if !l.held.is_empty() {
+                    tracing::info!(stream = %l.stream, from = l.base, held = l.held.len(), spool = %path.display(), "resuming the events the spool holds");
+                }
+                (Some(spool), l.stream, l.base, l.held)
+            }
+            None => {
+                let stream = cfg
+                    .stream
+                    .clone()
+                    .unwrap_or_else(crate::delivery::new_stream);
+                (None, stream, 0, VecDeque::new())
+            }
+        };
         let inproc = format!("inproc://reflex-sender-{stream}");
         let err = |e| SocketError::new(&inproc, e);
         let ctx = crate::sockets::context();
@@ -122,14 +149,20 @@ impl Sender {
                 .map_err(|e| SocketError::new(&cfg.ingest, e))?;
         }
         let counts = Arc::new(Counts::default());
+        // Numbers are the stream's: what a spool held counts as queued, not acknowledged.
+        let end = base + held.len() as u64;
+        counts.queued.store(end, Ordering::Relaxed);
+        counts.acked.store(base, Ordering::Relaxed);
         let mut run = Run {
             pull,
             push,
             acks,
             stream: stream.clone(),
-            held: VecDeque::new(),
-            base: 0,
-            cursor: 0,
+            held_bytes: held.iter().map(|f| f.len() as u64).sum(),
+            held,
+            base,
+            cursor: base,
+            spool,
             counts: counts.clone(),
             cfg: cfg.clone(),
         };
@@ -207,7 +240,7 @@ impl Sender {
         &self.stream
     }
 
-    /// Events queued so far.
+    /// Events queued so far (with a spool, counted in the stream: what it held is included).
     pub fn queued(&self) -> u64 {
         self.counts.queued.load(Ordering::Relaxed)
     }
@@ -263,9 +296,12 @@ struct Run {
     stream: String,
     /// Events `base..base + held.len()` of the stream, oldest first.
     held: VecDeque<Vec<u8>>,
+    held_bytes: u64,
     base: u64,
     /// The next event to send.
     cursor: u64,
+    /// Where held events are kept on disk too; dropped (memory only) after a write failed.
+    spool: Option<Spool>,
     counts: Arc<Counts>,
     cfg: SenderConfig,
 }
@@ -288,7 +324,7 @@ impl Run {
                 let _ = self.acks.send(hello, zmq::DONTWAIT);
                 last_hello = Some(Instant::now());
             }
-            let room = self.held.len() < self.cfg.retain;
+            let room = self.room();
             let unsent = self.cursor < self.end();
             let (inbox, acks, writable) = {
                 let mut items = [
@@ -333,15 +369,38 @@ impl Run {
                 self.send_unsent();
             }
         }
+        // Closed: what the application queued is kept too, not only what was taken.
+        if self.spool.is_some() {
+            self.take_inbox();
+        }
+    }
+
+    fn room(&self) -> bool {
+        self.held.len() < self.cfg.retain
+            && (self.spool.is_none() || self.held_bytes < self.cfg.spool_bytes)
     }
 
     fn take_inbox(&mut self) {
-        while self.held.len() < self.cfg.retain {
-            match self.pull.recv_bytes(zmq::DONTWAIT) {
-                Ok(frame) => self.held.push_back(frame),
-                Err(_) => break,
+        while self.room() {
+            let Ok(frame) = self.pull.recv_bytes(zmq::DONTWAIT) else {
+                break;
+            };
+            let n = self.end();
+            if let Some(Err(e)) = self.spool.as_mut().map(|s| s.insert(n, &frame)) {
+                self.spool_failed(e);
             }
+            self.held_bytes += frame.len() as u64;
+            self.held.push_back(frame);
         }
+        // One sync for all taken in this turn, before any of them is sent.
+        if let Some(Err(e)) = self.spool.as_mut().map(Spool::sync) {
+            self.spool_failed(e);
+        }
+    }
+
+    fn spool_failed(&mut self, e: SpoolError) {
+        tracing::error!(stream = %self.stream, "{e}: holding events in memory only from now on");
+        self.spool = None;
     }
 
     /// Send what is not sent yet, in batches, until the socket would block.
@@ -379,7 +438,11 @@ impl Run {
             // Never past what was sent: an ack beyond it would be someone else's stream.
             let next = ack.next.min(self.end());
             let done = (next - self.base) as usize;
-            self.held.drain(..done);
+            let freed: u64 = self.held.drain(..done).map(|f| f.len() as u64).sum();
+            self.held_bytes -= freed;
+            if let Some(Err(e)) = self.spool.as_mut().map(|s| s.acked(self.base, next)) {
+                self.spool_failed(e);
+            }
             self.base = next;
             self.cursor = self.cursor.max(self.base);
             self.counts.acked.store(self.base, Ordering::Relaxed);
@@ -464,6 +527,149 @@ mod tests {
             sink.recv(Duration::from_millis(50));
         }
         assert_eq!(s.pending(), 0);
+    }
+
+    fn rebind_sink(ingest: &str) -> Sink {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match Sink::bind(ingest) {
+                Ok(s) => break s,
+                Err(e) => assert!(Instant::now() < deadline, "{e}"),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn numbers(got: &[Event]) -> Vec<i64> {
+        got.iter().filter_map(|e| e.data.as_i64()).collect()
+    }
+
+    #[test]
+    fn a_spooled_stream_resumes_after_a_restart_and_each_event_arrives_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = Sink::local().unwrap();
+        let ingest = sink.ingest.clone();
+        let mut cfg = config(&sink);
+        cfg.spool = Some(dir.path().join("spool"));
+        let s = Sender::start(cfg.clone()).unwrap();
+        let stream = s.stream().to_string();
+        for i in 0..100 {
+            assert!(s.send(&Event::new("t/x", "h", json!(i))));
+        }
+        assert_eq!(
+            numbers(&sink.recv_n(100, Duration::from_secs(20))),
+            (0..100).collect::<Vec<_>>()
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s.pending() > 0 && Instant::now() < deadline {
+            sink.recv(Duration::from_millis(20));
+        }
+        assert_eq!(s.pending(), 0, "acknowledged");
+        // The manager goes away; the sender keeps sampling, then restarts too.
+        drop(sink);
+        for i in 100..200 {
+            assert!(s.send(&Event::new("t/x", "h", json!(i))));
+        }
+        drop(s);
+        let s = Sender::start(cfg.clone()).unwrap();
+        assert_eq!(s.stream(), stream, "the same stream");
+        assert_eq!(
+            (s.acked(), s.pending()),
+            (100, 100),
+            "held across the restart"
+        );
+        for i in 200..300 {
+            assert!(s.send(&Event::new("t/x", "h", json!(i))));
+        }
+        // A new receiver: it knows the stream only from the hello, at the first held event.
+        let mut sink = rebind_sink(&ingest);
+        let got = sink.recv_n(200, Duration::from_secs(20));
+        assert_eq!(
+            numbers(&got),
+            (100..300).collect::<Vec<_>>(),
+            "in order, none lost"
+        );
+        while s.pending() > 0 && Instant::now() < deadline {
+            sink.recv(Duration::from_millis(20));
+        }
+        assert_eq!(s.pending(), 0);
+        assert!(
+            sink.recv(Duration::from_millis(300)).is_empty(),
+            "none twice"
+        );
+        drop(s);
+        // Acknowledged events left the spool: a third start holds nothing.
+        let s = Sender::start(cfg).unwrap();
+        assert_eq!(
+            (s.stream(), s.pending(), s.acked()),
+            (stream.as_str(), 0, 300)
+        );
+    }
+
+    #[test]
+    fn a_spool_past_its_bound_counts_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = SenderConfig::new("tcp://127.0.0.1:9", &Security::Insecure);
+        cfg.spool = Some(dir.path().join("spool"));
+        cfg.spool_bytes = 20_000;
+        let s = Sender::start(cfg.clone()).unwrap();
+        let ok = (0..60_000)
+            .filter(|i| s.send(&Event::new("t/x", "h", json!(i))))
+            .count() as u64;
+        assert_eq!(ok + s.overflowed(), 60_000);
+        assert!(
+            s.overflowed() > 20_000,
+            "held far more than the bound: {ok}"
+        );
+        drop(s);
+        let s = Sender::start(cfg).unwrap();
+        // Held from the oldest: events 0.. of the stream, the smallest ones.
+        let least = crate::encode(&Event::new("t/x", "h", json!(0))).len() as u64;
+        assert!(s.pending() > 0);
+        assert!(
+            s.pending() * least <= 20_000 + 2 * least,
+            "{} held",
+            s.pending()
+        );
+    }
+
+    #[test]
+    fn an_unreadable_spool_is_moved_aside_and_a_new_one_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let aside = |d: &std::path::Path| {
+            std::fs::read_dir(d)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+                .count()
+        };
+        let mut cfg = SenderConfig::new("tcp://127.0.0.1:9", &Security::Insecure);
+        // A file where the spool directory should be.
+        let path = dir.path().join("file");
+        std::fs::write(&path, b"\x00garbage\xff").unwrap();
+        cfg.spool = Some(path.clone());
+        let s = Sender::start(cfg.clone()).unwrap();
+        assert!(s.send(&Event::new("t/x", "h", json!(1))));
+        drop(s);
+        assert!(path.is_dir());
+        assert_eq!(aside(dir.path()), 1);
+        // A spool directory whose store is garbage.
+        let sub = tempfile::tempdir().unwrap();
+        let path = sub.path().join("spool");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("db"), vec![0xa5; 4096]).unwrap();
+        std::fs::write(path.join("conf"), b"not a sled config").unwrap();
+        cfg.spool = Some(path.clone());
+        let s = Sender::start(cfg.clone()).unwrap();
+        assert_eq!(s.pending(), 0);
+        drop(s);
+        assert_eq!(aside(sub.path()), 1);
+        // A spool held by a running sender is in use: an error, never moved aside.
+        let s = Sender::start(cfg.clone()).unwrap();
+        let err = Sender::start(cfg).err().expect("the spool is in use");
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(s);
+        assert_eq!(aside(sub.path()), 1);
     }
 
     #[test]
