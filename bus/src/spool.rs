@@ -175,6 +175,8 @@ impl Spool {
             let opened = std::panic::catch_unwind(|| {
                 sled::Config::new()
                     .path(path)
+                    // A beacon stays small: sled's page cache would grow to 1 GiB by default.
+                    .cache_capacity(16 << 20)
                     .flush_every_ms(Some(500))
                     .open()
             });

@@ -148,6 +148,8 @@ impl Publisher {
         let path = cfg.state_dir.join("publisher");
         let db = sled::Config::new()
             .path(&path)
+            // sled's page cache grows to 1 GiB by default; replays read mostly the newest part.
+            .cache_capacity(64 << 20)
             .open()
             .map_err(|source| PublisherError::Log {
                 path: path.clone(),

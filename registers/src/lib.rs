@@ -210,10 +210,14 @@ impl Registers {
     /// owner that is still shutting down (its flusher thread lets go within its flush interval)
     /// is waited for, up to 3 s, before the lock error is returned.
     pub fn open(dir: &Path) -> Result<Registers, RegisterError> {
+        /// sled's page cache for the register store.
+        const CACHE_BYTES: u64 = 128 << 20;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         loop {
             match sled::Config::new()
                 .path(dir)
+                // sled's page cache grows to 1 GiB by default; the hot registers fit in far less.
+                .cache_capacity(CACHE_BYTES)
                 .flush_every_ms(Some(500))
                 .open()
             {
