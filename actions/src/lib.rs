@@ -41,4 +41,4 @@ mod resource;
 pub use engine::{Convergence, Engine, EngineEvent, Report, RunOptions, Running, SwapStats};
 pub use error::{EngineError, ResourceError};
 pub use hub::FileHub;
-pub use resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
+pub use resource::{ApplyCtx, Outcome, Poke, Poked, Resource, WatchCtx, WatchGuard};

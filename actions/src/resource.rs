@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::error::ResourceError;
 use crate::hub::FileHub;
@@ -73,23 +73,43 @@ impl ApplyCtx {
 
 /// A wake-up for one resource task: "real state may have drifted, check again".
 ///
-/// Backed by a channel of capacity one, so a burst of pokes while a check is pending
-/// coalesces into a single re-check, and `poke` never blocks (it is called from the
-/// inotify thread).
+/// Pokes coalesce: any number of them while a check is pending make a single re-check, and
+/// `poke` never blocks (it is called from the inotify thread). One small allocation a
+/// resource: there may be tens of thousands of them.
 #[derive(Debug, Clone)]
-pub struct Poke(mpsc::Sender<()>);
+pub struct Poke(Arc<Notify>);
+
+/// The receiving end of a [`Poke`], which its task waits on.
+#[derive(Debug)]
+pub struct Poked(Arc<Notify>);
 
 impl Poke {
     /// A poke and the receiving end its task waits on.
-    pub fn channel() -> (Poke, mpsc::Receiver<()>) {
-        let (tx, rx) = mpsc::channel(1);
-        (Poke(tx), rx)
+    pub fn channel() -> (Poke, Poked) {
+        let n = Arc::new(Notify::new());
+        (Poke(Arc::clone(&n)), Poked(n))
     }
 
     /// Ask for a re-check. Never blocks; a re-check already pending absorbs it.
     pub fn poke(&self) {
-        // Full means a re-check is already pending; closed means the task is gone.
-        let _ = self.0.try_send(());
+        self.0.notify_one();
+    }
+}
+
+impl Poked {
+    /// Resolves once poked since the last `recv` (or `clear`). Cancel-safe.
+    pub async fn recv(&mut self) {
+        self.0.notified().await;
+    }
+
+    /// Whether it was poked since the last `recv`, taking that poke.
+    pub fn try_recv(&mut self) -> bool {
+        std::pin::pin!(self.0.notified()).enable()
+    }
+
+    /// Forget a pending poke.
+    pub fn clear(&mut self) {
+        self.try_recv();
     }
 }
 

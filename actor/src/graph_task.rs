@@ -8,9 +8,11 @@ use engine::os::atomic_write;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// One named graph in force, as the serve loop holds it.
 pub(crate) struct InForce {
@@ -19,8 +21,77 @@ pub(crate) struct InForce {
     /// Whether this graph was last reported idle and converged: the one place the actor's
     /// convergence is kept.
     pub(crate) converged: bool,
-    pub(crate) cmds: mpsc::UnboundedSender<Cmd>,
+    pub(crate) cmds: Cmds,
     pub(crate) task: tokio::task::JoinHandle<()>,
+}
+
+/// The way to a graph task's commands: a queue and a wake-up, far smaller than a tokio
+/// channel (which allocates a 32-slot block and a 512-byte channel up front, per graph).
+pub(crate) struct Cmds(Arc<CmdQueue>);
+
+/// What the task takes its commands from.
+struct CmdRx(Arc<CmdQueue>);
+
+#[derive(Default)]
+struct CmdQueue {
+    queue: Mutex<VecDeque<Cmd>>,
+    ready: Notify,
+    /// The task is gone: nothing sent is taken any more.
+    task_gone: AtomicBool,
+    /// The `Cmds` is gone: nothing more will be sent.
+    sender_gone: AtomicBool,
+}
+
+impl Cmds {
+    /// Queue `cmd` for the task; back as an error when the task is gone.
+    pub(crate) fn send(&self, cmd: Cmd) -> Result<(), mpsc::error::SendError<Cmd>> {
+        let mut queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.0.task_gone.load(Ordering::SeqCst) {
+            return Err(mpsc::error::SendError(cmd));
+        }
+        queue.push_back(cmd);
+        drop(queue);
+        self.0.ready.notify_one();
+        Ok(())
+    }
+}
+
+impl Drop for Cmds {
+    fn drop(&mut self) {
+        self.0.sender_gone.store(true, Ordering::SeqCst);
+        self.0.ready.notify_one();
+    }
+}
+
+impl CmdRx {
+    /// The next command; `None` once the sender is gone and all is taken. Cancel-safe.
+    async fn recv(&self) -> Option<Cmd> {
+        loop {
+            {
+                let mut queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(cmd) = queue.pop_front() {
+                    if queue.is_empty() {
+                        *queue = VecDeque::new();
+                    }
+                    return Some(cmd);
+                }
+                if self.0.sender_gone.load(Ordering::SeqCst) {
+                    return None;
+                }
+            }
+            // A send between the look and here left a permit: this returns at once.
+            self.0.ready.notified().await;
+        }
+    }
+}
+
+impl Drop for CmdRx {
+    fn drop(&mut self) {
+        // Under the lock, so a send sees either the queue taken or the task gone.
+        let queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        self.0.task_gone.store(true, Ordering::SeqCst);
+        drop(queue);
+    }
 }
 
 impl InForce {
@@ -33,7 +104,8 @@ impl InForce {
         started: Option<Instant>,
         serial: u64,
     ) -> InForce {
-        let (cmds, cmd_rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(CmdQueue::default());
+        let (cmds, cmd_rx) = (Cmds(Arc::clone(&queue)), CmdRx(queue));
         let task = tokio::spawn(graph_task(
             ctx.clone(),
             running,
@@ -135,9 +207,12 @@ async fn graph_task(
     mut running: engine::Running,
     mut action: Action,
     mut started: Option<Instant>,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    cmds: CmdRx,
     mut serial: u64,
 ) {
+    // Kept for the reports only (id, name, seq, origin): the graph itself is the engine's
+    // and the store's.
+    action.graph = serde_json::Value::Null;
     let name = action.name.clone();
     let mut conv = running.convergence();
     let mut queued: VecDeque<Cmd> = VecDeque::new();
@@ -145,10 +220,12 @@ async fn graph_task(
         if let Some(t0) = started.take() {
             let first = loop {
                 tokio::select! {
-                    r = running.first_report() => break r,
+                    // Boxed, as every future awaited once: inline, they would make every idle
+                    // graph's task as big as the biggest of them.
+                    r = Box::pin(running.first_report()) => break r,
                     cmd = cmds.recv() => match cmd {
                         Some(swap @ Cmd::Swap { .. }) => queued.push_back(swap),
-                        Some(Cmd::Stop) | None => { running.stop().await; return; }
+                        Some(Cmd::Stop) | None => { Box::pin(running.stop()).await; return; }
                     },
                 }
             };
@@ -204,14 +281,15 @@ async fn graph_task(
                 serial: next,
             }) => {
                 serial = next;
-                let stats = running.swap(graph).await;
+                let stats = Box::pin(running.swap(graph)).await;
                 tracing::info!(name = %name, kept = stats.kept, added = stats.added, removed = stats.removed, "graph swapped");
                 action = *new;
+                action.graph = serde_json::Value::Null;
                 started = Some(t0);
                 conv = running.convergence();
             }
             Some(Cmd::Stop) | None => {
-                running.stop().await;
+                Box::pin(running.stop()).await;
                 return;
             }
         }

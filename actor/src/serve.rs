@@ -305,9 +305,10 @@ impl Actor {
         };
         match self.intake.admit(action, source, bus::now_ms()) {
             Admit::Apply(action) => {
-                // The graph is stored (inside apply) before its sequence is: killed between
-                // the two, the restored graph says how far we got; the other way round, the
-                // sequence would say "applied" of an action never stored, and it would be lost.
+                // The graph is queued for the store (inside apply) before its sequence is, so
+                // no group commit holds the sequence without the graph; the other way round,
+                // the sequence would say "applied" of an action never stored, and it would be
+                // lost.
                 self.apply(action).await;
                 self.applied_seq();
             }
@@ -326,9 +327,9 @@ impl Actor {
         }
     }
 
-    /// Keep the last sequence applied from the pinned issuer, once its graph is stored (a
-    /// crash after that restores the graph, and the catch-up starts after it), never past a
-    /// gap still being filled.
+    /// Keep the last sequence applied from the pinned issuer, queued after its graph (durable
+    /// in the same group commit or a later one: a crash resumes from the durable sequence),
+    /// never past a gap still being filled.
     fn applied_seq(&mut self) {
         let Some(store) = &self.store else { return };
         let seq = self.intake.safe_seq();

@@ -15,7 +15,8 @@
 //! - `convergence`: waiting for a graph to settle;
 //! - `refresh`: pending refreshes kept on disk;
 //! - `limit`: the `meta.limit` token bucket;
-//! - `serial`: the hasher for node serials.
+//! - `serial`: the hasher for node serials;
+//! - `signal`: the small queue and stop flag graphs and nodes hold.
 
 mod convergence;
 mod limit;
@@ -23,6 +24,7 @@ mod node;
 mod refresh;
 mod running;
 mod serial;
+mod signal;
 mod swap;
 
 use std::collections::HashMap;
@@ -32,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use graph::{Graph, Spec};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
 use crate::error::EngineError;
 use crate::hub::FileHub;
@@ -117,7 +119,7 @@ struct Shared {
     status: watch::Sender<Status>,
     watch_ctx: WatchCtx,
     noop: bool,
-    events: mpsc::UnboundedSender<Msg>,
+    events: signal::Queue<Msg>,
     semas: Mutex<HashMap<(String, usize), Arc<Semaphore>>>,
     refresh_dir: Option<PathBuf>,
     state_dir: Option<PathBuf>,
@@ -158,12 +160,11 @@ impl Engine {
             busy: 0,
             last_activity: started,
         });
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             status,
             watch_ctx: WatchCtx::new(Arc::clone(&self.files)),
             noop: opts.noop,
-            events: events_tx,
+            events: signal::Queue::new(),
             semas: Mutex::default(),
             refresh_dir: opts.state_dir.as_ref().map(|d| d.join("refresh")),
             state_dir: opts.state_dir,
@@ -171,7 +172,7 @@ impl Engine {
             checks: AtomicU64::new(0),
             next_serial: AtomicU64::new(0),
         });
-        Running::start(shared, events_rx, build, graph, started)
+        Running::start(shared, build, graph, started)
     }
 
     /// Directories the shared hub currently watches (one inotify watch each).

@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use graph::Vertex;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinError;
 
 use super::limit::Bucket;
+use super::signal::Stop;
 use super::{lock, EngineEvent, Msg, Shared};
-use crate::resource::{AbortOnDrop, ApplyCtx, Outcome, Poke, Resource, WatchGuard};
+use crate::resource::{AbortOnDrop, ApplyCtx, Outcome, Poke, Poked, Resource, WatchGuard};
 
 /// A node's state, as its dependents see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +76,7 @@ pub(super) struct Node {
     pub res: Arc<dyn Resource>,
     pub poke: Poke,
     /// Taken by the node's task when it is spawned.
-    pub poke_rx: Mutex<Option<mpsc::Receiver<()>>>,
+    pub poke_rx: Mutex<Option<Poked>>,
     pub state: AtomicState,
     pub reported: AtomicBool,
     pub last_error: Mutex<Option<String>>,
@@ -84,7 +85,7 @@ pub(super) struct Node {
     pub refresh: AtomicBool,
     /// Check-applies this node ran.
     pub checks: AtomicU64,
-    pub stop: watch::Sender<bool>,
+    pub stop: Stop,
 }
 
 /// A node's neighbours in the current graph.
@@ -120,7 +121,7 @@ impl Node {
             links: Mutex::default(),
             refresh: AtomicBool::new(refresh),
             checks: AtomicU64::new(0),
-            stop: watch::channel(false).0,
+            stop: Stop::new(),
         }
     }
 
@@ -139,9 +140,8 @@ enum Deps {
 /// One resource's task.
 pub(super) struct NodeTask {
     pub node: Arc<Node>,
-    pub poke_rx: mpsc::Receiver<()>,
+    pub poke_rx: Poked,
     pub shared: Arc<Shared>,
-    pub stop: watch::Receiver<bool>,
 }
 
 impl NodeTask {
@@ -161,25 +161,28 @@ impl NodeTask {
             }
         }
         // Pokes so far were dependencies settling, not drift: the first check covers them.
-        while self.poke_rx.try_recv().is_ok() {}
+        self.poke_rx.clear();
 
-        let meta = self.node.vertex.meta.clone();
+        let meta = &self.node.vertex.meta;
+        let (poll, limit, burst) = (meta.poll, meta.limit, meta.burst);
         // Held for the life of the task; dropping it stops the watch.
         let mut _guard: Option<WatchGuard> = None;
         // With `poll`, a timer replaces the watch.
-        let mut watching = meta.poll.is_some();
-        let mut ticker = meta.poll.map(|every| {
+        let mut watching = poll.is_some();
+        let mut ticker = poll.map(|every| {
             let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             t
         });
-        let mut bucket = meta.limit.map(|rate| Bucket::new(rate, meta.burst));
+        let mut bucket = limit.map(|rate| Bucket::new(rate, burst));
         loop {
             self.shared.status.send_modify(|s| s.busy += 1);
             let result = if watching {
                 None
             } else {
-                match self.start_watch().await {
+                // Boxed, like the check below: a task spends its life waiting for pokes, and
+                // an inline check would make every idle task as big as a running one.
+                match Box::pin(self.start_watch()).await {
                     Some(Ok(guard)) => {
                         _guard = guard;
                         watching = true;
@@ -194,7 +197,7 @@ impl NodeTask {
             };
             let result = match result {
                 Some(failed) => failed,
-                None => match self.check_with_meta(&mut bucket).await {
+                None => match Box::pin(self.check_with_meta(&mut bucket)).await {
                     Some(result) => result,
                     None => {
                         self.shared.status.send_modify(|s| s.busy -= 1);
@@ -237,8 +240,8 @@ impl NodeTask {
         };
         tokio::select! {
             biased;
-            _ = self.stop.wait_for(|stop| *stop) => false,
-            poked = self.poke_rx.recv() => poked.is_some(),
+            _ = self.node.stop.wait() => false,
+            _ = self.poke_rx.recv() => true,
             _ = tick => true,
         }
     }
@@ -247,7 +250,7 @@ impl NodeTask {
     async fn pause(&mut self, d: Duration) -> bool {
         tokio::select! {
             biased;
-            _ = self.stop.wait_for(|stop| *stop) => false,
+            _ = self.node.stop.wait() => false,
             _ = tokio::time::sleep(d) => true,
         }
     }
@@ -303,7 +306,7 @@ impl NodeTask {
                 let sema = self.shared.sema(key);
                 let permit = tokio::select! {
                     biased;
-                    _ = self.stop.wait_for(|stop| *stop) => return None,
+                    _ = self.node.stop.wait() => return None,
                     p = sema.acquire_owned() => p,
                 };
                 // Never closed: the engine owns every semaphore and never closes one.
@@ -381,7 +384,7 @@ impl NodeTask {
         };
         let joined = tokio::select! {
             biased;
-            _ = self.stop.wait_for(|stop| *stop) => None,
+            _ = self.node.stop.wait() => None,
             joined = &mut inner.0 => Some(Some(joined)),
             _ = limit => Some(None),
         };
@@ -458,12 +461,11 @@ impl NodeTask {
             }
         };
         let said = changed.then(|| node.res.message()).flatten();
-        // The receiver is gone only when the Running was dropped; nobody to tell.
         if let Some(msg) = msg {
-            let _ = self.shared.events.send(msg);
+            self.shared.events.push(msg);
         }
         if let Some(text) = said {
-            let _ = self.shared.events.send(Msg::Event(EngineEvent::Message {
+            self.shared.events.push(Msg::Event(EngineEvent::Message {
                 id: id.to_string(),
                 text,
             }));

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use graph::{Edge, Graph, Vertex};
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::convergence::Convergence;
@@ -29,7 +28,6 @@ pub struct Running {
     /// The current graph's edges (indices into `nodes`).
     pub(super) edges: Vec<Edge>,
     pub(super) handles: HashMap<u64, JoinHandle<()>>,
-    events: mpsc::UnboundedReceiver<Msg>,
     /// First outcomes for the current report, by node serial, with the node's position.
     pub(super) firsts: HashMap<u64, (usize, Option<First>), BySerial>,
     pub(super) missing: usize,
@@ -40,13 +38,7 @@ pub struct Running {
 
 impl Running {
     /// A run of `graph`: every node is new.
-    pub(super) fn start(
-        shared: Arc<Shared>,
-        events: mpsc::UnboundedReceiver<Msg>,
-        build: Build,
-        graph: Graph,
-        now: Instant,
-    ) -> Running {
+    pub(super) fn start(shared: Arc<Shared>, build: Build, graph: Graph, now: Instant) -> Running {
         let mut running = Running {
             shared,
             build,
@@ -54,14 +46,15 @@ impl Running {
             nodes: Vec::new(),
             edges: Vec::new(),
             handles: HashMap::new(),
-            events,
             firsts: HashMap::default(),
             missing: 0,
             backlog: VecDeque::new(),
             report: None,
         };
         let (vertices, edges) = graph.into_parts();
-        let nodes: Vec<Arc<Node>> = vertices.into_iter().map(|v| running.new_node(v)).collect();
+        // Not `collect()`: that would reuse the vertices' buffer, sized for them, for good.
+        let mut nodes: Vec<Arc<Node>> = Vec::with_capacity(vertices.len());
+        nodes.extend(vertices.into_iter().map(|v| running.new_node(v)));
         running.firsts = nodes
             .iter()
             .enumerate()
@@ -97,8 +90,8 @@ impl Running {
             return report.clone();
         }
         while self.missing > 0 {
-            match self.events.recv().await {
-                Some(Msg::First { serial, result, at }) => {
+            match self.shared.events.pop().await {
+                Msg::First { serial, result, at } => {
                     if let Some((idx, slot @ None)) = self.firsts.get_mut(&serial) {
                         if let Some(node) = self.nodes.get(*idx) {
                             progress(node.id(), &result);
@@ -107,12 +100,12 @@ impl Running {
                         self.missing -= 1;
                     }
                 }
-                Some(Msg::Event(event)) => self.backlog.push_back(event),
-                // Unreachable while `self.shared` holds a sender; report the silent ones.
-                None => break,
+                Msg::Event(event) => self.backlog.push_back(event),
             }
         }
         let report = self.build_report();
+        // Needed again only by a swap, which makes its own.
+        self.firsts = HashMap::default();
         self.report = Some(report.clone());
         report
     }
@@ -147,17 +140,18 @@ impl Running {
     }
 
     /// The next event after the first report: drift repaired (`Changed`) or a later check
-    /// that failed (`Failed`). Collects the first report first if nobody did. `None` once
-    /// the graph was stopped.
+    /// that failed (`Failed`). Collects the first report first if nobody did. Never `None`
+    /// while the graph runs (stopping it takes the `Running`).
     pub async fn next_event(&mut self) -> Option<EngineEvent> {
         if self.report.is_none() {
-            self.first_report().await;
+            // Boxed: rarely taken, and inline it would grow every waiting task.
+            Box::pin(self.first_report()).await;
         }
         if let Some(event) = self.backlog.pop_front() {
             return Some(event);
         }
         loop {
-            match self.events.recv().await? {
+            match self.shared.events.pop().await {
                 Msg::Event(event) => return Some(event),
                 // A First of a node replaced meanwhile, or a late one; nothing to report.
                 Msg::First { .. } => continue,
@@ -232,7 +226,6 @@ impl Running {
             return;
         };
         let task = NodeTask {
-            stop: node.stop.subscribe(),
             node: Arc::clone(&node),
             poke_rx,
             shared: Arc::clone(&self.shared),
@@ -289,7 +282,7 @@ impl Running {
     /// when all tasks have ended. Pending refreshes stay on disk for the next run.
     pub async fn stop(mut self) {
         for n in &self.nodes {
-            n.stop.send_replace(true);
+            n.stop.stop();
         }
         for (_, handle) in std::mem::take(&mut self.handles) {
             // A task that panicked has ended too; nothing more to do for it.

@@ -97,17 +97,16 @@ impl Running {
 
         let old = std::mem::take(&mut self.nodes);
         let mut added = Vec::new();
-        let nodes: Vec<Arc<Node>> = slots
-            .into_iter()
-            .map(|slot| match slot {
-                Slot::Kept(i) => Arc::clone(&old[i]),
-                Slot::New(vertex) => {
-                    let node = self.new_node(vertex);
-                    added.push(Arc::clone(&node));
-                    node
-                }
-            })
-            .collect();
+        // Not `collect()`: that would reuse the slots' buffer, sized for them, for good.
+        let mut nodes: Vec<Arc<Node>> = Vec::with_capacity(slots.len());
+        nodes.extend(slots.into_iter().map(|slot| match slot {
+            Slot::Kept(i) => Arc::clone(&old[i]),
+            Slot::New(vertex) => {
+                let node = self.new_node(vertex);
+                added.push(Arc::clone(&node));
+                node
+            }
+        }));
         let removed: Vec<Removed> = old
             .into_iter()
             .enumerate()
@@ -136,7 +135,7 @@ impl Running {
     /// first outcome yet. A node gone for good drops its pending refresh.
     async fn stop_removed(&mut self, removed: &[Removed]) -> usize {
         for r in removed {
-            r.node.stop.send_replace(true);
+            r.node.stop.stop();
         }
         let mut unreported = 0;
         for r in removed {
