@@ -52,12 +52,16 @@ fn row(a: &FaultsArgs, fault: &'static str, part: &str, away: Duration) -> anyho
     let want = a.events + 1;
     let got = l.wait_files(want, Duration::from_secs(120));
     let catch_up = sent.elapsed().as_secs_f64();
+    let missing: Vec<u64> = (0..a.events).filter(|&i| !l.file(i).exists()).collect();
+    if !missing.is_empty() {
+        eprintln!("{fault}: never written: {missing:?}");
+    }
     let logged = l.logged_names()?;
     let distinct: std::collections::HashSet<&String> = logged.iter().collect();
     let twice = l.counted()?.saturating_sub(want) + (logged.len() - distinct.len()) as u64;
     Ok(Row {
         fault,
-        lost: want.saturating_sub(got),
+        lost: want.saturating_sub(got).max(missing.len() as u64),
         twice,
         catch_up,
     })

@@ -91,8 +91,14 @@ impl FileLoop {
 
     /// Files written so far (the warm-up's included).
     pub fn files(&self) -> u64 {
+        // Not the file resource's temporary files: one left by an actor killed mid-write, or
+        // one in flight, is not a file written.
         std::fs::read_dir(self.out.path())
-            .map(|d| d.count() as u64)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().contains(".reflex-tmp-"))
+                    .count() as u64
+            })
             .unwrap_or(0)
     }
 
