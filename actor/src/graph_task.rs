@@ -224,7 +224,7 @@ async fn graph_task(
                     // graph's task as big as the biggest of them.
                     r = Box::pin(running.first_report()) => break r,
                     cmd = cmds.recv() => match cmd {
-                        Some(swap @ Cmd::Swap { .. }) => queued.push_back(swap),
+                        Some(swap @ Cmd::Swap { .. }) => enqueue(&ctx, &mut queued, swap),
                         Some(Cmd::Stop) | None => { Box::pin(running.stop()).await; return; }
                     },
                 }
@@ -268,7 +268,7 @@ async fn graph_task(
                     let _ = ctx.crossed.send(Crossed { name: name.clone(), serial, converged: now });
                 }
                 cmd = cmds.recv() => match cmd {
-                    Some(cmd) => queued.push_back(cmd),
+                    Some(cmd) => enqueue(&ctx, &mut queued, cmd),
                     None => break None,
                 },
             }
@@ -296,6 +296,22 @@ async fn graph_task(
     }
 }
 
+/// Queue a command for the task. Of swaps waiting behind one still converging only the newest
+/// matters: it replaces the one before it, which is reported as `superseded` (never applied).
+/// So a graph replaced faster than it converges holds one waiting swap, not a growing queue.
+fn enqueue(ctx: &Ctx, queued: &mut VecDeque<Cmd>, cmd: Cmd) {
+    if let (Cmd::Swap { .. }, Some(Cmd::Swap { .. })) = (&cmd, queued.back()) {
+        if let Some(Cmd::Swap { action, .. }) = queued.pop_back() {
+            tracing::debug!(name = %action.name, action = %action.id, "superseded before it ran");
+            ctx.emit(
+                "actor/result",
+                result_data(&action, "superseded", vec![], vec![], 0.0),
+            );
+        }
+    }
+    queued.push_back(cmd);
+}
+
 /// Resolves with the new state once a graph crosses from diverged to converged or back.
 async fn transition(conv: &mut engine::Convergence, converged: bool, idle: Duration) -> bool {
     if converged {
@@ -304,5 +320,55 @@ async fn transition(conv: &mut engine::Convergence, converged: bool, idle: Durat
     } else {
         conv.converged(idle).await;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn swap(i: u64) -> Cmd {
+        let action = Action {
+            id: format!("a{i}"),
+            name: "g".into(),
+            seq: i,
+            target: bus::Target::All,
+            graph: json!([{"kind": "noop", "name": "n"}]),
+            origin: bus::Origin::default(),
+            expires: None,
+            life: bus::Life::Keep,
+            prev: 0,
+        };
+        Cmd::Swap {
+            graph: graph::Graph::from_value(&action.graph).expect("graph"),
+            action: Box::new(action),
+            started: Instant::now(),
+            serial: i,
+        }
+    }
+
+    #[test]
+    fn swaps_waiting_behind_a_converge_keep_only_the_newest_and_report_the_others() {
+        let (out, events) = std_mpsc::channel();
+        let (crossed, _crossings) = mpsc::unbounded_channel();
+        let ctx = Ctx {
+            host: "h".into(),
+            out,
+            crossed,
+            idle: Duration::from_secs(1),
+            graphviz: None,
+        };
+        let mut queued = VecDeque::new();
+        for i in 1..=100 {
+            enqueue(&ctx, &mut queued, swap(i));
+        }
+        enqueue(&ctx, &mut queued, Cmd::Stop);
+        assert_eq!(queued.len(), 2, "the newest swap, then the stop");
+        assert!(matches!(&queued[0], Cmd::Swap { action, .. } if action.seq == 100));
+        let superseded: Vec<serde_json::Value> = events.try_iter().map(|e| e.data).collect();
+        assert_eq!(superseded.len(), 99);
+        assert!(superseded
+            .iter()
+            .all(|d| d["status"] == "superseded" && d["seq"] != 100));
     }
 }

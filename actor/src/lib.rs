@@ -153,6 +153,10 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
     tracing::info!(name = %cfg.name, groups = ?cfg.groups, publish = %cfg.publish, ingest = %cfg.ingest, "actor up");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Checks that block (a file's write and fsync, an http request) wait for one of these
+        // rather than each taking a thread of its own: under a burst, 512 threads in fsync only
+        // fought over the disk and held memory.
+        .max_blocking_threads(64)
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
