@@ -18,6 +18,20 @@ fn files(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
+/// Which of `<dir>/<prefix>-0 .. n-1` are still not written after up to 60 s.
+fn never_written(dir: &Path, prefix: &str, n: usize) -> Vec<usize> {
+    let missing = || -> Vec<usize> {
+        (0..n)
+            .filter(|i| !dir.join(format!("{prefix}-{i}")).exists())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !missing().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    missing()
+}
+
 fn restart_publisher(stack: &mut Stack, extra: &[&str]) {
     stack.publisher.kill9();
     let mut a = vec!["publisher".to_string()];
@@ -132,13 +146,7 @@ fn kill9_of_publisher_manager_and_actor_mid_stream_loses_nothing_and_applies_not
         "{err}"
     );
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while files(&out) < N + 1 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let missing: Vec<usize> = (0..N)
-        .filter(|i| !out.join(format!("f-{i}")).exists())
-        .collect();
+    let missing = never_written(&out, "f", N);
     assert!(missing.is_empty(), "files never written: {missing:?}");
     let mut g = vec!["registers".to_string(), "get".into(), "burst/count".into()];
     g.extend(stack_args(&stack.state, stack.base));
@@ -237,13 +245,7 @@ fn an_actor_the_publisher_dropped_actions_for_fetches_them_without_reconnecting(
     });
     actor.signal(libc::SIGCONT);
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while files(&out) < M + 1 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let missing: Vec<usize> = (0..M)
-        .filter(|i| !out.join(format!("g-{i}")).exists())
-        .collect();
+    let missing = never_written(&out, "g", M);
     assert!(missing.is_empty(), "never applied: {missing:?}");
     let seen = actor.wait_line("missed actions", Duration::from_secs(5));
     assert!(

@@ -148,12 +148,7 @@ pub fn connect_watched(
     endpoint: &str,
     sec: &Security,
 ) -> Result<(zmq::Socket, HandshakeWatch), SocketError> {
-    let err = |e| SocketError::new(endpoint, e);
-    let s = sockets::socket(kind).map_err(err)?;
-    sec.dial(&s).map_err(err)?;
-    let watch = HandshakeWatch::new(&s)?;
-    s.connect(endpoint).map_err(err)?;
-    Ok((s, watch))
+    connect_with_watch(kind, endpoint, sec, HandshakeWatch::new)
 }
 
 /// [`connect_watched`], the watch also told when the connection is lost
@@ -163,10 +158,19 @@ pub fn connect_watched_losses(
     endpoint: &str,
     sec: &Security,
 ) -> Result<(zmq::Socket, HandshakeWatch), SocketError> {
+    connect_with_watch(kind, endpoint, sec, HandshakeWatch::with_losses)
+}
+
+fn connect_with_watch(
+    kind: zmq::SocketType,
+    endpoint: &str,
+    sec: &Security,
+    watch: fn(&zmq::Socket) -> Result<HandshakeWatch, SocketError>,
+) -> Result<(zmq::Socket, HandshakeWatch), SocketError> {
     let err = |e| SocketError::new(endpoint, e);
     let s = sockets::socket(kind).map_err(err)?;
     sec.dial(&s).map_err(err)?;
-    let watch = HandshakeWatch::with_losses(&s)?;
+    let watch = watch(&s)?;
     s.connect(endpoint).map_err(err)?;
     Ok((s, watch))
 }
