@@ -86,16 +86,18 @@ fn ipc_endpoint(state_dir: &Path, file: &str) -> String {
 }
 
 /// A port base on loopback whose [`TCP_PORTS`] ports are free now and overlap no base this
-/// process handed out before (tests and benches start stacks in parallel threads, and the
-/// kernel hands out ephemeral ports close together).
+/// process handed out before (tests and benches start stacks in parallel threads), from a
+/// spot that differs per process and call.
 pub fn free_local_base() -> std::io::Result<u16> {
     use std::net::TcpListener;
     static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
-    for _ in 0..1_000 {
-        let base = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        if base < 60_000
-            && taken.iter().all(|t| t.abs_diff(base) >= TCP_PORTS)
+    // Below the kernel's usual ephemeral range (32768 up), where any outgoing connection may
+    // take a port as its source between our check and the bind.
+    let seed = (std::process::id() as u64).wrapping_mul(7_919) ^ crate::now_ms();
+    for k in 0..1_000u64 {
+        let base = 20_000 + ((seed.wrapping_add(k * 7) % 12_700) as u16);
+        if taken.iter().all(|t| t.abs_diff(base) >= TCP_PORTS)
             && (0..TCP_PORTS).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok())
         {
             taken.push(base);
