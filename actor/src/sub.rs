@@ -3,6 +3,7 @@
 //! channel to the serve loop, so live actions keep being taken in while a replay is in flight.
 
 use crate::{ActorError, Config};
+use bus::delivery::TICK;
 use bus::{BadFrames, MalformedKind, Target};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,9 +26,6 @@ pub(crate) enum Inbound {
         last: u64,
     },
 }
-
-/// The middle frame of a tick (the publisher's `TICK`).
-const TICK: &[u8] = b"tick";
 
 /// How often the subscription pings the publisher (ZMTP heartbeats), and how long without any
 /// traffic it waits before taking the connection for lost and reconnecting: a link cut without

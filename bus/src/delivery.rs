@@ -23,6 +23,11 @@
 //! write as the log), so a resend after either side restarts is recognised and not numbered
 //! twice.
 //!
+//! **Publisher → actor.** Each action names the seq sent before it on its topic
+//! ([`crate::Action::prev`]), and the publisher ticks recent topics with their last seq: three
+//! frames, the topic, [`TICK`], the seq (8 bytes, big-endian). An actor behind either fetches the
+//! rest from the replay door.
+//!
 //! ```
 //! use bus::delivery::Batch;
 //!
@@ -39,6 +44,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The first byte of a [`Batch`] frame (a single-event frame starts with [`crate::VERSION`]).
 pub const BATCH: u8 = b'B';
+
+/// The middle frame of a publisher's tick on a topic.
+pub const TICK: &[u8] = b"tick";
 
 /// Most events one batch frame may carry.
 pub const MAX_BATCH_EVENTS: usize = 1_024;

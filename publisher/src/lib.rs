@@ -48,8 +48,6 @@ mod journal;
 mod link;
 mod topics;
 
-pub use topics::TICK;
-
 use bus::secure::Door;
 use bus::{BadFrames, Endpoints};
 use std::os::unix::fs::PermissionsExt;

@@ -202,7 +202,7 @@ fn receive(sub: &zmq::Socket, key: &bus::envelope::ManagerKey, wait: Duration) -
         let mut items = [sub.as_poll_item(zmq::POLLIN)];
         bus::sockets::poll(&mut items, 20).unwrap();
         while let Ok(parts) = sub.recv_multipart(zmq::DONTWAIT) {
-            if parts.len() == 3 && parts[1] == TICK {
+            if parts.len() == 3 && parts[1] == bus::delivery::TICK {
                 continue;
             }
             got.push(
@@ -282,7 +282,7 @@ fn a_group_of_hundreds_is_published_in_order_after_one_flush() {
         tick,
         [
             b"all/".to_vec(),
-            TICK.to_vec(),
+            bus::delivery::TICK.to_vec(),
             (first + 499).to_be_bytes().to_vec()
         ]
     );

@@ -10,6 +10,7 @@
 //! Kept in memory only: after a restart the first action of each topic says `prev` 0 ("not
 //! known"), and actors reconnect and catch up anyway.
 
+use bus::delivery::TICK;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -19,8 +20,6 @@ const MAX_TOPICS: usize = 100_000;
 pub(crate) const TICK_FOR: Duration = Duration::from_secs(15);
 /// How often the ticks go out.
 const TICK_EVERY: Duration = Duration::from_secs(1);
-/// The middle frame of a tick.
-pub const TICK: &[u8] = b"tick";
 
 /// Per topic: the last seq published and when.
 pub(crate) struct Topics {

@@ -51,7 +51,7 @@ fn messages(sub: &zmq::Socket, wait: Duration) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut items = [sub.as_poll_item(zmq::POLLIN)];
         bus::sockets::poll(&mut items, 20).unwrap();
         while let Ok(mut parts) = sub.recv_multipart(zmq::DONTWAIT) {
-            if parts.len() == 3 && parts[1] == publisher::TICK {
+            if parts.len() == 3 && parts[1] == bus::delivery::TICK {
                 continue;
             }
             assert_eq!(parts.len(), 2, "topic and body");
