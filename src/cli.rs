@@ -177,6 +177,11 @@ pub enum Cmd {
     Keys(KeysCmd),
     /// Ask a running manager for its counters.
     Status(crate::send::StatusArgs),
+    /// Events from the manager's history (its state dir), newest last.
+    Events(crate::history_cmd::EventsArgs),
+    /// What became of an event (or an action): the rules it hit, the registers they wrote, the
+    /// actions, each host's results and repairs, and the events emitted from it, recursively.
+    Trace(crate::history_cmd::TraceArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),
@@ -271,6 +276,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Tail(a) => crate::tail::run(a),
         Cmd::Apply(a) => crate::apply::run(a),
         Cmd::Status(a) => crate::send::status(a),
+        Cmd::Events(a) => crate::history_cmd::events(a),
+        Cmd::Trace(a) => crate::history_cmd::trace(a),
         Cmd::Rules(c) => crate::rules_cmd::rules(c),
         Cmd::Registers(a) => crate::rules_cmd::registers(a),
         Cmd::Keys(k) => crate::keys_cmd::run(k),

@@ -27,6 +27,16 @@ pub struct ManagerArgs {
     /// Heartbeats (one a second) a host may miss in a row before it is host/<name>/down.
     #[arg(long, default_value_t = manager::presence::DEFAULT_MISSED)]
     pub missed_heartbeats: u32,
+    /// Most history kept under <state>/history (`reflex events`, `reflex trace`): bytes, or
+    /// with a unit (`512MiB`, `2GB`). The oldest is pruned first.
+    #[arg(long, default_value = "1GiB", value_parser = crate::history_cmd::parse_size)]
+    pub history_max_bytes: u64,
+    /// Oldest history kept (`7d`, `12h`, `30m`).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub history_max_age: std::time::Duration,
+    /// Keep no history.
+    #[arg(long)]
+    pub no_history: bool,
 }
 
 pub fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
@@ -46,6 +56,10 @@ pub fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
         watch_rules: !a.no_watch,
         security,
         missed_heartbeats: a.missed_heartbeats,
+        history: (!a.no_history).then_some(manager::history::Retention {
+            max_bytes: a.history_max_bytes,
+            max_age: a.history_max_age,
+        }),
     };
     manager::run(cfg, stop)?;
     Ok(ExitCode::SUCCESS)

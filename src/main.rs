@@ -18,6 +18,7 @@ mod bench_util;
 mod cli;
 mod config;
 mod daemons;
+mod history_cmd;
 mod keys_cmd;
 mod rules_cmd;
 mod security;

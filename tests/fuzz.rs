@@ -297,6 +297,7 @@ fn manager() -> (tempfile::TempDir, manager::Manager) {
         watch_rules: false,
         security: bus::secure::Security::Insecure,
         missed_heartbeats: manager::presence::DEFAULT_MISSED,
+        history: None,
     };
     let m = manager::Manager::new(cfg).expect("a manager");
     (tmp, m)

@@ -96,6 +96,54 @@ fn up_send_tail_repair_and_clean_stop() {
         assert!(lines.contains(want), "tail output lacks {want:?}:\n{lines}");
     }
 
+    // The history answers afterwards: the event's trace, and the event among `reflex events`.
+    let history = |args: &[&str]| {
+        let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        a.extend(["--state".into(), state.display().to_string()]);
+        run(&args_ref(&a))
+    };
+    let tree = wait_for("a trace down to the repair", T, || {
+        let (code, out, err) = history(&["trace", &event_id, "--json"]);
+        assert_eq!(code, 0, "trace failed: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).expect("trace --json is JSON");
+        let reports = &v["tree"]["hits"][0]["actions"][0]["reports"];
+        let tags: Vec<&str> = reports
+            .as_array()?
+            .iter()
+            .filter_map(|r| r["tag"].as_str())
+            .collect();
+        (tags.first() == Some(&"actor/result") && tags.contains(&"actor/repaired")).then_some(v)
+    });
+    let hit = &tree["tree"]["hits"][0];
+    assert_eq!(hit["rule"], "10-hello");
+    assert_eq!(
+        hit["actions"][0]["action"]["name"],
+        json!(format!("hello:{path}"))
+    );
+    let report = &hit["actions"][0]["reports"][0];
+    assert_eq!(report["host"], "testhost");
+    assert_eq!(report["data"]["status"], "ok");
+    let (code, text, _) = history(&["trace", &event_id]);
+    assert_eq!(code, 0);
+    for want in [
+        "demo/hello",
+        "rule 10-hello",
+        "action ",
+        "testhost actor/result ok",
+        "actor/repaired",
+    ] {
+        assert!(text.contains(want), "trace lacks {want:?}:\n{text}");
+    }
+    let (code, _, err) = history(&["trace", "0190aaaa-0000-7000-8000-000000000000"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("pruned") || err.contains("no such"), "{err}");
+    let (code, out, err) = history(&["events", "--tag", "demo/*", "--since", "10m", "--json"]);
+    assert_eq!(code, 0, "events failed: {err}");
+    assert!(
+        out.lines().any(|l| l.contains(&event_id)),
+        "events lacks {event_id}:\n{out}"
+    );
+
     // A part that dies is reported and restarted: kill the manager hard, a new one takes over.
     let old = child_pid(up.pid(), "manager").expect("up runs a manager child");
     unsafe {
@@ -126,6 +174,10 @@ fn up_send_tail_repair_and_clean_stop() {
     wait_for("the restarted manager to act", T, || {
         read(&second).filter(|c| c == "again")
     });
+    // What the killed manager wrote is still there to be asked.
+    let (code, text, err) = history(&["trace", &event_id]);
+    assert_eq!(code, 0, "trace after kill -9: {err}");
+    assert!(text.contains("rule 10-hello"), "{text}");
 
     // SIGTERM stops every child and exits 0; the ports are free again afterwards.
     assert_eq!(up.terminate(Duration::from_secs(15)), Some(0));

@@ -25,7 +25,15 @@ pub struct Hit {
     pub tag: String,
     /// How many actions the rule appended.
     pub actions: u32,
+    /// The register keys the rule wrote (set, incr, del, expire, the throttles), each once,
+    /// at most [`MAX_WROTE`] of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wrote: Vec<String>,
 }
+
+/// The most register keys one [`Hit`] names: a rule writing thousands is told by its count
+/// elsewhere, not by a frame that large.
+pub const MAX_WROTE: usize = 64;
 
 /// A rule failed for an event, or an action it built was rejected.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

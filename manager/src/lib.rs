@@ -19,6 +19,7 @@
 
 pub mod delivery;
 pub mod glob;
+pub mod history;
 pub mod lint;
 pub mod outbox;
 pub mod presence;
@@ -66,6 +67,15 @@ pub enum ManagerError {
     /// The enrollment store, the admin key or the ZAP handler cannot be set up.
     #[error(transparent)]
     Trust(#[from] trust::TrustError),
+    /// The history folder cannot be made or read.
+    #[error("history {dir}: {source}")]
+    History {
+        /// The history folder.
+        dir: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// The rules folder cannot be read.
     #[error("rules folder {dir}: {source}")]
     RulesDir {
@@ -102,6 +112,8 @@ pub struct Config {
     pub security: bus::secure::Security,
     /// Heartbeats a host may miss in a row before it is `host/<name>/down`.
     pub missed_heartbeats: u32,
+    /// How much history to keep under `<state>/history` ([`history`]); `None`: none.
+    pub history: Option<history::Retention>,
 }
 
 /// Counters, as the control socket reports them.
@@ -146,6 +158,10 @@ pub struct Stats {
     pub rules: Vec<String>,
     /// The rules disabled for failing.
     pub disabled: Vec<String>,
+    /// Bytes of history on disk.
+    pub history_bytes: u64,
+    /// History records lost to write errors.
+    pub history_dropped: u64,
 }
 
 /// The head of an event: what the manager reads before knowing whether any rule wants it.
@@ -192,6 +208,7 @@ pub struct Manager {
     watcher: Option<watch::Watch>,
     pending: BTreeSet<PathBuf>,
     last_change: Instant,
+    history: Option<history::Writer>,
 }
 
 /// How many events to take in one group before committing (one fsync per group).
@@ -243,6 +260,20 @@ impl Manager {
         registers.commit(new_id.into_iter().collect())?;
         tracing::info!(ingest = %ep.ingest, acks = %ep.acks, link = %ep.link, monitor = %ep.monitor, control = %ep.control, enroll = %ep.enroll, curve = sec.is_secure(), rules = %cfg.rules_dir.display(), streams = streams.len(), outbox = outbox.waiting(), "manager up");
         let presence = presence::Presence::new(cfg.missed_heartbeats);
+        let history = match &cfg.history {
+            Some(keep) => {
+                let dir = history::dir(&cfg.state_dir);
+                let w = history::Writer::open(&dir, keep.clone()).map_err(|source| {
+                    ManagerError::History {
+                        dir: dir.clone(),
+                        source,
+                    }
+                })?;
+                tracing::info!(dir = %dir.display(), bytes = w.bytes(), max_bytes = keep.max_bytes, max_age_s = keep.max_age.as_secs(), "history kept");
+                Some(w)
+            }
+            None => None,
+        };
         let mut m = Manager {
             cfg,
             registers,
@@ -262,6 +293,7 @@ impl Manager {
             watcher,
             pending: BTreeSet::new(),
             last_change: Instant::now(),
+            history,
         };
         m.internal.push_back(Event::new(
             "manager/up",
@@ -385,6 +417,9 @@ impl Manager {
                 if n > 0 {
                     tracing::debug!(purged = n, "expired registers purged");
                 }
+                if let Some(h) = &mut self.history {
+                    h.prune(bus::now_ms());
+                }
                 last_purge = Instant::now();
             }
             // The group is done: its effects, stream marks and actions become durable
@@ -393,8 +428,15 @@ impl Manager {
             self.streams.send_acks();
             self.outbox.send();
             self.outbox.tick();
+            // After the commit: the history tells what was decided, never what was not.
+            if let Some(h) = &mut self.history {
+                h.flush();
+            }
         }
         self.commit()?;
+        if let Some(h) = &mut self.history {
+            h.flush();
+        }
         tracing::info!("manager stopped");
         Ok(())
     }
@@ -542,6 +584,9 @@ impl Manager {
         }
         self.stats.events += 1;
         self.publish_event(head.tag, frame)?;
+        if let Some(h) = &mut self.history {
+            h.record(history::Kind::Event, frame);
+        }
         if head.depth > MAX_DEPTH || !self.rules.wants(head.tag) {
             if head.depth > MAX_DEPTH {
                 self.too_deep(head.id, head.tag, head.depth, &[]);
@@ -560,7 +605,11 @@ impl Manager {
     fn drain_internal(&mut self) -> Result<(), ManagerError> {
         while let Some(ev) = self.internal.pop_front() {
             self.stats.events += 1;
-            self.publish_event(&ev.tag, &bus::encode(&ev))?;
+            let frame = bus::encode(&ev);
+            self.publish_event(&ev.tag, &frame)?;
+            if let Some(h) = &mut self.history {
+                h.record(history::Kind::Event, &frame);
+            }
             if self.rules.wants(&ev.tag) {
                 self.process(&ev)?;
             }
@@ -585,16 +634,16 @@ impl Manager {
         self.rules.run(event, &mut out);
         for hit in &out.hits {
             self.stats.hits += 1;
-            self.monitor_msg(monitor::HIT, &hit.rule, hit)?;
+            self.note(monitor::HIT, &hit.rule, history::Kind::Hit, hit)?;
         }
         for err in &out.errors {
             self.stats.rule_errors += 1;
-            self.monitor_msg(monitor::ERROR, &err.rule, err)?;
+            self.note(monitor::ERROR, &err.rule, history::Kind::Error, err)?;
         }
         for action in &out.actions {
             self.stats.actions += 1;
             self.outbox.push(action);
-            self.monitor_msg(monitor::ACTION, &action.name, action)?;
+            self.note(monitor::ACTION, &action.name, history::Kind::Action, action)?;
         }
         for (rule, file) in out.disabled.drain(..) {
             self.internal.push_back(Event::new(
@@ -644,14 +693,21 @@ impl Manager {
         Ok(())
     }
 
-    fn monitor_msg<T: Serialize>(
-        &self,
+    /// Tell the monitor of a hit, an error or an action, and keep it in the history: one
+    /// encoding for both.
+    fn note<T: Serialize>(
+        &mut self,
         prefix: &str,
         name: &str,
+        kind: history::Kind,
         msg: &T,
     ) -> Result<(), ManagerError> {
         let topic = format!("{prefix}{name}");
-        self.publish_monitor(&topic, &bus::encode(msg))
+        let frame = bus::encode(msg);
+        if let Some(h) = &mut self.history {
+            h.record(kind, &frame);
+        }
+        self.publish_monitor(&topic, &frame)
     }
 
     fn handle_control(&mut self) -> Result<(), ManagerError> {
@@ -692,6 +748,10 @@ impl Manager {
                 self.stats.outbox = self.outbox.waiting();
                 self.stats.outbox_resent = self.outbox.resent;
                 (self.stats.hosts_up, self.stats.hosts_down) = self.presence.counts();
+                if let Some(h) = &self.history {
+                    self.stats.history_bytes = h.bytes();
+                    self.stats.history_dropped = h.dropped;
+                }
                 serde_json::to_value(&self.stats).unwrap_or_default()
             }
             (Some("flush"), _) => match self.commit() {

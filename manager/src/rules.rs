@@ -165,6 +165,8 @@ struct CallCtx {
     actions: Vec<Action>,
     emitted: Vec<Emitted>,
     stop: bool,
+    /// The register keys the running rule wrote, each once, at most `MAX_WROTE`.
+    wrote: Vec<String>,
     /// The exec shell lines the running rule's actions hold, checked once it returns.
     shell_lines: Vec<ShellLine>,
 }
@@ -327,10 +329,11 @@ fn build_engine(store: Registers, ctx: Shared, limits: &Limits) -> Engine {
         let c = lock(&c);
         tracing::debug!(rule = %c.rule, event = %c.event, %pos, "{s}")
     });
-    engine.register_static_module("registers", registers_module(store.clone()).into());
+    let module = registers_module(store.clone(), ctx.clone());
+    engine.register_static_module("registers", module.into());
     // The throttles read naturally without the module prefix too.
-    engine.register_fn("once_within", once_within_fn(store.clone()));
-    engine.register_fn("accumulate", accumulate_fn(store));
+    engine.register_fn("once_within", once_within_fn(store.clone(), ctx.clone()));
+    engine.register_fn("accumulate", accumulate_fn(store, ctx.clone()));
     let c = ctx.clone();
     engine.register_fn("stop", move || lock(&c).stop = true);
     let c = ctx.clone();
@@ -631,6 +634,7 @@ impl Rules {
                 let mut c = lock(&self.ctx);
                 c.rule.clone_from(&rule.name);
                 c.shell_lines.clear();
+                c.wrote.clear();
                 (c.actions.len(), c.emitted.len())
             };
             let result = self.engine.call_fn_with_options::<Dynamic>(
@@ -654,6 +658,7 @@ impl Rules {
                         event: event.id.clone(),
                         tag: event.tag.clone(),
                         actions: (c.actions.len() - actions_before) as u32,
+                        wrote: std::mem::take(&mut c.wrote),
                     });
                 }
                 Err(message) => {

@@ -384,3 +384,37 @@ fn an_action_says_how_long_it_lives_and_a_bad_life_fails_the_rule() {
         );
     }
 }
+
+#[test]
+fn a_hit_names_the_register_keys_its_rule_wrote_each_once() {
+    let (mut r, errs) = rules_with(&[
+        (
+            "10-w.rhai",
+            r#"fn react(e) {
+                registers::incr("n/" + e.host);
+                registers::incr("n/" + e.host);
+                registers::set("last", e.tag);
+                let seen = registers::get("other");
+                if once_within("gate/" + e.host, 60) { registers::del("stale"); }
+            }"#,
+        ),
+        (
+            "20-r.rhai",
+            r#"fn react(e) { let x = registers::get("n/a"); }"#,
+        ),
+        (
+            "30-fail.rhai",
+            r#"fn react(e) { registers::set("half", 1); throw "no"; }"#,
+        ),
+    ]);
+    assert!(errs.is_empty(), "{errs:?}");
+    let mut out = Produced::default();
+    r.run(&Event::new("demo/x", "a", json!({})), &mut out);
+    assert_eq!(out.hits[0].wrote, vec!["n/a", "last", "gate/a", "stale"]);
+    assert!(out.hits[1].wrote.is_empty(), "reads are not writes");
+    assert_eq!(out.errors.len(), 1);
+    // The next event starts afresh.
+    out.clear();
+    r.run(&Event::new("demo/x", "b", json!({})), &mut out);
+    assert_eq!(out.hits[0].wrote, vec!["n/b", "last", "gate/b", "stale"]);
+}
