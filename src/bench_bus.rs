@@ -30,6 +30,9 @@ pub struct BusArgs {
     /// Distinct hosts the bench events claim to come from (one register each).
     #[arg(long, default_value_t = 100)]
     pub hosts: usize,
+    /// Run the manager with `--no-history` (to measure what the history costs).
+    #[arg(long)]
+    pub no_history: bool,
 }
 
 const ACTOR: &str = "bench-actor";
@@ -92,7 +95,8 @@ struct Figures {
 /// Start a stack (CURVE on, or every part `--insecure`), push the events through it and ping
 /// its actor one event at a time.
 fn measure(a: &BusArgs, frames: &[Vec<u8>], secure: bool) -> anyhow::Result<Figures> {
-    let mut stack = BenchStack::start_as(write_rules, secure)?;
+    let extra: Vec<String> = a.no_history.then(|| "--no-history".into()).into_iter().collect();
+    let mut stack = BenchStack::start_with(write_rules, secure, &extra)?;
     let ep = stack.endpoints.clone();
 
     // Monitor first, so the actor's announcement cannot be missed.

@@ -123,6 +123,15 @@ impl BenchStack {
         write_rules: impl FnOnce(&Path) -> anyhow::Result<()>,
         secure: bool,
     ) -> anyhow::Result<BenchStack> {
+        BenchStack::start_with(write_rules, secure, &[])
+    }
+
+    /// [`BenchStack::start_as`], the manager given `manager_extra` flags too.
+    pub fn start_with(
+        write_rules: impl FnOnce(&Path) -> anyhow::Result<()>,
+        secure: bool,
+        manager_extra: &[String],
+    ) -> anyhow::Result<BenchStack> {
         let tmp = tempfile::tempdir()?;
         let state = tmp.path().join("state");
         let rules = tmp.path().join("rules");
@@ -147,7 +156,9 @@ impl BenchStack {
             _tmp: tmp,
         };
         s.spawn("publisher", &[])?;
-        s.spawn("manager", &["--rules".into(), rules.display().to_string()])?;
+        let mut margs = vec!["--rules".to_string(), rules.display().to_string()];
+        margs.extend_from_slice(manager_extra);
+        s.spawn("manager", &margs)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while stats(&s.endpoints.control, &s.security).is_err() {
             if Instant::now() > deadline {

@@ -12,6 +12,7 @@
 //! Hosts' results and repairs are events too (`actor/result`, `actor/repaired`, ... naming the
 //! action), so a trace is one forward pass from the event's time: [`trace`].
 
+mod follow;
 mod reader;
 mod segment;
 #[cfg(test)]
@@ -19,8 +20,9 @@ mod tests;
 mod trace;
 mod writer;
 
+pub use follow::Follower;
 pub use reader::{query, Query, Reader, Record};
-pub use segment::Kind;
+pub use segment::{Kind, MAX_RECORD};
 pub use trace::{trace, ActionNode, EventNode, HitNode, Report, Traced};
 pub use writer::Writer;
 

@@ -30,8 +30,8 @@ impl Kind {
     }
 }
 
-/// No record is larger: a length beyond it is a torn or damaged segment, not a record.
-pub(crate) const MAX_RECORD: usize = 64 << 20;
+/// No history record is larger: a length beyond it is a torn or damaged segment, not a record.
+pub const MAX_RECORD: usize = 64 << 20;
 const SUFFIX: &str = ".seg";
 
 /// Append one record to `buf`.
@@ -71,6 +71,11 @@ impl<'a> Records<'a> {
             pos: 0,
             torn: 0,
         }
+    }
+
+    /// Bytes of whole records read so far (a torn tail not counted).
+    pub fn consumed(&self) -> usize {
+        self.pos - self.torn
     }
 }
 
