@@ -22,6 +22,7 @@ pub mod glob;
 pub mod history;
 pub mod lint;
 pub mod outbox;
+pub mod page;
 pub mod presence;
 pub mod rules;
 pub mod shell;
