@@ -38,7 +38,9 @@ pub mod kinds;
 pub mod os;
 mod resource;
 
-pub use engine::{Convergence, Engine, EngineEvent, Report, RunOptions, Running, SwapStats};
+pub use engine::{
+    Convergence, Engine, EngineEvent, Observe, Report, RunOptions, Running, SwapStats,
+};
 pub use error::{EngineError, ResourceError};
 pub use hub::FileHub;
 pub use resource::{ApplyCtx, Outcome, Poke, Poked, Resource, WatchCtx, WatchGuard};

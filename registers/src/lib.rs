@@ -534,6 +534,11 @@ impl Registers {
         self.commit(Vec::new())
     }
 
+    /// Bytes the store takes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.store.size_on_disk()
+    }
+
     /// Commit when anything is staged; cheap when nothing is.
     pub fn flush_if_dirty(&self) -> Result<(), RegisterError> {
         if self.is_dirty() {

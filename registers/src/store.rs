@@ -88,6 +88,11 @@ fn check_side(space: u8) -> Result<(), RegisterError> {
 }
 
 impl Store {
+    /// Bytes the store takes on disk (sled's own count of its files).
+    pub(crate) fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
     /// The store on `db`, moving an old four-tree layout into the one tree first.
     pub(crate) fn new(db: sled::Db) -> Result<Store, RegisterError> {
         let tree = db.open_tree(TREE)?;

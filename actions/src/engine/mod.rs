@@ -49,7 +49,11 @@ pub use running::Running;
 #[derive(Clone)]
 pub struct Engine {
     files: Arc<FileHub>,
+    observe: Option<Observe>,
 }
+
+/// Told how long each check-apply took (for the actor's latency histogram).
+pub type Observe = Arc<dyn Fn(Duration) + Send + Sync>;
 
 /// How to run a graph.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -126,6 +130,7 @@ struct Shared {
     watch_starts: AtomicU64,
     checks: AtomicU64,
     next_serial: AtomicU64,
+    observe: Option<Observe>,
 }
 
 /// What the tasks tell their `Running`.
@@ -143,7 +148,13 @@ impl Engine {
     pub fn new() -> Result<Engine, EngineError> {
         Ok(Engine {
             files: Arc::new(FileHub::new()?),
+            observe: None,
         })
+    }
+
+    /// Tell `observe` how long each check-apply of every graph run from now on takes.
+    pub fn observe_checks(&mut self, observe: Observe) {
+        self.observe = Some(observe);
     }
 
     /// Start every resource task of `graph` at once. Must be called inside a (multi-thread)
@@ -171,6 +182,7 @@ impl Engine {
             watch_starts: AtomicU64::new(0),
             checks: AtomicU64::new(0),
             next_serial: AtomicU64::new(0),
+            observe: self.observe.clone(),
         });
         Running::start(shared, build, graph, started)
     }

@@ -327,7 +327,11 @@ impl NodeTask {
             };
             self.shared.checks.fetch_add(1, Ordering::Relaxed);
             self.node.checks.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
             let result = self.check(ctx, meta.timeout).await?;
+            if let Some(observe) = &self.shared.observe {
+                observe(started.elapsed());
+            }
             drop(permits);
             match result {
                 Ok(outcome) => {
