@@ -95,7 +95,11 @@ struct Figures {
 /// Start a stack (CURVE on, or every part `--insecure`), push the events through it and ping
 /// its actor one event at a time.
 fn measure(a: &BusArgs, frames: &[Vec<u8>], secure: bool) -> anyhow::Result<Figures> {
-    let extra: Vec<String> = a.no_history.then(|| "--no-history".into()).into_iter().collect();
+    let extra: Vec<String> = a
+        .no_history
+        .then(|| "--no-history".into())
+        .into_iter()
+        .collect();
     let mut stack = BenchStack::start_with(write_rules, secure, &extra)?;
     let ep = stack.endpoints.clone();
 

@@ -37,6 +37,10 @@ pub struct ManagerArgs {
     /// Keep no history.
     #[arg(long)]
     pub no_history: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics and the live page at http://ADDR/
+    /// (its token in <state>/http.token); off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
 }
 
 pub fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
@@ -60,6 +64,7 @@ pub fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
             max_bytes: a.history_max_bytes,
             max_age: a.history_max_age,
         }),
+        http: a.http,
     };
     manager::run(cfg, stop)?;
     Ok(ExitCode::SUCCESS)
@@ -78,6 +83,9 @@ pub struct PublisherArgs {
     /// made small so that a stalled subscriber is dropped for.
     #[arg(long, hide = true, value_parser = parse_pair)]
     pub send_limits: Option<(i32, i32)>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (`127.0.0.1:4617`); off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
 }
 
 fn parse_pair(s: &str) -> Result<(i32, i32), String> {
@@ -97,6 +105,7 @@ pub fn publisher(a: PublisherArgs) -> anyhow::Result<ExitCode> {
         keep: a.keep,
         send_limits: a.send_limits,
         security,
+        http: a.http,
     };
     publisher::run(cfg, &stop)?;
     Ok(ExitCode::SUCCESS)
@@ -145,6 +154,9 @@ pub struct ActorArgs {
     /// Print the effective policy and exit.
     #[arg(long)]
     pub print_policy: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (`127.0.0.1:4619`); off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
 }
 
 /// The signing key an actor pins: `--sign-key`, else the state dir's `keys/sign.pub`. A secure
@@ -216,6 +228,7 @@ pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
         converged_timeout: std::time::Duration::from_secs_f64(a.converged_timeout),
         security,
         policy,
+        http: a.http,
     };
     match actor::run(cfg, stop) {
         Ok(()) => Ok(ExitCode::SUCCESS),

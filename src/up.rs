@@ -33,6 +33,11 @@ pub struct UpArgs {
     /// Seconds between samples for every beacon, instead of each one's own interval.
     #[arg(long)]
     pub beacon_interval: Option<f64>,
+    /// Serve no HTTP. By default the manager serves `/metrics` and the live page on
+    /// 127.0.0.1:<port base + 7>, the publisher and the actor their `/metrics` on + 8 and
+    /// + 9: on loopback only, whatever --addr says.
+    #[arg(long)]
+    pub no_http: bool,
 }
 
 /// The rules shipped with reflex (every `rules/*.rhai`, embedded by build.rs), so `reflex up`
@@ -231,6 +236,33 @@ pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     }
     let mut manager = common("manager");
     manager.extend(["--rules".to_string(), rules.display().to_string()]);
+    let mut publisher = common("publisher");
+    let http = |offset| bus::endpoints::http_local(a.stack.port_base, offset);
+    let mut page = String::new();
+    if !a.no_http {
+        use bus::endpoints::{HTTP_ACTOR, HTTP_MANAGER, HTTP_PUBLISHER};
+        for (args, offset) in [
+            (&mut manager, HTTP_MANAGER),
+            (&mut publisher, HTTP_PUBLISHER),
+            (&mut actor, HTTP_ACTOR),
+        ] {
+            args.extend(["--http".to_string(), http(offset)]);
+        }
+        // Made here, before the manager (which reads the same file), to print the page's address.
+        let token = manager::page::token(&a.stack.state).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot make the page's token in {}: {e}",
+                a.stack.state.display()
+            )
+        })?;
+        page = format!(
+            " | page http://{}/?token={token} | metrics http://{}/metrics (publisher {}, actor {})",
+            http(HTTP_MANAGER),
+            http(HTTP_MANAGER),
+            http(HTTP_PUBLISHER),
+            http(HTTP_ACTOR)
+        );
+    }
     let mut beacon = common("beacon");
     beacon.extend(["--host".to_string(), name.clone()]);
     let beacon_config = a.beacons.clone().or_else(|| {
@@ -263,14 +295,14 @@ pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         started: Instant::now(),
     };
     let mut parts = [
-        part("publisher", common("publisher")),
+        part("publisher", publisher),
         part("manager", manager),
         part("actor", actor),
         part("beacon", beacon),
     ];
     let ep = a.stack.endpoints();
     let summary = format!(
-        "{} | ingest {} | publisher {} | monitor {} | state {} | rules {} | actor {}",
+        "{} | ingest {} | publisher {} | monitor {} | state {} | rules {} | actor {}{page}",
         crate::security::describe(&security),
         ep.ingest,
         ep.publish,

@@ -298,6 +298,7 @@ fn manager() -> (tempfile::TempDir, manager::Manager) {
         security: bus::secure::Security::Insecure,
         missed_heartbeats: manager::presence::DEFAULT_MISSED,
         history: None,
+        http: None,
     };
     let m = manager::Manager::new(cfg).expect("a manager");
     (tmp, m)
@@ -449,6 +450,7 @@ fn publisher() -> (tempfile::TempDir, publisher::Publisher) {
         max_frame: bus::MAX_FRAME,
         keep: 64,
         send_limits: None,
+        http: None,
         security: bus::secure::Security::Insecure,
     };
     let mut p = publisher::Publisher::new(&cfg).expect("a publisher");

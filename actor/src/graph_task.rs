@@ -231,7 +231,7 @@ async fn graph_task(
             };
             let ms = t0.elapsed().as_secs_f64() * 1e3;
             let status = if first.ok { "ok" } else { "error" };
-            tracing::info!(name = %name, status, changed = first.changed.len(), ms, "action converged");
+            tracing::info!(name = %name, action = %action.id, event = %action.origin.event, status, changed = first.changed.len(), ms, "action converged");
             // The picture first, so whoever reacts to the result finds it up to date.
             ctx.write_dot(&name, &running);
             ctx.emit(
@@ -251,11 +251,11 @@ async fn graph_task(
                 biased;
                 ev = running.next_event() => match ev {
                     Some(engine::EngineEvent::Changed { id }) => {
-                        tracing::info!(name = %name, resource = %id, "drift repaired");
+                        tracing::info!(name = %name, action = %action.id, event = %action.origin.event, resource = %id, "drift repaired");
                         ctx.emit("actor/repaired", json!({"name": name, "action": action.id, "resource": id}));
                     }
                     Some(engine::EngineEvent::Failed { id, error }) => {
-                        tracing::warn!(name = %name, resource = %id, "check failed: {error}");
+                        tracing::warn!(name = %name, action = %action.id, event = %action.origin.event, resource = %id, "check failed: {error}");
                         ctx.emit("actor/error", json!({"name": name, "action": action.id, "resource": id, "error": error}));
                     }
                     Some(engine::EngineEvent::Message { id, text }) => {
@@ -282,7 +282,7 @@ async fn graph_task(
             }) => {
                 serial = next;
                 let stats = Box::pin(running.swap(graph)).await;
-                tracing::info!(name = %name, kept = stats.kept, added = stats.added, removed = stats.removed, "graph swapped");
+                tracing::info!(name = %name, action = %new.id, event = %new.origin.event, kept = stats.kept, added = stats.added, removed = stats.removed, "graph swapped");
                 action = *new;
                 action.graph = serde_json::Value::Null;
                 started = Some(t0);

@@ -41,6 +41,7 @@
 //!     security: bus::secure::Security::Insecure,
 //!     sign_key: None,
 //!     policy: actor::Policy::strict(),
+//!     http: None,
 //! };
 //! // Runs until the flag is set (from a signal handler, say).
 //! actor::run(cfg, Arc::new(AtomicBool::new(false)))?;
@@ -51,6 +52,7 @@
 
 mod graph_task;
 mod intake;
+mod metrics;
 mod policy;
 mod rejected;
 mod replay;
@@ -125,6 +127,8 @@ pub struct Config {
     /// What this host accepts at all: a graph it refuses is reported as `actor/rejected` and
     /// never runs (checked on arrival and on restore from the state dir).
     pub policy: Policy,
+    /// Serve Prometheus metrics on this `host:port`; `None`: no HTTP.
+    pub http: Option<String>,
 }
 
 /// Run an actor until `stop` is set.
@@ -139,6 +143,11 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
             return Ok(());
         }
     }
+    let (metrics, registry) = metrics::Metrics::new();
+    let _http = match &cfg.http {
+        Some(addr) => Some(telemetry::Server::start(addr, registry, None)?),
+        None => None,
+    };
     let (out_tx, out_rx) = std_mpsc::channel::<Event>();
     let (in_tx, in_rx) = mpsc::channel(1024);
 
@@ -147,7 +156,10 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
         bus::sender::Sender::start(bus::sender::SenderConfig::new(&cfg.ingest, &cfg.security))?;
     let sender = std::thread::Builder::new()
         .name("actor-push".into())
-        .spawn(move || push_loop(push, out_rx))?;
+        .spawn({
+            let metrics = metrics.clone();
+            move || push_loop(push, out_rx, &metrics)
+        })?;
     let receiver = sub::spawn(&cfg, &topics, in_tx, stop.clone())?;
 
     tracing::info!(name = %cfg.name, groups = ?cfg.groups, publish = %cfg.publish, ingest = %cfg.ingest, "actor up");
@@ -160,7 +172,7 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
-        serve::Actor::new(cfg, topics, in_rx, out_tx, stop.clone())?
+        serve::Actor::new(cfg, topics, in_rx, out_tx, stop.clone(), metrics)?
             .serve()
             .await
     });
@@ -173,10 +185,19 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
     result
 }
 
-fn push_loop(push: bus::sender::Sender, rx: std_mpsc::Receiver<Event>) {
-    for ev in rx {
-        // Never blocks; an overflow (manager away for long) is counted and logged by the sender.
-        push.send(&ev);
+fn push_loop(push: bus::sender::Sender, rx: std_mpsc::Receiver<Event>, metrics: &metrics::Metrics) {
+    loop {
+        match rx.recv_timeout(Duration::from_millis(250)) {
+            Ok(ev) => {
+                metrics.report(&ev);
+                // Never blocks; an overflow (manager away for long) is counted and logged by
+                // the sender.
+                push.send(&ev);
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        metrics.sender(&push);
     }
     // Stopping: give the last results a moment to be acknowledged.
     push.wait_acked(std::time::Duration::from_secs(2));

@@ -3,6 +3,7 @@
 
 use crate::graph_task::{result_data, Cmd, Crossed, Ctx, InForce};
 use crate::intake::{Admit, Intake, Source};
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::rejected::{self, Reason};
 use crate::replay::{catch_up, Fetched, Replay};
@@ -54,6 +55,7 @@ pub(crate) struct Actor {
     inbound: mpsc::Receiver<Inbound>,
     crossings: mpsc::UnboundedReceiver<Crossed>,
     stop: Arc<AtomicBool>,
+    metrics: Metrics,
 }
 
 /// What woke the serve loop.
@@ -81,6 +83,7 @@ impl Actor {
         inbound: mpsc::Receiver<Inbound>,
         out: std_mpsc::Sender<Event>,
         stop: Arc<AtomicBool>,
+        metrics: Metrics,
     ) -> Result<Actor, ActorError> {
         let (crossed, crossings) = mpsc::unbounded_channel();
         if cfg.sign_key.is_none() {
@@ -96,8 +99,11 @@ impl Actor {
         let last_seqs = store.as_ref().map(Store::last_seqs).unwrap_or_default();
         let mut intake = Intake::default();
         intake.saw(last_seqs.get(&verify.issuer()).copied().unwrap_or(0));
+        let mut engine = engine::Engine::new()?;
+        engine.observe_checks(metrics.observer());
         Ok(Actor {
-            engine: engine::Engine::new()?,
+            engine,
+            metrics,
             store,
             policy: cfg.policy,
             ctx: Ctx {
@@ -147,7 +153,11 @@ impl Actor {
                 },
                 Wake::CaughtUp(why, fetched) => self.caught_up(why, fetched).await,
                 Wake::Crossed(c) => self.crossed(c),
-                Wake::Tick => self.release_leases().await,
+                Wake::Tick => {
+                    self.release_leases().await;
+                    telemetry::set_gauge(&self.metrics.graphs, self.graphs.len() + self.once.len());
+                    telemetry::set_gauge(&self.metrics.inbound, self.inbound.len());
+                }
                 Wake::Stop => break,
             }
         }
@@ -188,7 +198,7 @@ impl Actor {
             match graph::Graph::from_value(&action.graph) {
                 // Kept for a while, and the while ended with the actor away: released.
                 Ok(_) if over && matches!(action.life, bus::Life::For(_)) => {
-                    tracing::info!(name = %action.name, "kept graph's time ended while away: released");
+                    tracing::info!(name = %action.name, action = %action.id, event = %action.origin.event, "kept graph's time ended while away: released");
                     store.remove(&action.name)
                 }
                 Ok(g) if !g.is_empty() && self.refused(&action, &g) => store.remove(&action.name),
@@ -198,13 +208,15 @@ impl Actor {
                     restored.push((action, running));
                 }
                 Ok(_) => store.remove(&action.name),
-                Err(e) => tracing::error!(name = %action.name, "kept graph no longer valid: {e}"),
+                Err(e) => {
+                    tracing::error!(name = %action.name, action = %action.id, event = %action.origin.event, "kept graph no longer valid: {e}")
+                }
             }
         }
         for (action, mut running) in restored {
             self.lease(&action);
             let report = running.first_report().await;
-            tracing::info!(name = %action.name, ok = report.ok, changed = report.changed.len(), "restored graph converged");
+            tracing::info!(name = %action.name, action = %action.id, event = %action.origin.event, ok = report.ok, changed = report.changed.len(), "restored graph converged");
             self.ctx.write_dot(&action.name, &running);
             self.start(running, action, None);
         }
@@ -616,9 +628,18 @@ mod tests {
             security: bus::secure::Security::Insecure,
             sign_key: None,
             policy: Policy::strict(),
+            http: None,
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let mut actor = Actor::new(cfg, Vec::new(), inbound, out, stop).expect("actor");
+        let mut actor = Actor::new(
+            cfg,
+            Vec::new(),
+            inbound,
+            out,
+            stop,
+            crate::metrics::Metrics::new().0,
+        )
+        .expect("actor");
         actor.apply(action(1, "a")).await;
         let before = actor.graphs["g"].serial;
         actor.apply(action(2, "b")).await;

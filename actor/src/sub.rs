@@ -176,6 +176,7 @@ mod tests {
             security: bus::secure::Security::Insecure,
             sign_key: None,
             policy: crate::Policy::strict(),
+            http: None,
         }
     }
 

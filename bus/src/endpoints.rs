@@ -6,8 +6,22 @@ use std::path::Path;
 /// The default port base: manager ingest.
 pub const DEFAULT_PORT_BASE: u16 = 4510;
 
-/// How many TCP ports a stack uses, from its port base up.
-pub const TCP_PORTS: u16 = 7;
+/// How many TCP ports a stack uses, from its port base up (the last three are the HTTP
+/// ports `reflex up` gives its parts, on loopback).
+pub const TCP_PORTS: u16 = 10;
+
+/// The manager's HTTP port (`/metrics` and the page) under `reflex up`: port base + 7.
+pub const HTTP_MANAGER: u16 = 7;
+/// The publisher's `/metrics` under `reflex up`: port base + 8.
+pub const HTTP_PUBLISHER: u16 = 8;
+/// The actor's `/metrics` under `reflex up`: port base + 9.
+pub const HTTP_ACTOR: u16 = 9;
+
+/// `127.0.0.1:<port_base + offset>`: an HTTP address on loopback (`reflex up` never serves
+/// HTTP elsewhere).
+pub fn http_local(port_base: u16, offset: u16) -> String {
+    format!("127.0.0.1:{}", port_base.saturating_add(offset))
+}
 
 /// The endpoints of one reflex stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,7 +110,7 @@ pub fn free_local_base() -> std::io::Result<u16> {
     // take a port as its source between our check and the bind.
     let seed = (std::process::id() as u64).wrapping_mul(7_919) ^ crate::now_ms();
     for k in 0..1_000u64 {
-        let base = 20_000 + ((seed.wrapping_add(k * 7) % 12_700) as u16);
+        let base = 20_000 + ((seed.wrapping_add(k * u64::from(TCP_PORTS)) % 12_700) as u16);
         if taken.iter().all(|t| t.abs_diff(base) >= TCP_PORTS)
             && (0..TCP_PORTS).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok())
         {

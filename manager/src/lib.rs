@@ -21,6 +21,7 @@ pub mod delivery;
 pub mod glob;
 pub mod history;
 pub mod lint;
+pub mod metrics;
 pub mod outbox;
 pub mod page;
 pub mod presence;
@@ -77,6 +78,9 @@ pub enum ManagerError {
         #[source]
         source: std::io::Error,
     },
+    /// The HTTP server (metrics, page) cannot start.
+    #[error("http: {0}")]
+    Http(std::io::Error),
     /// The rules folder cannot be read.
     #[error("rules folder {dir}: {source}")]
     RulesDir {
@@ -115,6 +119,8 @@ pub struct Config {
     pub missed_heartbeats: u32,
     /// How much history to keep under `<state>/history` ([`history`]); `None`: none.
     pub history: Option<history::Retention>,
+    /// Serve `/metrics` and the page ([`page`]) on this `host:port`; `None`: no HTTP.
+    pub http: Option<String>,
 }
 
 /// Counters, as the control socket reports them.
@@ -210,12 +216,19 @@ pub struct Manager {
     pending: BTreeSet<PathBuf>,
     last_change: Instant,
     history: Option<history::Writer>,
+    metrics: metrics::Metrics,
+    /// The longest the queue of events made inside the manager has been.
+    internal_max: usize,
+    /// Serves `/metrics` and the page while the manager runs.
+    http: Option<telemetry::Server>,
 }
 
 /// How many events to take in one group before committing (one fsync per group).
 const GROUP: u64 = 4_096;
 /// Editors save in bursts (temp file, rename, chmod): wait this long after the last change.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How often the exposed metrics are brought up to date.
+const METRICS_EVERY: Duration = Duration::from_millis(250);
 /// How often expired registers are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(5);
 
@@ -275,6 +288,18 @@ impl Manager {
             }
             None => None,
         };
+        let (metrics, registry) = metrics::Metrics::new(rules.meters());
+        let http = match &cfg.http {
+            Some(addr) => {
+                let page = page::Page::new(&cfg.state_dir).map_err(ManagerError::Http)?;
+                let routes: telemetry::Routes = Box::new(move |url| page.answer(url));
+                let server = telemetry::Server::start(addr, registry, Some(routes))
+                    .map_err(ManagerError::Http)?;
+                tracing::info!(url = %format!("http://{}/", server.addr()), token = %page::token_path(&cfg.state_dir).display(), "page up (its token is in the file)");
+                Some(server)
+            }
+            None => None,
+        };
         let mut m = Manager {
             cfg,
             registers,
@@ -295,6 +320,9 @@ impl Manager {
             pending: BTreeSet::new(),
             last_change: Instant::now(),
             history,
+            metrics,
+            internal_max: 0,
+            http,
         };
         m.internal.push_back(Event::new(
             "manager/up",
@@ -312,6 +340,7 @@ impl Manager {
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), ManagerError> {
         let mut last_purge = Instant::now();
         let mut last_presence = Instant::now();
+        let mut last_metrics = Instant::now();
         let mut frame = zmq::Message::new();
         let mut user = String::new();
         let secure = self.trust.is_secure();
@@ -432,6 +461,10 @@ impl Manager {
             // After the commit: the history tells what was decided, never what was not.
             if let Some(h) = &mut self.history {
                 h.flush();
+            }
+            if self.http.is_some() && last_metrics.elapsed() >= METRICS_EVERY {
+                self.sync_metrics();
+                last_metrics = Instant::now();
             }
         }
         self.commit()?;
@@ -604,6 +637,7 @@ impl Manager {
 
     /// Run the events made inside the manager, each through the monitor and the rules.
     fn drain_internal(&mut self) -> Result<(), ManagerError> {
+        self.internal_max = self.internal_max.max(self.internal.len());
         while let Some(ev) = self.internal.pop_front() {
             self.stats.events += 1;
             let frame = bus::encode(&ev);
@@ -737,6 +771,25 @@ impl Manager {
         self.handle_frame(frame, sender)
     }
 
+    /// Bring the counts kept elsewhere (streams, outbox, hosts, history) into the stats.
+    fn refresh_stats(&mut self) {
+        self.stats.streams = self.streams.len();
+        self.stats.outbox = self.outbox.waiting();
+        self.stats.outbox_resent = self.outbox.resent;
+        (self.stats.hosts_up, self.stats.hosts_down) = self.presence.counts();
+        if let Some(h) = &self.history {
+            self.stats.history_bytes = h.bytes();
+            self.stats.history_dropped = h.dropped;
+        }
+    }
+
+    fn sync_metrics(&mut self) {
+        self.refresh_stats();
+        let size = self.registers.size_on_disk();
+        self.metrics
+            .sync(&self.stats, self.internal_max, Some(size));
+    }
+
     fn control_reply(&mut self, req: &Value) -> Value {
         let str_arg = |k: &str| req.get(k).and_then(Value::as_str);
         let answer = |r: Result<Value, registers::RegisterError>| match r {
@@ -745,14 +798,7 @@ impl Manager {
         };
         match (str_arg("cmd"), str_arg("op")) {
             (Some("stats"), _) => {
-                self.stats.streams = self.streams.len();
-                self.stats.outbox = self.outbox.waiting();
-                self.stats.outbox_resent = self.outbox.resent;
-                (self.stats.hosts_up, self.stats.hosts_down) = self.presence.counts();
-                if let Some(h) = &self.history {
-                    self.stats.history_bytes = h.bytes();
-                    self.stats.history_dropped = h.dropped;
-                }
+                self.refresh_stats();
                 serde_json::to_value(&self.stats).unwrap_or_default()
             }
             (Some("flush"), _) => match self.commit() {

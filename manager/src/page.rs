@@ -26,29 +26,18 @@ const DOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// `dot` slow); their DOT is offered instead.
 const MAX_DRAWN: usize = 500;
 
-/// An answer to one request.
-#[derive(Debug)]
-pub struct Reply {
-    /// HTTP status.
-    pub status: u16,
-    /// Its content type.
-    pub content_type: &'static str,
-    /// Its body.
-    pub body: Vec<u8>,
+pub use telemetry::Reply;
+
+fn json_reply(status: u16, v: &Value) -> Reply {
+    Reply {
+        status,
+        content_type: "application/json",
+        body: v.to_string().into_bytes(),
+    }
 }
 
-impl Reply {
-    fn json(status: u16, v: &Value) -> Reply {
-        Reply {
-            status,
-            content_type: "application/json",
-            body: v.to_string().into_bytes(),
-        }
-    }
-
-    fn error(status: u16, message: &str) -> Reply {
-        Reply::json(status, &json!({ "error": message }))
-    }
+fn error_reply(status: u16, message: &str) -> Reply {
+    json_reply(status, &json!({ "error": message }))
 }
 
 /// The page's state: its view of the history and the token it asks for.
@@ -58,10 +47,15 @@ pub struct Page {
     view: Mutex<View>,
 }
 
+/// Where the page's token is kept.
+pub fn token_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("http.token")
+}
+
 /// Make (or read) the page's token in `state_dir`: 32 random bytes as hex, owner-only.
 pub fn token(state_dir: &Path) -> io::Result<String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = state_dir.join("http.token");
+    let path = token_path(state_dir);
     match std::fs::read_to_string(&path) {
         Ok(t) if t.trim().len() >= 32 => return Ok(t.trim().to_string()),
         Ok(_) => {}
@@ -89,7 +83,11 @@ pub fn token(state_dir: &Path) -> io::Result<String> {
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// The value of `key` in a query string, percent-decoded.
@@ -108,15 +106,13 @@ fn decode(s: &str) -> String {
         let hex = |c: u8| (c as char).to_digit(16);
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             c => out.push(c),
         }
         i += 1;
@@ -151,7 +147,9 @@ impl Page {
             return Some(Reply {
                 status: 401,
                 content_type: "text/plain; charset=utf-8",
-                body: b"the live page needs its token: ?token=<the manager's state dir/http.token>\n".to_vec(),
+                body:
+                    b"the live page needs its token: ?token=<the manager's state dir/http.token>\n"
+                        .to_vec(),
             });
         }
         Some(match path {
@@ -165,7 +163,7 @@ impl Page {
             "/api/graph" => self.graph(query),
             p => match p.strip_prefix("/api/trace/") {
                 Some(id) => self.trace(&decode(id)),
-                None => Reply::error(404, "no such page"),
+                None => error_reply(404, "no such page"),
             },
         })
     }
@@ -190,12 +188,19 @@ impl Page {
             .iter()
             .map(|(name, r)| json!({"rule": name, "hits": r.hits, "errors": r.errors, "last_error": r.last_error}))
             .collect();
-        Reply::json(200, &json!({"hosts": hosts, "rules": rules, "events": v.events}))
+        json_reply(
+            200,
+            &json!({"hosts": hosts, "rules": rules, "events": v.events}),
+        )
     }
 
     fn events(&self, query: &str) -> Reply {
-        let tag = param(query, "tag").filter(|t| !t.is_empty()).map(|t| Glob::new(&t));
-        let after: u64 = param(query, "after").and_then(|a| a.parse().ok()).unwrap_or(0);
+        let tag = param(query, "tag")
+            .filter(|t| !t.is_empty())
+            .map(|t| Glob::new(&t));
+        let after: u64 = param(query, "after")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(0);
         let limit: usize = param(query, "limit")
             .and_then(|a| a.parse().ok())
             .unwrap_or(200)
@@ -209,14 +214,14 @@ impl Page {
             .take(limit)
             .collect();
         out.reverse();
-        Reply::json(200, &json!(out))
+        json_reply(200, &json!(out))
     }
 
     fn trace(&self, id: &str) -> Reply {
         let traced = Reader::open(&self.history).and_then(|r| history::trace(&r, id));
         match traced {
-            Ok(t) => Reply::json(200, &json!(t)),
-            Err(e) => Reply::error(500, &format!("reading the history: {e}")),
+            Ok(t) => json_reply(200, &json!(t)),
+            Err(e) => error_reply(500, &format!("reading the history: {e}")),
         }
     }
 
@@ -224,18 +229,18 @@ impl Page {
     /// installed or the graph is too large to draw.
     fn graph(&self, query: &str) -> Reply {
         let (Some(host), Some(name)) = (param(query, "host"), param(query, "name")) else {
-            return Reply::error(400, "graph needs host and name");
+            return error_reply(400, "graph needs host and name");
         };
         let graph = {
             let v = self.view();
             match v.hosts.get(&host).and_then(|h| h.graphs.get(&name)) {
                 Some(g) => g.graph.clone(),
-                None => return Reply::error(404, "no such graph in force on that host"),
+                None => return error_reply(404, "no such graph in force on that host"),
             }
         };
         let dot = match graph::Graph::from_value(&graph) {
             Ok(g) => g.to_dot(&name),
-            Err(e) => return Reply::error(422, &format!("the graph does not parse: {e}")),
+            Err(e) => return error_reply(422, &format!("the graph does not parse: {e}")),
         };
         let n = graph
             .as_array()

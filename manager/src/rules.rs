@@ -19,6 +19,7 @@
 //! after [`DISABLE_AFTER`] failures in a row it is disabled until its file changes.
 
 use crate::glob::{Glob, TagIndex};
+use crate::metrics::{RuleMeter, RuleMeters};
 use bus::monitor::{Hit, RuleError};
 use bus::{Action, Event, Origin, Target};
 use natives::{accumulate_fn, once_within_fn, registers_module};
@@ -27,6 +28,7 @@ use rhai::{Dynamic, Engine, EvalAltResult, Map, NativeCallContext, Scope, AST, I
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 /// Resource limits for rule scripts.
 #[derive(Debug, Clone)]
@@ -100,6 +102,8 @@ pub struct Rule {
     failures: u32,
     /// Disabled after [`DISABLE_AFTER`] failures in a row, until its file changes.
     pub disabled: bool,
+    /// Its hits, errors and run times, as exposed on `/metrics`.
+    meter: RuleMeter,
 }
 
 /// An event a rule emitted with `emit(tag, data)`.
@@ -195,6 +199,7 @@ pub struct Rules {
     rules: Vec<Rule>,
     index: TagIndex,
     ctx: Shared,
+    meters: RuleMeters,
 }
 
 fn to_json(d: &Dynamic) -> FnResult<Value> {
@@ -426,7 +431,13 @@ impl Rules {
             rules: Vec::new(),
             index: TagIndex::default(),
             ctx,
+            meters: RuleMeters::default(),
         }
+    }
+
+    /// Every rule's meters (for the manager's `/metrics`).
+    pub fn meters(&self) -> &RuleMeters {
+        &self.meters
     }
 
     /// The loaded rules, in the order they run.
@@ -496,7 +507,6 @@ impl Rules {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         Ok(Rule {
-            name,
             file: file.to_path_buf(),
             globs,
             ast,
@@ -504,6 +514,8 @@ impl Rules {
             source: source.to_string(),
             failures: 0,
             disabled: false,
+            meter: self.meters.for_rule(&name),
+            name,
         })
     }
 
@@ -547,7 +559,8 @@ impl Rules {
         if !file.is_file() {
             let at = at?;
             let mut rules = std::mem::take(&mut self.rules);
-            rules.remove(at);
+            let gone = rules.remove(at);
+            self.meters.forget(&gone.name);
             self.set_rules(rules);
             return Some(Change::Removed {
                 file: file.to_path_buf(),
@@ -637,6 +650,7 @@ impl Rules {
                 c.wrote.clear();
                 (c.actions.len(), c.emitted.len())
             };
+            let started = Instant::now();
             let result = self.engine.call_fn_with_options::<Dynamic>(
                 rhai::CallFnOptions::new()
                     .eval_ast(false)
@@ -646,6 +660,7 @@ impl Rules {
                 "react",
                 (Dynamic::from_map(map.clone()),),
             );
+            rule.meter.seconds.observe(started.elapsed().as_secs_f64());
             let mut c = lock(&self.ctx);
             let result = result
                 .map_err(|e| e.to_string())
@@ -653,6 +668,7 @@ impl Rules {
             match result {
                 Ok(()) => {
                     rule.failures = 0;
+                    rule.meter.hits.inc();
                     out.hits.push(Hit {
                         rule: rule.name.clone(),
                         event: event.id.clone(),
@@ -662,6 +678,7 @@ impl Rules {
                     });
                 }
                 Err(message) => {
+                    rule.meter.errors.inc();
                     // A failed rule produces nothing: drop what it appended before failing.
                     c.actions.truncate(actions_before);
                     c.emitted.truncate(emitted_before);
@@ -675,7 +692,7 @@ impl Rules {
                     });
                     if rule.failures >= DISABLE_AFTER {
                         rule.disabled = true;
-                        tracing::error!(rule = %rule.file.display(), "rule failed {DISABLE_AFTER} times in a row: disabled until its file changes");
+                        tracing::error!(rule = %rule.file.display(), event = %event.id, "rule failed {DISABLE_AFTER} times in a row: disabled until its file changes");
                         out.disabled.push((rule.name.clone(), rule.file.clone()));
                     }
                 }

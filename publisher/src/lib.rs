@@ -46,6 +46,7 @@
 mod doors;
 mod journal;
 mod link;
+mod metrics;
 mod topics;
 
 use bus::secure::Door;
@@ -82,6 +83,9 @@ pub enum PublisherError {
     /// The ZAP handler could not start.
     #[error(transparent)]
     Zap(#[from] bus::zap::ZapError),
+    /// The HTTP server (metrics) cannot start.
+    #[error("http: {0}")]
+    Http(std::io::Error),
     /// The control node's signing key cannot be made or read.
     #[error("signing key: {0}")]
     SignKey(#[from] bus::envelope::SignKeyError),
@@ -105,7 +109,12 @@ pub struct Config {
     /// `None`: the defaults ([`bus::sockets::HWM`], the kernel's). Made small only by tests
     /// that need a subscriber to fall behind.
     pub send_limits: Option<(i32, i32)>,
+    /// Serve Prometheus metrics on this `host:port`; `None`: no HTTP.
+    pub http: Option<String>,
 }
+
+/// How often the exposed metrics are brought up to date.
+const METRICS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// A running publisher's sockets and log.
 pub struct Publisher {
@@ -138,6 +147,12 @@ pub struct Publisher {
     pub gaps: u64,
     /// Groups committed (one flush each) since start.
     pub commits: u64,
+    /// Replay requests answered since start.
+    pub replays: u64,
+    /// Actions sent in replay answers since start.
+    pub replayed: u64,
+    metrics: metrics::Metrics,
+    http: Option<telemetry::Server>,
 }
 
 impl Publisher {
@@ -178,6 +193,13 @@ impl Publisher {
         let sec = &cfg.security;
         let publish = doors::bind_fanout(&cfg.endpoints.publish, sec, cfg.send_limits)?;
         let replay = bus::secure::bind(zmq::REP, &cfg.endpoints.replay, sec, Door::Replay)?;
+        let (metrics, registry) = metrics::Metrics::new();
+        let http = match &cfg.http {
+            Some(addr) => {
+                Some(telemetry::Server::start(addr, registry, None).map_err(PublisherError::Http)?)
+            }
+            None => None,
+        };
         tracing::info!(link = %cfg.endpoints.link, link_acks = %cfg.endpoints.link_acks, publish = %cfg.endpoints.publish, replay = %cfg.endpoints.replay, next_seq, sign_key = %sign.id(), "publisher up");
         Ok(Publisher {
             link,
@@ -201,12 +223,17 @@ impl Publisher {
             resent: 0,
             gaps: 0,
             commits: 0,
+            replays: 0,
+            replayed: 0,
+            metrics,
+            http,
         })
     }
 
     /// Serve the link and the replay socket until `stop` is set, then flush the log.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), PublisherError> {
         let mut frame = zmq::Message::new();
+        let mut last_metrics = std::time::Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let (readable, replay, subscriptions) = {
                 let mut items = [
@@ -252,6 +279,10 @@ impl Publisher {
             }
             self.tick_acks()?;
             self.topics.tick(&self.publish)?;
+            if self.http.is_some() && last_metrics.elapsed() >= METRICS_EVERY {
+                self.metrics.sync(self);
+                last_metrics = std::time::Instant::now();
+            }
         }
         self.journal.mark_clean(&self.db)?;
         tracing::info!(published = self.published, "publisher stopped");
@@ -263,6 +294,9 @@ impl Publisher {
         self.replay.recv(&mut req, zmq::DONTWAIT)?;
         let user = req.gets("User-Id").map(str::to_string);
         let frames = self.answer_replay(&req, user.as_deref())?;
+        self.replays += 1;
+        // The first frame is the header.
+        self.replayed += frames.len().saturating_sub(1) as u64;
         self.replay.send_multipart(frames, 0)?;
         Ok(())
     }

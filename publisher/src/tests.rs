@@ -79,6 +79,7 @@ fn numbers_logs_prunes_and_replays_by_topic() {
         max_frame: bus::MAX_FRAME,
         keep: 1_000,
         send_limits: None,
+        http: None,
         security: bus::secure::Security::Insecure,
     };
     // The key the publisher will find and sign with.
@@ -190,6 +191,7 @@ fn insecure(dir: &std::path::Path) -> Config {
         max_frame: bus::MAX_FRAME,
         keep: 1_000,
         send_limits: None,
+        http: None,
         security: bus::secure::Security::Insecure,
     }
 }

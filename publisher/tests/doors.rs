@@ -106,6 +106,7 @@ fn hosts_get_their_own_topics_only_and_a_revoked_one_is_cut_off() {
         max_frame: bus::MAX_FRAME,
         keep: 1_000,
         send_limits: None,
+        http: None,
         security: Security::Curve {
             pair: manager.clone(),
             server: *manager.public(),

@@ -21,6 +21,7 @@ fn config(state: &std::path::Path) -> publisher::Config {
         max_frame: bus::MAX_FRAME,
         keep: 1_000,
         send_limits: None,
+        http: None,
         security: bus::secure::Security::Insecure,
     }
 }

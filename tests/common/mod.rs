@@ -26,7 +26,7 @@ pub fn free_port_base() -> u16 {
     let seed = (std::process::id() % 500) as u16 * 40;
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let base = 20_000 + (seed + n * 7) % 12_700;
+        let base = 20_000 + (seed + n * bus::endpoints::TCP_PORTS) % 12_700;
         if (0..bus::endpoints::TCP_PORTS)
             .all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
         {

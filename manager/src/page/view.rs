@@ -103,7 +103,9 @@ impl View {
     pub fn update(&mut self) {
         let mut records = Vec::new();
         loop {
-            let more = self.follower.poll(|r| records.push((r.kind, r.at, r.body.to_vec())));
+            let more = self
+                .follower
+                .poll(|r| records.push((r.kind, r.at, r.body.to_vec())));
             for (kind, at, body) in records.drain(..) {
                 self.take(Record {
                     kind,
@@ -176,7 +178,16 @@ impl View {
     fn event(&mut self, at: u64, event: Event) {
         self.events += 1;
         let tag = event.tag.as_str();
-        if let Some((name, state)) = tag
+        if matches!(tag, "manager/rules/loaded" | "manager/rules/removed") {
+            // The rules in force, so the ones that never hit are listed too.
+            if let Some(names) = event.data.get("rules").and_then(Value::as_array) {
+                let names: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
+                self.rules.retain(|r, _| names.contains(&r.as_str()));
+                for n in names {
+                    self.rule(n);
+                }
+            }
+        } else if let Some((name, state)) = tag
             .strip_prefix("host/")
             .and_then(|rest| rest.rsplit_once('/'))
         {
