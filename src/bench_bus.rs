@@ -33,6 +33,10 @@ pub struct BusArgs {
     /// Run the manager with `--no-history` (to measure what the history costs).
     #[arg(long)]
     pub no_history: bool,
+    /// Run the manager with `--http` (metrics kept up to date, the page served) on a loopback
+    /// port of the kernel's choosing, to measure what that costs.
+    #[arg(long)]
+    pub http: bool,
 }
 
 const ACTOR: &str = "bench-actor";
@@ -95,11 +99,13 @@ struct Figures {
 /// Start a stack (CURVE on, or every part `--insecure`), push the events through it and ping
 /// its actor one event at a time.
 fn measure(a: &BusArgs, frames: &[Vec<u8>], secure: bool) -> anyhow::Result<Figures> {
-    let extra: Vec<String> = a
-        .no_history
-        .then(|| "--no-history".into())
-        .into_iter()
-        .collect();
+    let mut extra: Vec<String> = Vec::new();
+    if a.no_history {
+        extra.push("--no-history".into());
+    }
+    if a.http {
+        extra.extend(["--http".into(), "127.0.0.1:0".into()]);
+    }
     let mut stack = BenchStack::start_with(write_rules, secure, &extra)?;
     let ep = stack.endpoints.clone();
 
