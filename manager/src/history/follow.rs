@@ -12,6 +12,8 @@ pub struct Follower {
     dir: PathBuf,
     /// The segment being followed (its first time and path) and the bytes of it read.
     at: Option<(u64, PathBuf, u64)>,
+    /// No segment older than this is read.
+    from: u64,
 }
 
 /// At most this many bytes are read in one poll, so a long history is caught up on in steps
@@ -24,7 +26,28 @@ impl Follower {
         Follower {
             dir: dir.to_path_buf(),
             at: None,
+            from: 0,
         }
+    }
+
+    /// Follow the history in `dir` from the start of its newest segments that hold at most
+    /// `bytes` together (the newest one at least): a long history is not read whole first.
+    pub fn recent(dir: &Path, bytes: u64) -> io::Result<Follower> {
+        let segments = segment::list(dir)?;
+        let mut total = 0u64;
+        let mut start = None;
+        for (first, path) in segments.iter().rev() {
+            total += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            if total > bytes && start.is_some() {
+                break;
+            }
+            start = Some(*first);
+        }
+        Ok(Follower {
+            dir: dir.to_path_buf(),
+            at: None,
+            from: start.unwrap_or(0),
+        })
     }
 
     /// Call `f` with each record written since the last poll, in order. True when there may
@@ -40,7 +63,11 @@ impl Follower {
                 // Not started, or the segment was pruned: the oldest one after it.
                 at => {
                     let after = at.as_ref().map(|a| a.0);
-                    match segments.iter().find(|s| after.is_none_or(|a| s.0 > a)) {
+                    let from = self.from;
+                    match segments
+                        .iter()
+                        .find(|s| s.0 >= from && after.is_none_or(|a| s.0 > a))
+                    {
                         Some((first, path)) => (*first, path.clone(), 0),
                         None => return Ok(false),
                     }
@@ -136,5 +163,45 @@ mod tests {
         assert!(w.pruned > 0);
         assert_eq!(more.last(), Some(&2_999));
         assert!(more.windows(2).all(|p| p[0] < p[1]), "in order, none twice");
+    }
+
+    #[test]
+    fn a_recent_follower_starts_at_the_newest_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = Retention {
+            max_bytes: 16 << 20,
+            max_age: std::time::Duration::from_secs(3600),
+        };
+        let mut w = Writer::open(dir.path(), keep).unwrap();
+        // 1 MiB segments: 3,000 records of 1 KB make three.
+        for i in 0..3_000u64 {
+            let mut b = i.to_le_bytes().to_vec();
+            b.resize(1_000, 0);
+            w.record(Kind::Event, &b);
+            w.flush();
+        }
+        let segments = segment::list(dir.path()).unwrap();
+        assert!(segments.len() >= 3, "{segments:?}");
+        let mut seen = Vec::new();
+        let mut fol = Follower::recent(dir.path(), 1 << 20).unwrap();
+        while fol
+            .poll(|r| seen.push(u64::from_le_bytes(r.body[..8].try_into().unwrap())))
+            .unwrap()
+        {}
+        // Only the newest segment (the one that fits), from its first record to the last.
+        assert_eq!(seen.last(), Some(&2_999));
+        assert!(
+            seen[0] > 0 && seen.len() < 3_000,
+            "{} from {}",
+            seen.len(),
+            seen[0]
+        );
+        assert!(seen.windows(2).all(|p| p[1] == p[0] + 1));
+        // Nothing in the dir yet: it follows from the start.
+        let empty = tempfile::tempdir().unwrap();
+        assert!(!Follower::recent(empty.path(), 1)
+            .unwrap()
+            .poll(|_| {})
+            .unwrap());
     }
 }

@@ -85,11 +85,16 @@ pub struct View {
     action_order: VecDeque<String>,
 }
 
+/// How much of the history the page reads when it starts: the counts it shows are of this
+/// and what comes after (the metrics have the totals since the manager started).
+pub const START_BYTES: u64 = 64 << 20;
+
 impl View {
-    /// A view of the history in `dir`, empty until [`View::update`].
+    /// A view of the history in `dir` (its newest [`START_BYTES`] and all that comes after),
+    /// empty until [`View::update`].
     pub fn new(dir: &Path) -> View {
         View {
-            follower: Follower::new(dir),
+            follower: Follower::recent(dir, START_BYTES).unwrap_or_else(|_| Follower::new(dir)),
             recent: VecDeque::new(),
             events: 0,
             hosts: BTreeMap::new(),
