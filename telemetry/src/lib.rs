@@ -126,6 +126,8 @@ fn serve(server: tiny_http::Server, registry: Registry, routes: Option<Routes>, 
             ("Content-Type", reply.content_type),
             ("Cache-Control", "no-store"),
             ("X-Content-Type-Options", "nosniff"),
+            // The page's address carries its token: never hand it on.
+            ("Referrer-Policy", "no-referrer"),
         ] {
             if let Ok(h) = tiny_http::Header::from_bytes(k, v) {
                 response.add_header(h);
