@@ -48,6 +48,14 @@ impl Proc {
         Proc::spawn(name, args, false)
     }
 
+    /// [`Proc::start`] inside the network namespace `ns` (`ip netns exec`, which execs reflex:
+    /// the pid is reflex's own).
+    pub fn start_in(ns: &str, name: &str, args: &[&str]) -> Proc {
+        let mut all = vec!["netns", "exec", ns, REFLEX];
+        all.extend_from_slice(args);
+        Proc::spawn_cmd(Command::new("ip").args(&all), name, true)
+    }
+
     /// Start `reflex ARGS...`, capturing its log (stderr) lines as well as stdout; the log is
     /// still copied to the test's stderr.
     pub fn start_logged(name: &str, args: &[&str]) -> Proc {
@@ -55,8 +63,11 @@ impl Proc {
     }
 
     fn spawn(name: &str, args: &[&str], logs: bool) -> Proc {
-        let child = Command::new(REFLEX)
-            .args(args)
+        Proc::spawn_cmd(Command::new(REFLEX).args(args), name, logs)
+    }
+
+    fn spawn_cmd(cmd: &mut Command, name: &str, logs: bool) -> Proc {
+        let child = cmd
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
