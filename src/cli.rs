@@ -182,9 +182,32 @@ pub enum Cmd {
     /// What became of an event (or an action): the rules it hit, the registers they wrote, the
     /// actions, each host's results and repairs, and the events emitted from it, recursively.
     Trace(crate::history_cmd::TraceArgs),
+    /// The fleet at a glance: each enrolled host, its groups, up or down and since when, its
+    /// last event, graphs in force, converged or not, failures in the last hour (from the
+    /// manager's state dir).
+    Hosts(crate::hosts_cmd::HostsArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),
+}
+
+/// Print rows under a header, each column as wide as its widest cell.
+pub fn print_table<H: AsRef<str>>(header: &[H], rows: &[Vec<String>]) {
+    let header: Vec<String> = header.iter().map(|h| h.as_ref().to_string()).collect();
+    let mut width = vec![0usize; header.len()];
+    for row in std::iter::once(&header).chain(rows) {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&width)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
 }
 
 /// An error that carries its exit code.
@@ -278,6 +301,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Status(a) => crate::send::status(a),
         Cmd::Events(a) => crate::history_cmd::events(a),
         Cmd::Trace(a) => crate::history_cmd::trace(a),
+        Cmd::Hosts(a) => crate::hosts_cmd::run(a),
         Cmd::Rules(c) => crate::rules_cmd::rules(c),
         Cmd::Registers(a) => crate::rules_cmd::registers(a),
         Cmd::Keys(k) => crate::keys_cmd::run(k),

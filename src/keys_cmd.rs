@@ -3,7 +3,7 @@
 //! when one answers within about a second (so a change reaches its key set at once), else
 //! offline on the state dir (the manager follows the store there); stderr says which.
 
-use crate::cli::{Exit, KeysCmd, StackArgs};
+use crate::cli::{print_table, Exit, KeysCmd, StackArgs};
 use crate::security::{security, Node};
 use bus::enroll::{store_dir, EnrollError, Enrollment, Entry};
 use bus::keys::Role;
@@ -155,10 +155,10 @@ fn list(entries: &[Entry], as_json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<[String; 5]> = entries
+    let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
-            [
+            vec![
                 e.name.clone(),
                 e.state.as_str().into(),
                 e.role.to_string(),
@@ -167,21 +167,7 @@ fn list(entries: &[Entry], as_json: bool) -> anyhow::Result<ExitCode> {
             ]
         })
         .collect();
-    let header = ["NAME", "STATE", "ROLE", "FINGERPRINT", "GROUPS"].map(String::from);
-    let mut width = [0usize; 5];
-    for row in std::iter::once(&header).chain(&rows) {
-        for (w, cell) in width.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(width)
-            .map(|(c, w)| format!("{c:w$}"))
-            .collect();
-        println!("{}", cells.join("  ").trim_end());
-    }
+    print_table(&["NAME", "STATE", "ROLE", "FINGERPRINT", "GROUPS"], &rows);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,6 +19,7 @@ mod cli;
 mod config;
 mod daemons;
 mod history_cmd;
+mod hosts_cmd;
 mod keys_cmd;
 mod rules_cmd;
 mod security;

@@ -36,17 +36,46 @@ pub struct InForce {
     pub graph: Value,
 }
 
-/// A host as the page shows it.
+/// A host as the page and `reflex hosts` show it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Host {
     /// Heartbeats arrive (`host/<name>/up` since the last `down`).
     pub up: bool,
+    /// When it last went up or down, Unix ms; 0 before either was seen.
+    pub since: u64,
     /// Its actor said `actor/converged` last (not `actor/diverged`); `None` before either.
     pub converged: Option<bool>,
     /// Last heard of, Unix ms.
     pub seen: u64,
+    /// The tag of the last event it sent (or the manager sent about it).
+    pub last_tag: String,
     /// Its graphs in force, by name.
     pub graphs: BTreeMap<String, InForce>,
+    /// When its failures happened (failed results, failed checks, rejected actions), Unix ms,
+    /// the newest [`MAX_FAILURES`].
+    #[serde(skip)]
+    pub failures: VecDeque<u64>,
+}
+
+/// Failure times kept per host: enough to count an hour's on a host that fails every few seconds.
+pub const MAX_FAILURES: usize = 4_096;
+
+impl Host {
+    /// Failures at or after `since_ms` (of the newest [`MAX_FAILURES`]).
+    pub fn failures_since(&self, since_ms: u64) -> usize {
+        self.failures
+            .iter()
+            .rev()
+            .take_while(|t| **t >= since_ms)
+            .count()
+    }
+
+    fn failed(&mut self, at: u64) {
+        if self.failures.len() >= MAX_FAILURES {
+            self.failures.pop_front();
+        }
+        self.failures.push_back(at);
+    }
 }
 
 /// A rule's counts.
@@ -93,8 +122,17 @@ impl View {
     /// A view of the history in `dir` (its newest [`START_BYTES`] and all that comes after),
     /// empty until [`View::update`].
     pub fn new(dir: &Path) -> View {
+        View::from(Follower::recent(dir, START_BYTES).unwrap_or_else(|_| Follower::new(dir)))
+    }
+
+    /// A view of the whole history in `dir`, from its oldest segment.
+    pub fn whole(dir: &Path) -> View {
+        View::from(Follower::new(dir))
+    }
+
+    fn from(follower: Follower) -> View {
         View {
-            follower: Follower::recent(dir, START_BYTES).unwrap_or_else(|_| Follower::new(dir)),
+            follower,
             recent: VecDeque::new(),
             events: 0,
             hosts: BTreeMap::new(),
@@ -197,8 +235,13 @@ impl View {
             .and_then(|rest| rest.rsplit_once('/'))
         {
             if let (Some(h), "up" | "down") = (self.host(name), state) {
-                h.up = state == "up";
+                let up = state == "up";
+                if up != h.up || h.since == 0 {
+                    h.since = at;
+                }
+                h.up = up;
                 h.seen = at;
+                h.last_tag = event.tag.clone();
             }
         } else if let Some(kind) = tag.strip_prefix("actor/") {
             let name = event.host.clone();
@@ -208,12 +251,17 @@ impl View {
             let known = action.as_ref().and_then(|id| self.actions.get(id)).cloned();
             if let Some(h) = self.host(&name) {
                 h.seen = at;
+                h.last_tag = event.tag.clone();
                 match kind {
                     "up" => h.up = true,
                     "converged" => h.converged = Some(true),
                     "diverged" => h.converged = Some(false),
+                    "error" | "rejected" => h.failed(at),
                     "result" => {
                         let status = data.get("status").and_then(Value::as_str).unwrap_or("?");
+                        if !matches!(status, "ok" | "superseded") {
+                            h.failed(at);
+                        }
                         if let (Some(a), Some(g)) = (known, graph) {
                             if a.life == Life::Once {
                                 h.graphs.remove(&g);
@@ -247,6 +295,10 @@ impl View {
                     _ => {}
                 }
             }
+        } else if let Some(h) = self.hosts.get_mut(&event.host) {
+            // Any other event of a host already known (beacons, `reflex send`): its last word.
+            h.seen = at;
+            h.last_tag = event.tag.clone();
         }
         if self.recent.len() >= RECENT {
             self.recent.pop_front();
