@@ -72,7 +72,17 @@ fn spool_path(a: &BeaconArgs, cfg: &beacons::Config, host: &str) -> Option<PathB
 /// The config the flags ask for.
 fn config(a: &BeaconArgs) -> anyhow::Result<beacons::Config> {
     let mut cfg = match (&a.config, a.defaults) {
-        (Some(path), _) => beacons::Config::load(path).map_err(|e| Exit::usage(e.to_string()))?,
+        (Some(path), _) => {
+            // The file's own settings of `reflex beacon` (`addr`, `state`...) became flags
+            // before clap ran (crate::config); the beacons crate leaves them be.
+            let cli = <crate::cli::Cli as clap::CommandFactory>::command();
+            let outside = cli
+                .find_subcommand("beacon")
+                .map(crate::config::file_settings)
+                .unwrap_or_default();
+            let outside: Vec<&str> = outside.iter().map(String::as_str).collect();
+            beacons::Config::load_beside(path, &outside).map_err(|e| Exit::usage(e.to_string()))?
+        }
         (None, true) => beacons::Config::parse(beacons::DEFAULT_CONFIG, "<shipped default>")
             .map_err(|e| Exit::usage(e.to_string()))?,
         (None, false) => {

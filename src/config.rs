@@ -1,4 +1,7 @@
-//! `--config FILE` and `--print-config` for the daemons (`reflex manager`, `publisher`, `actor`).
+//! `--config FILE` and `--print-config` for the daemons (`reflex manager`, `publisher`, `actor`),
+//! and `--config FILE` for `reflex beacon`, whose file holds its `[[beacon]]` tables, `host` and
+//! `spool` (read by the beacons crate) beside the same kind of settings (`addr`, `state`,
+//! `manager-key`...), so a host's beacon is configured in one file like its actor.
 //!
 //! A config file is TOML whose keys are the subcommand's long flags (`port-base = 4600`, or
 //! `port_base`): a string, a number or a boolean for a flag that takes one value or none, an
@@ -16,10 +19,23 @@ use std::ffi::OsString;
 use toml_edit::{ImDocument, Item, Value};
 
 /// The subcommands that take `--config`.
-const DAEMONS: [&str; 3] = ["manager", "publisher", "actor"];
+const DAEMONS: [&str; 4] = ["manager", "publisher", "actor", "beacon"];
+
+/// Top-level keys of a beacon config file that the beacons crate reads itself.
+const BEACON_FILE_KEYS: [&str; 3] = ["beacon", "host", "spool"];
 
 /// Flags that are not settings (and any `--print-…`, which prints something and exits).
-const NOT_SETTINGS: [&str; 3] = ["config", "help", "version"];
+const NOT_SETTINGS: [&str; 5] = ["config", "help", "version", "check", "defaults"];
+
+/// The settings a config file may hold for `sub` besides what the beacons crate reads: its
+/// long flags that are settings.
+pub fn file_settings(sub: &Command) -> Vec<String> {
+    sub.get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|l| is_setting(l) && !BEACON_FILE_KEYS.contains(l))
+        .map(String::from)
+        .collect()
+}
 
 fn is_setting(long: &str) -> bool {
     !NOT_SETTINGS.contains(&long) && !long.starts_with("print-")
@@ -153,6 +169,9 @@ fn settings(
         .collect();
     let mut flags = Vec::new();
     for (key, item) in doc.as_table().iter() {
+        if sub.get_name() == "beacon" && BEACON_FILE_KEYS.contains(&key) {
+            continue;
+        }
         let line = doc
             .as_table()
             .key(key)
@@ -356,6 +375,42 @@ mod tests {
         assert_eq!(
             expanded("", &["send", "demo/x"]).unwrap(),
             ["reflex", "send", "demo/x"]
+        );
+    }
+
+    #[test]
+    fn a_beacon_file_holds_its_beacons_beside_the_beacon_settings() {
+        let file = "host = \"web1\"\naddr = \"10.0.0.1\"\nmanager_key = \"/etc/reflex/manager.pub\"\n\n[[beacon]]\nkind = \"heartbeat\"\n";
+        let args = expanded(file, &["beacon", "--config", "FILE", "--addr", "10.0.0.2"]).unwrap();
+        assert_eq!(
+            args[..4],
+            [
+                "reflex",
+                "beacon",
+                "--manager-key",
+                "/etc/reflex/manager.pub"
+            ],
+            "host and [[beacon]] are the beacons crate's; the flag given wins"
+        );
+        assert_eq!((args.len(), args[4].as_str()), (8, "--config"), "{args:?}");
+        assert_eq!(args[6..], ["--addr", "10.0.0.2"]);
+        let cli = crate::cli::Cli::command();
+        let outside = file_settings(cli.find_subcommand("beacon").unwrap());
+        for key in ["addr", "manager-key", "state", "port-base"] {
+            assert!(outside.iter().any(|k| k == key), "{key}: {outside:?}");
+        }
+        for key in ["host", "spool", "beacon", "config", "check"] {
+            assert!(!outside.iter().any(|k| k == key), "{key}: {outside:?}");
+        }
+        let outside: Vec<&str> = outside.iter().map(String::as_str).collect();
+        let cfg = beacons::Config::parse_beside(file, "FILE", &outside).unwrap();
+        assert_eq!((cfg.host.as_deref(), cfg.beacons.len()), (Some("web1"), 1));
+        // Without the settings' names the beacons crate still refuses what it does not know.
+        assert!(beacons::Config::parse(file, "FILE").is_err());
+        let e = expanded("bogus = 1\n", &["beacon", "--config", "FILE"]).unwrap_err();
+        assert!(
+            e.starts_with("FILE:1: unknown setting \"bogus\" for `reflex beacon`"),
+            "{e}"
         );
     }
 

@@ -309,11 +309,12 @@ fn a_fleet_of_hosts_enrolls_is_targeted_refuses_impostors_and_catches_up_once() 
         std::fs::write(
             &beacon_toml,
             format!(
-                "host = \"{host}\"\n\n[[beacon]]\nkind = \"heartbeat\"\ninterval = \"250ms\"\n"
+                "host = \"{host}\"\nstate = \"{}\"\naddr = \"{c}\"\nmanager-key = \"{manager_key}\"\n\n\
+                 [[beacon]]\nkind = \"heartbeat\"\ninterval = \"250ms\"\n",
+                state.display()
             ),
         )
         .unwrap();
-        let state_s = state.display().to_string();
         let actor_s = actor_toml.display().to_string();
         actors.push(Proc::start_in(
             &fleet.ns(host),
@@ -324,17 +325,7 @@ fn a_fleet_of_hosts_enrolls_is_targeted_refuses_impostors_and_catches_up_once() 
         beacons.push(Proc::start_in(
             &fleet.ns(host),
             &format!("{host}-beacon"),
-            &[
-                "beacon",
-                "--config",
-                &beacon_s,
-                "--state",
-                &state_s,
-                "--addr",
-                &c,
-                "--manager-key",
-                &manager_key,
-            ],
+            &["beacon", "--config", &beacon_s],
         ));
     }
     // Each host's key is pending until the control node's admin accepts it, with its groups.

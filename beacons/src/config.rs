@@ -81,6 +81,17 @@ impl std::fmt::Debug for Spec {
 impl Config {
     /// Parse `text`; `source_name` (the file name) prefixes every error.
     pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+        Config::parse_beside(text, source_name, &[])
+    }
+
+    /// [`Config::parse`], leaving the top-level keys named in `outside` to the caller: the
+    /// settings of the program that runs the beacons (`reflex beacon`'s `addr`, `state`, ...),
+    /// which an operator keeps in the same file. `port_base` is taken as `port-base`.
+    pub fn parse_beside(
+        text: &str,
+        source_name: &str,
+        outside: &[&str],
+    ) -> Result<Config, ConfigError> {
         let doc = ImDocument::parse(text).map_err(|e| ConfigError {
             source_name: source_name.to_string(),
             line: e.span().map(|s| line_of(text, s.start)).unwrap_or(1),
@@ -117,6 +128,11 @@ impl Config {
             }
         }
         top.used.insert("beacon".into());
+        for (key, _) in root.iter() {
+            if outside.contains(&key.replace('_', "-").as_str()) {
+                top.used.insert(key.to_string());
+            }
+        }
         top.finish()?;
         Ok(Config {
             host,
@@ -127,6 +143,12 @@ impl Config {
 
     /// Read and parse a file.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        Config::load_beside(path, &[])
+    }
+
+    /// Read and parse a file, leaving the keys in `outside` to the caller
+    /// ([`Config::parse_beside`]).
+    pub fn load_beside(path: &std::path::Path, outside: &[&str]) -> Result<Config, ConfigError> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             source_name: name.clone(),
@@ -134,7 +156,7 @@ impl Config {
             field: None,
             message: format!("cannot read: {e}"),
         })?;
-        Config::parse(&text, &name)
+        Config::parse_beside(&text, &name, outside)
     }
 
     /// Set every beacon's interval to `interval` (the `--interval` flag, the benchmark).
