@@ -35,6 +35,10 @@ pub struct BeaconArgs {
     /// Print the shipped default config and exit.
     #[arg(long)]
     pub print_defaults: bool,
+    /// Print the settings in force (file, flags, environment and defaults) and the beacons as
+    /// one config file that reads back to the same run, and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// Keep the events the manager has not acknowledged in this spool directory (default: the
     /// config's `spool`, else `<state>/spool/beacon-<host>` when the state dir exists), so a
     /// beacon restarted while its manager is down still sends them once it is back.
@@ -44,6 +48,10 @@ pub struct BeaconArgs {
     #[arg(long, conflicts_with = "spool")]
     pub no_spool: bool,
 }
+
+/// What runs without a config: the single load beacon, every sample, as before configs
+/// existed.
+pub const FLAGS_ONLY: &str = "[[beacon]]\nkind = \"load\"\nmode = \"every\"\ninterval = \"5s\"\n";
 
 /// Where the beacon's spool is, if it has one.
 fn spool_path(a: &BeaconArgs, cfg: &beacons::Config, host: &str) -> Option<PathBuf> {
@@ -75,23 +83,15 @@ fn config(a: &BeaconArgs) -> anyhow::Result<beacons::Config> {
         (Some(path), _) => {
             // The file's own settings of `reflex beacon` (`addr`, `state`...) became flags
             // before clap ran (crate::config); the beacons crate leaves them be.
-            let cli = <crate::cli::Cli as clap::CommandFactory>::command();
-            let outside = cli
-                .find_subcommand("beacon")
-                .map(crate::config::file_settings)
-                .unwrap_or_default();
+            let outside = crate::config::file_settings("beacon");
             let outside: Vec<&str> = outside.iter().map(String::as_str).collect();
             beacons::Config::load_beside(path, &outside).map_err(|e| Exit::usage(e.to_string()))?
         }
         (None, true) => beacons::Config::parse(beacons::DEFAULT_CONFIG, "<shipped default>")
             .map_err(|e| Exit::usage(e.to_string()))?,
         (None, false) => {
-            // The single load beacon, every sample, as before configs existed.
-            let mut cfg = beacons::Config::parse(
-                "[[beacon]]\nkind = \"load\"\nmode = \"every\"\ninterval = \"5s\"\n",
-                "<flags>",
-            )
-            .map_err(|e| Exit::usage(e.to_string()))?;
+            let mut cfg = beacons::Config::parse(FLAGS_ONLY, "<flags>")
+                .map_err(|e| Exit::usage(e.to_string()))?;
             cfg.host = None;
             cfg
         }

@@ -27,14 +27,20 @@ const BEACON_FILE_KEYS: [&str; 3] = ["beacon", "host", "spool"];
 /// Flags that are not settings (and any `--print-…`, which prints something and exits).
 const NOT_SETTINGS: [&str; 5] = ["config", "help", "version", "check", "defaults"];
 
-/// The settings a config file may hold for `sub` besides what the beacons crate reads: its
-/// long flags that are settings.
-pub fn file_settings(sub: &Command) -> Vec<String> {
-    sub.get_arguments()
-        .filter_map(|a| a.get_long())
-        .filter(|l| is_setting(l) && !BEACON_FILE_KEYS.contains(l))
-        .map(String::from)
-        .collect()
+/// The settings a config file may hold for `reflex <sub>` besides what the beacons crate
+/// reads: its long flags that are settings, the global ones (the log's) included.
+pub fn file_settings(sub: &str) -> Vec<String> {
+    let mut cli = <crate::cli::Cli as clap::CommandFactory>::command();
+    cli.build();
+    cli.find_subcommand(sub)
+        .map(|c| {
+            c.get_arguments()
+                .filter_map(|a| a.get_long())
+                .filter(|l| is_setting(l) && !BEACON_FILE_KEYS.contains(l))
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn is_setting(long: &str) -> bool {
@@ -271,9 +277,13 @@ fn line_of(text: &str, at: usize) -> usize {
 
 /// The settings in force for the daemon `matches` were parsed from, as a config file.
 pub fn print(sub: &Command, matches: &clap::ArgMatches) -> String {
+    let beacon = sub.get_name() == "beacon";
     let mut out = format!("# reflex {}: the settings in force\n", sub.get_name());
     for arg in sub.get_arguments() {
-        let Some(long) = arg.get_long().filter(|l| is_setting(l)) else {
+        let Some(long) = arg
+            .get_long()
+            .filter(|l| is_setting(l) && !(beacon && BEACON_FILE_KEYS.contains(l)))
+        else {
             continue;
         };
         let id = arg.get_id().as_str();
@@ -299,7 +309,33 @@ pub fn print(sub: &Command, matches: &clap::ArgMatches) -> String {
             }
         }
     }
+    if beacon {
+        out.push_str(&beacons_part(matches));
+    }
     out
+}
+
+/// `reflex beacon`'s beacons as its file gives them (`host`, `spool`, the `[[beacon]]` tables,
+/// a `host` or `spool` flag winning), or the shipped defaults, or the one load beacon it runs
+/// without a file.
+fn beacons_part(matches: &clap::ArgMatches) -> String {
+    let text = if let Some(path) = matches.get_one::<std::path::PathBuf>("config") {
+        std::fs::read_to_string(path).unwrap_or_default()
+    } else if matches.get_flag("defaults") {
+        beacons::DEFAULT_CONFIG.to_string()
+    } else {
+        crate::beacon_cmd::FLAGS_ONLY.to_string()
+    };
+    let Ok(mut doc) = text.parse::<toml_edit::DocumentMut>() else {
+        return String::new();
+    };
+    doc.retain(|k, _| BEACON_FILE_KEYS.contains(&k));
+    for key in ["host", "spool"] {
+        if let Some(v) = matches.get_raw(key).and_then(|mut v| v.next()) {
+            doc.insert(key, toml_edit::value(v.to_string_lossy().into_owned()));
+        }
+    }
+    format!("\n{}\n", doc.to_string().trim_matches('\n'))
 }
 
 /// A value as TOML: a number where it reads as one, else a quoted string.
@@ -394,8 +430,7 @@ mod tests {
         );
         assert_eq!((args.len(), args[4].as_str()), (8, "--config"), "{args:?}");
         assert_eq!(args[6..], ["--addr", "10.0.0.2"]);
-        let cli = crate::cli::Cli::command();
-        let outside = file_settings(cli.find_subcommand("beacon").unwrap());
+        let outside = file_settings("beacon");
         for key in ["addr", "manager-key", "state", "port-base"] {
             assert!(outside.iter().any(|k| k == key), "{key}: {outside:?}");
         }
@@ -471,5 +506,39 @@ mod tests {
         for id in ["name", "groups", "state", "port_base", "converged_timeout"] {
             assert_eq!(raw(sub, id), raw(sub2, id), "{id}");
         }
+    }
+
+    #[test]
+    fn a_beacon_prints_its_settings_and_its_beacons_as_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("beacon.toml");
+        std::fs::write(
+            &file,
+            "host = \"web1\"\naddr = \"10.0.0.1\"\n\n[[beacon]]\nkind = \"heartbeat\"\ninterval = \"2s\"\n",
+        )
+        .unwrap();
+        let printed_of = |file: &std::path::Path| -> String {
+            let argv = ["reflex", "beacon", "--config", file.to_str().unwrap()];
+            let mut cli = crate::cli::Cli::command();
+            cli.build();
+            let args = expand(argv.iter().map(OsString::from).collect(), &cli).unwrap();
+            let m = cli.clone().get_matches_from(&args);
+            let (name, sub) = m.subcommand().unwrap();
+            print(cli.find_subcommand(name).unwrap(), sub)
+        };
+        let printed = printed_of(&file);
+        assert!(printed.contains("addr = \"10.0.0.1\"\n"), "{printed}");
+        assert!(printed.contains("host = \"web1\"\n"), "{printed}");
+        assert!(!printed.contains("# host is not set"), "{printed}");
+        // Read back: the same settings and the same beacons.
+        let again = dir.path().join("printed.toml");
+        std::fs::write(&again, &printed).unwrap();
+        assert_eq!(printed_of(&again), printed);
+        let outside = file_settings("beacon");
+        let outside: Vec<&str> = outside.iter().map(String::as_str).collect();
+        let cfg = beacons::Config::load_beside(&again, &outside).unwrap();
+        assert_eq!(cfg.host.as_deref(), Some("web1"));
+        assert_eq!(cfg.beacons.len(), 1);
+        assert_eq!(cfg.beacons[0].interval, std::time::Duration::from_secs(2));
     }
 }
