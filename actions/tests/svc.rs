@@ -1,24 +1,89 @@
-//! The `svc` kind against a live systemd over D-Bus. systemd must be PID 1 with its system
-//! bus up; where it is not (containers, this CI), the live test says so and skips.
+//! The `svc` kind against a live systemd over D-Bus. Where systemd is PID 1 the live test runs
+//! here; where it is not (a container, this CI) it re-runs itself inside a throwaway systemd
+//! machine, `scripts/systemd-box` (systemd-nspawn over a copy-on-write view of this machine's
+//! root: systemd as PID 1 and its system D-Bus); only where no box can be made either (not
+//! root, no systemd-nspawn) does it say why and skip.
 
 mod util;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use engine::{Engine, RunOptions};
 use serde_json::json;
 use util::*;
 
-/// Why the live test cannot run here, if it cannot.
-fn why_skip() -> Option<&'static str> {
-    if !std::path::Path::new("/run/systemd/system").is_dir() {
-        return Some("systemd is not running here (PID 1 is not systemd, no /run/systemd/system), so there is no systemd D-Bus API to drive");
-    }
+/// The live test, by name: what the box runs.
+const LIVE: &str = "a_unit_is_started_kept_running_restarted_on_refresh_and_stopped";
+/// What the live test prints when it passed against a systemd: the proof it ran.
+const PASSED: &str = "svc live test passed against systemd";
+
+/// Where the live test runs.
+enum Live {
+    /// systemd is PID 1 here.
+    Here,
+    /// In a systemd box, made by this script.
+    InBox(PathBuf),
+    /// Nowhere, for this reason.
+    Skip(String),
+}
+
+fn root() -> bool {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root: cannot install a unit file or start units");
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn live_where() -> Live {
+    if Path::new("/run/systemd/system").is_dir() {
+        if !root() {
+            return Live::Skip("not root: cannot install a unit file or start units".into());
+        }
+        return Live::Here;
     }
-    None
+    if let Ok(name) = std::env::var("SYSTEMD_BOX") {
+        // Never a box in a box.
+        return Live::Skip(format!(
+            "inside systemd box {name}, but systemd is not running there"
+        ));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/systemd-box");
+    match Command::new(&script).arg("check").output() {
+        Ok(o) if o.status.success() => Live::InBox(script),
+        Ok(o) => Live::Skip(format!(
+            "systemd is not PID 1 here (no /run/systemd/system) and no systemd box can be made: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Live::Skip(format!(
+            "systemd is not PID 1 here and {} does not run: {e}",
+            script.display()
+        )),
+    }
+}
+
+/// Run the live test `test` of this binary inside a systemd box, and require that it passed.
+fn in_box(script: &Path, test: &str) {
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = Command::new(script)
+        .arg("run")
+        .arg(&exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .output()
+        .expect("scripts/systemd-box runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("--- in a systemd box ---\n{text}--- end of the box ---");
+    assert!(
+        out.status.success(),
+        "the live test failed in the systemd box ({}):\n{text}",
+        out.status
+    );
+    assert!(
+        text.contains(PASSED),
+        "the live test did not run against systemd in the box:\n{text}"
+    );
 }
 
 fn active(unit: &str) -> bool {
@@ -28,40 +93,63 @@ fn active(unit: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn main_pid(unit: &str) -> String {
+fn systemctl(args: &[&str]) -> String {
     Command::new("systemctl")
-        .args(["show", "-p", "MainPID", "--value", unit])
+        .args(args)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_unit_is_started_kept_running_restarted_on_refresh_and_stopped() {
-    if let Some(why) = why_skip() {
-        eprintln!("SKIPPED svc live test: {why}");
-        return;
+fn main_pid(unit: &str) -> String {
+    systemctl(&["show", "-p", "MainPID", "--value", unit])
+}
+
+#[test]
+fn a_unit_is_started_kept_running_restarted_on_refresh_and_stopped() {
+    match live_where() {
+        Live::Here => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(live()),
+        Live::InBox(script) => in_box(&script, LIVE),
+        Live::Skip(why) => eprintln!("SKIPPED svc live test: {why}"),
     }
+}
+
+/// Against the systemd of this machine (root): a unit installed by a `file` resource is
+/// started and enabled, started again when stopped behind the engine's back, restarted on
+/// refresh, then stopped and disabled; a unit that fails to start is an error naming it.
+async fn live() {
     let unit = "reflex-test-svc.service";
     let unit_file = format!("/etc/systemd/system/{unit}");
+    let bad = "reflex-test-svc-bad.service";
+    let bad_file = format!("/etc/systemd/system/{bad}");
     let dir = tempfile::tempdir().expect("tempdir");
     let conf = dir.path().join("conf");
-    let g = |state: &str| {
+    let g = |state: &str, startup: &str| {
         graph(json!({
             "resources": [
-                {"kind": "file", "name": unit_file, "content": "[Service]\nExecStart=/bin/sleep 100000\n"},
+                {"kind": "file", "name": unit_file, "content": "[Service]\nExecStart=/bin/sleep 100000\n\n[Install]\nWantedBy=multi-user.target\n"},
                 {"kind": "file", "name": p(&conf), "content": "v1"},
-                {"kind": "svc", "name": unit, "state": state},
+                {"kind": "svc", "name": unit, "state": state, "startup": startup},
             ],
             "edges": [{"from": file_id(&conf), "to": format!("svc:{unit}"), "notify": true}],
         }))
     };
     let _ = Command::new("systemctl").arg("daemon-reload").status();
     let engine = Engine::new().expect("engine");
-    let mut running = engine.run(g("running"), RunOptions::default());
+    let mut running = engine.run(g("running", "enabled"), RunOptions::default());
     let report = running.first_report().await;
     assert!(report.ok, "{report:?}");
+    assert!(
+        report.changed.contains(&format!("svc:{unit}")),
+        "{report:?}"
+    );
     assert!(active(unit));
+    assert_eq!(systemctl(&["is-enabled", unit]), "enabled");
     let _ = Command::new("systemctl").args(["stop", unit]).status();
     eventually("unit started again", || active(unit)).await;
     // A refresh (the conf file repaired) restarts it: a new main process.
@@ -71,11 +159,43 @@ async fn a_unit_is_started_kept_running_restarted_on_refresh_and_stopped() {
         active(unit) && main_pid(unit) != pid
     })
     .await;
-    running.swap(g("stopped")).await;
+    running.swap(g("stopped", "disabled")).await;
     assert!(running.first_report().await.ok);
     assert!(!active(unit));
+    assert_eq!(systemctl(&["is-enabled", unit]), "disabled");
+    running.stop().await;
+
+    // A unit whose start fails: the resource fails, and says which unit.
+    let mut running = engine.run(
+        graph(json!({
+            "resources": [
+                {"kind": "file", "name": bad_file, "content": "[Service]\nType=oneshot\nExecStart=/bin/false\n"},
+                {"kind": "svc", "name": bad, "state": "running"},
+            ],
+        })),
+        RunOptions::default(),
+    );
+    let report = running.first_report().await;
+    assert!(!report.ok, "{report:?}");
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.starts_with(&format!("svc:{bad}"))
+                && e.contains(&format!("unit {bad} failed"))),
+        "{report:?}"
+    );
     running.stop().await;
     let _ = std::fs::remove_file(&unit_file);
+    let _ = std::fs::remove_file(&bad_file);
+    let _ = Command::new("systemctl")
+        .args(["reset-failed", bad])
+        .status();
+    eprintln!(
+        "{PASSED} {} ({})",
+        systemctl(&["--version"]).lines().next().unwrap_or("?"),
+        std::env::var("SYSTEMD_BOX").map_or("PID 1 of this machine".into(), |b| format!("box {b}"))
+    );
 }
 
 #[test]
