@@ -140,6 +140,12 @@ fn send_lines(
         if line.trim().is_empty() {
             continue;
         }
+        // Paced before the event is made, so its time is when it leaves, not when its line
+        // was read.
+        if let Some(r) = rate {
+            let due = start + Duration::from_secs_f64(sent as f64 / r);
+            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        }
         let ev = match line_event(&line, host) {
             Ok(ev) => ev,
             Err(e) => {
@@ -147,10 +153,6 @@ fn send_lines(
                 break;
             }
         };
-        if let Some(r) = rate {
-            let due = start + Duration::from_secs_f64(sent as f64 / r);
-            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
-        }
         // The emitter holds 100,000 unacknowledged events: past that, wait for room.
         if em.send_event_waiting(&ev) {
             sent += 1;

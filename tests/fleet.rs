@@ -248,7 +248,7 @@ fn a_fleet_of_hosts_enrolls_is_targeted_refuses_impostors_and_catches_up_once() 
     write_rule(
         &rules,
         "10-fleet.rhai",
-        "const MATCH = \"fleet/act\";\nfn react(event) {\n    act(event.data.target, [#{ kind: \"file\", name: event.data.path, content: event.data.name }], #{ name: event.data.name });\n}\n",
+        "const MATCH = \"fleet/act\";\nfn react(event) {\n    let opts = #{ name: event.data.name };\n    if \"expires\" in event.data { opts.expires = event.data.expires; }\n    act(event.data.target, [#{ kind: \"file\", name: event.data.path, content: event.data.name }], opts);\n}\n",
     );
     let c = fleet.addr("ctl");
     let ctl_state_s = ctl_state.display().to_string();
@@ -544,15 +544,25 @@ fn a_fleet_of_hosts_enrolls_is_targeted_refuses_impostors_and_catches_up_once() 
             )
         })
         .collect();
+    // And one that lives 2 s: over by the time db1 is back, so never applied there.
+    let expiring = "expiring".to_string();
+    let lines = format!(
+        "{lines}{}\n",
+        json!({"tag": "fleet/act", "target": "all", "name": expiring, "expires": 2,
+               "path": tmp.path().join(&expiring).display().to_string()})
+    );
+    let sent_at = std::time::Instant::now();
     let (code, _, err) = fleet.run_with("ctl", &args_ref(&on_ctl(&["send", "--stdin"])), &lines);
     assert_eq!(code, 0, "send --stdin while cut: {err}");
     wait_for("the web hosts' results while db1 is away", T, || {
         let r = results(&ctl_state);
         missed
             .iter()
+            .chain([&expiring])
             .all(|m| r.get(m).is_some_and(|g| g.len() == 2))
             .then_some(())
     });
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(sent_at.elapsed()));
     let heal_ms = now_ms();
     fleet.link("heal", "db1");
     let healed = std::time::Instant::now();
@@ -590,14 +600,20 @@ fn a_fleet_of_hosts_enrolls_is_targeted_refuses_impostors_and_catches_up_once() 
             "{m} applied more than once: {got:?}"
         );
     }
+    assert_eq!(
+        r.get(&expiring)
+            .map(|g| g.keys().cloned().collect::<BTreeSet<_>>()),
+        Some(hosts(&["web1", "web2"])),
+        "an action over before db1 was back was applied there"
+    );
     wait_for("db1 up again in reflex hosts", T, || {
         (hosts_view(&ctl_state)["db1"]["up"] == true).then_some(())
     });
     eprintln!(
         "fleet figures: send -> applied on web1 across namespaces p50 {} ms, p99 {} ms ({n} \
          paced events); host/db1/down {down_after:?} after the cut; the last of {} missed \
-         actions applied {caught_up:?} after the link came back; {outage_beats} beacon events \
-         of the outage delivered after it",
+         unexpired actions applied {caught_up:?} after the link came back; {outage_beats} \
+         beacon events of the outage delivered after it",
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         missed.len()
