@@ -20,6 +20,10 @@ pub enum BenchCmd {
     /// A steady paced stream through the whole loop for M minutes: each part's RSS and open
     /// fds sampled, flat after warm-up or not; lost events.
     Soak(crate::bench_soak::SoakArgs),
+    /// Many simulated hosts (one process, many sockets) on a real control node, in steps:
+    /// memory, fds and CPU per connected host, heartbeat traffic, fan-out to all, and the
+    /// reconnect storm after the manager is killed.
+    Fleet(crate::bench_fleet::FleetArgs),
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
@@ -31,5 +35,6 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
         BenchCmd::Faults(a) => crate::bench_faults::run(a),
         BenchCmd::E2e(a) => crate::bench_e2e::run(a),
         BenchCmd::Soak(a) => crate::bench_soak::run(a),
+        BenchCmd::Fleet(a) => crate::bench_fleet::run(a),
     }
 }

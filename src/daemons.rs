@@ -43,8 +43,46 @@ pub struct ManagerArgs {
     pub http: Option<String>,
 }
 
+/// Raise the soft open-file limit to the hard one, and say how many hosts it leaves room for:
+/// the control node holds one fd per host connection (the manager 4 per host: an actor's and a
+/// beacon's PUSH and DEALER; the publisher 1), far past the 1,024 a soft limit often is
+/// (systemd's default). See docs/fleet-10k.md.
+fn raise_open_files(part: &str, fds_per_host: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    // An unlimited hard limit is still capped by fs.nr_open (1,048,576 by default).
+    let hard = lim.rlim_max.min(1 << 20);
+    if lim.rlim_cur < hard {
+        let want = libc::rlimit {
+            rlim_cur: hard,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            lim.rlim_cur = hard;
+        }
+    }
+    let hosts = lim.rlim_cur.saturating_sub(100) / fds_per_host;
+    if hosts < 1_000 {
+        tracing::warn!(
+            limit = lim.rlim_cur,
+            hosts,
+            "{part}: the open-file limit leaves room for few hosts: raise LimitNOFILE / ulimit -Hn"
+        );
+    } else {
+        tracing::info!(limit = lim.rlim_cur, hosts, "{part}: open-file limit");
+    }
+}
+
 pub fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
     a.stack.ensure_state()?;
+    raise_open_files("manager", 4);
     let security = security(&a.stack, Node::Control)?;
     let stop = stop_flag()?;
     let cfg = manager::Config {
@@ -96,6 +134,7 @@ fn parse_pair(s: &str) -> Result<(i32, i32), String> {
 
 pub fn publisher(a: PublisherArgs) -> anyhow::Result<ExitCode> {
     a.stack.ensure_state()?;
+    raise_open_files("publisher", 1);
     let security = security(&a.stack, Node::Control)?;
     let stop = stop_flag()?;
     let cfg = publisher::Config {

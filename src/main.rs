@@ -11,6 +11,7 @@ mod bench_bus;
 mod bench_e2e;
 mod bench_engine;
 mod bench_faults;
+mod bench_fleet;
 mod bench_loop;
 mod bench_rules;
 mod bench_soak;

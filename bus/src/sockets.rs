@@ -10,6 +10,12 @@ use std::sync::OnceLock;
 pub const HWM: i32 = 100_000;
 /// How long a closing socket keeps trying to deliver what it has queued.
 pub const LINGER_MS: i32 = 2_000;
+/// Connections a bound socket lets wait to be accepted (libzmq's default is 100; the kernel
+/// caps it at `net.core.somaxconn`, 4,096 by default since Linux 5.4). A fleet reconnecting at
+/// once (the manager restarted under it) overflows 100 at once, and each dropped SYN is retried
+/// only after 1, 3, 7... s: `reflex bench fleet` measured 34 s for 1,250 hosts with 100, see
+/// docs/fleet-10k.md.
+pub const BACKLOG: i32 = 4_096;
 
 /// The process-wide ZeroMQ context.
 pub fn context() -> &'static zmq::Context {
@@ -23,6 +29,7 @@ pub fn socket(kind: zmq::SocketType) -> zmq::Result<zmq::Socket> {
     s.set_sndhwm(HWM)?;
     s.set_rcvhwm(HWM)?;
     s.set_linger(LINGER_MS)?;
+    s.set_backlog(BACKLOG)?;
     Ok(s)
 }
 
