@@ -5,9 +5,12 @@
 //! machine's root: systemd as PID 1 and its system D-Bus); only where no box can be made either
 //! (not root, no systemd-nspawn) does it say why and skip.
 
-use std::path::{Path, PathBuf};
+#[path = "../../tests/support/systemd_box.rs"]
+mod systemd_box;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
+use systemd_box::{in_box, live_where, Live};
 
 use beacons::kinds::svc::Svc;
 use beacons::{Beacon, Out, Waker};
@@ -18,75 +21,11 @@ const LIVE: &str = "units_started_stopped_and_failed_are_events_from_a_live_syst
 /// What the live test prints when it passed against a systemd: the proof it ran.
 const PASSED: &str = "svc beacon live test passed against systemd";
 
-/// Where the live test runs.
-enum Live {
-    /// systemd is PID 1 here.
-    Here,
-    /// In a systemd box, made by this script.
-    InBox(PathBuf),
-    /// Nowhere, for this reason.
-    Skip(String),
-}
-
-fn live_where() -> Live {
-    if Svc::systemd_runs() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Live::Skip("not root: cannot start units".into());
-        }
-        return Live::Here;
-    }
-    if let Ok(name) = std::env::var("SYSTEMD_BOX") {
-        // Never a box in a box.
-        return Live::Skip(format!(
-            "inside systemd box {name}, but systemd is not running there"
-        ));
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/systemd-box");
-    match Command::new(&script).arg("check").output() {
-        Ok(o) if o.status.success() => Live::InBox(script),
-        Ok(o) => Live::Skip(format!(
-            "systemd is not PID 1 here (no /run/systemd/system) and no systemd box can be made: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => Live::Skip(format!(
-            "systemd is not PID 1 here and {} does not run: {e}",
-            script.display()
-        )),
-    }
-}
-
-/// Run the live test `test` of this binary inside a systemd box, and require that it passed.
-fn in_box(script: &Path, test: &str) {
-    let exe = std::env::current_exe().expect("the test binary");
-    let out = Command::new(script)
-        .arg("run")
-        .arg(&exe)
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .output()
-        .expect("scripts/systemd-box runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("--- in a systemd box ---\n{text}--- end of the box ---");
-    assert!(
-        out.status.success(),
-        "the live test failed in the systemd box ({}):\n{text}",
-        out.status
-    );
-    assert!(
-        text.contains(PASSED),
-        "the live test did not run against systemd in the box:\n{text}"
-    );
-}
-
 #[test]
 fn units_started_stopped_and_failed_are_events_from_a_live_systemd() {
-    match live_where() {
+    match live_where(env!("CARGO_MANIFEST_DIR"), "start units") {
         Live::Here => live(),
-        Live::InBox(script) => in_box(&script, LIVE),
+        Live::InBox(script) => in_box(&script, LIVE, PASSED),
         Live::Skip(why) => eprintln!("SKIPPED svc beacon live test: {why}"),
     }
 }
