@@ -277,11 +277,15 @@ impl Streams {
 
     /// Answer the hellos waiting at the door: remember where each stream's acks go and say
     /// where it stands. `secure`: take the sender's name from its `User-Id`. Returns the
-    /// authenticated names heard from (their heartbeats; none without CURVE).
-    pub fn serve_door(&mut self, secure: bool) -> Result<Vec<String>, zmq::Error> {
+    /// authenticated names heard from (their heartbeats; none without CURVE), each once: a
+    /// set, since a reconnecting fleet can leave tens of thousands of hellos for one pass.
+    pub fn serve_door(
+        &mut self,
+        secure: bool,
+    ) -> Result<std::collections::BTreeSet<String>, zmq::Error> {
         let mut route = zmq::Message::new();
         let mut body = zmq::Message::new();
-        let mut heard = Vec::new();
+        let mut heard = std::collections::BTreeSet::new();
         loop {
             match self.door.recv(&mut route, zmq::DONTWAIT) {
                 Ok(()) => {}
@@ -323,8 +327,8 @@ impl Streams {
             }
             self.routes.insert(k.clone(), route.to_vec());
             self.ack(&k);
-            if !user.is_empty() && !heard.contains(&user) {
-                heard.push(user);
+            if !user.is_empty() {
+                heard.insert(user);
             }
         }
     }
