@@ -1,16 +1,18 @@
 //! `reflex hosts`: the fleet at a glance from the control node. Each enrolled host with its
 //! groups (from the enrollment store) and what the manager's history says of it: up or down
 //! and since when, its last event, its graphs in force, converged or not, failures in the last
-//! hour. Both are read from the state dir, beside a running manager.
+//! hour. Both are read from the state dir, beside a running manager. Up or down and since when
+//! come from the running manager's presence when one answers on the control socket (the
+//! history holds presence only as the events of each change, which it may have pruned).
 
-use crate::cli::{print_table, Exit};
+use crate::cli::{print_table, Exit, StackArgs};
 use bus::enroll::{store_dir, Enrollment, Entry};
 use bus::keys::Role;
 use clap::Args;
 use manager::page::view::{Host, View};
+use manager::presence::Seen;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,9 +21,8 @@ pub struct HostsArgs {
     /// One JSON array of hosts instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// The manager's state dir.
-    #[arg(long, env = "REFLEX_STATE", default_value = ".reflex")]
-    pub state: PathBuf,
+    #[command(flatten)]
+    pub stack: StackArgs,
 }
 
 const HOUR_MS: u64 = 3_600_000;
@@ -33,15 +34,25 @@ struct Row<'a> {
     host: Option<&'a Host>,
 }
 
+/// The running manager's presence, by host: `None` with no manager answering.
+fn presence(stack: &StackArgs) -> anyhow::Result<Option<BTreeMap<String, Seen>>> {
+    match crate::keys_cmd::online(stack, json!({"cmd": "hosts"}))? {
+        Some(v) => Ok(Some(serde_json::from_value(v)?)),
+        None => Ok(None),
+    }
+}
+
 pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
-    let history = manager::history::dir(&a.state);
-    let keys = store_dir(&a.state);
+    let state = &a.stack.state;
+    let history = manager::history::dir(state);
+    let keys = store_dir(state);
     if !history.is_dir() && !keys.is_dir() {
         return Err(Exit::usage(format!(
             "no manager state at {} (no history, no enrollment store): is it the manager's state dir?",
-            a.state.display()
+            state.display()
         )));
     }
+    let live = presence(&a.stack)?;
     let entries: Vec<Entry> = if keys.is_dir() {
         Enrollment::open(&keys)?
             .list()
@@ -51,9 +62,17 @@ pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
     } else {
         Vec::new()
     };
-    let mut view = View::whole(&history);
+    let mut view = View::hosts_only(&history);
     view.update();
     let now = now_ms();
+    // The manager's word on who is up, and since when, over what the history still holds.
+    let mut hosts = view.hosts.clone();
+    for (name, seen) in live.iter().flatten() {
+        let h = hosts.entry(name.clone()).or_default();
+        h.up = seen.up;
+        h.since = seen.since;
+        h.seen = h.seen.max(seen.last);
+    }
 
     // Enrolled hosts (any state), and hosts the history knows that are not enrolled (an
     // insecure stack, or a key since removed).
@@ -68,7 +87,7 @@ pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
             },
         );
     }
-    for (name, h) in &view.hosts {
+    for (name, h) in &hosts {
         rows.entry(name)
             .or_insert(Row {
                 name,
@@ -96,11 +115,16 @@ pub fn run(a: HostsArgs) -> anyhow::Result<ExitCode> {
         let table: Vec<Vec<String>> = rows.values().map(|r| text_row(r, now)).collect();
         print_table(&header, &table);
     }
-    let newest = view.hosts.values().map(|h| h.seen).max().unwrap_or(0);
+    let newest = hosts.values().map(|h| h.seen).max().unwrap_or(0);
     eprintln!(
-        "({} hosts; from the enrollment store and the history in {}{})",
+        "({} hosts; from the enrollment store and the history in {}{}{})",
         rows.len(),
-        a.state.display(),
+        state.display(),
+        if live.is_some() {
+            ", up or down from the running manager"
+        } else {
+            ""
+        },
         if newest > 0 {
             format!(", newest host record {}", ago(newest, now))
         } else {

@@ -56,7 +56,7 @@ pub fn run(cmd: KeysCmd) -> anyhow::Result<ExitCode> {
 }
 
 /// Ask the running manager, when one listens: `Some(answer)`; `None` to work offline.
-fn online(stack: &StackArgs, req: Value) -> anyhow::Result<Option<Value>> {
+pub(crate) fn online(stack: &StackArgs, req: Value) -> anyhow::Result<Option<Value>> {
     let control = stack.endpoints().control;
     // Nothing listening is the common offline case: find out at once, not after a timeout.
     let listening = control

@@ -143,15 +143,19 @@ fn results(state: &Path) -> BTreeMap<String, BTreeMap<String, usize>> {
     by
 }
 
-/// `reflex hosts --json` on the control node's state dir: name -> row.
-fn hosts_view(state: &Path) -> BTreeMap<String, Value> {
-    let state = state.display().to_string();
-    let (code, out, err) = run(&["hosts", "--state", &state, "--json"]);
+/// `reflex hosts --json`'s rows by name.
+fn host_rows((code, out, err): (i32, String, String)) -> BTreeMap<String, Value> {
     assert_eq!(code, 0, "reflex hosts: {err}");
     let rows: Vec<Value> = serde_json::from_str(&out).expect("reflex hosts --json");
     rows.into_iter()
         .filter_map(|r| Some((r["name"].as_str()?.to_string(), r)))
         .collect()
+}
+
+/// `reflex hosts --json` on the control node's state dir alone (no manager answers here).
+fn hosts_view(state: &Path) -> BTreeMap<String, Value> {
+    let state = state.display().to_string();
+    host_rows(run(&["hosts", "--state", &state, "--json"]))
 }
 
 fn hosts(v: &[&str]) -> BTreeSet<String> {
@@ -530,9 +534,17 @@ fn a_fleet_of_hosts_enrolls_is_targeted_refuses_impostors_and_catches_up_once() 
         (!history(&ctl_state, "host/db1/down").is_empty()).then_some(())
     });
     let down_after = cut.elapsed();
-    let view = hosts_view(&ctl_state);
-    assert_eq!(view["db1"]["up"], false, "{}", view["db1"]);
-    assert_eq!(view["web1"]["up"], true, "{}", view["web1"]);
+    // From the history alone, and through the running manager's presence.
+    let online = || host_rows(fleet.run("ctl", &args_ref(&on_ctl(&["hosts", "--json"]))));
+    for view in [hosts_view(&ctl_state), online()] {
+        assert_eq!(view["db1"]["up"], false, "{}", view["db1"]);
+        assert_eq!(view["web1"]["up"], true, "{}", view["web1"]);
+    }
+    let (_, _, said) = fleet.run("ctl", &args_ref(&on_ctl(&["hosts"])));
+    assert!(
+        said.contains("up or down from the running manager"),
+        "{said}"
+    );
     let missed: Vec<String> = (0..20).map(|i| format!("while-cut-{i}")).collect();
     let lines: String = missed
         .iter()
@@ -607,7 +619,7 @@ fn a_fleet_of_hosts_enrolls_is_targeted_refuses_impostors_and_catches_up_once() 
         "an action over before db1 was back was applied there"
     );
     wait_for("db1 up again in reflex hosts", T, || {
-        (hosts_view(&ctl_state)["db1"]["up"] == true).then_some(())
+        (online()["db1"]["up"] == true).then_some(())
     });
     eprintln!(
         "fleet figures: send -> applied on web1 across namespaces p50 {} ms, p99 {} ms ({n} \

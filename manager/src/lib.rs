@@ -824,8 +824,9 @@ impl Manager {
                 }
             }
             (Some("keys"), _) => self.trust.keys_command(req),
+            (Some("hosts"), _) => json!({"ok": self.presence.hosts()}),
             (cmd, op) => {
-                json!({"error": format!("unknown command {cmd:?} {op:?} (known: stats, flush, registers list|get|set|del, keys list|accept|reject|revoke)")})
+                json!({"error": format!("unknown command {cmd:?} {op:?} (known: stats, flush, registers list|get|set|del, keys list|accept|reject|revoke, hosts)")})
             }
         }
     }

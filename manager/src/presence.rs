@@ -21,7 +21,20 @@ pub const MAX_HOSTS: usize = 100_000;
 struct Host {
     last: Instant,
     last_ms: u64,
+    /// When it last went up or down, Unix ms.
+    since_ms: u64,
     up: bool,
+}
+
+/// A host as presence knows it (`{"cmd": "hosts"}` on the control socket, for `reflex hosts`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Seen {
+    /// Heartbeats arrive.
+    pub up: bool,
+    /// When it last went up or down, Unix ms.
+    pub since: u64,
+    /// Its last heartbeat, Unix ms.
+    pub last: u64,
 }
 
 /// The hosts heard from and whether each is up.
@@ -49,6 +62,9 @@ impl Presence {
             let away = now.duration_since(h.last);
             h.last = now;
             h.last_ms = ms;
+            if !was_up {
+                h.since_ms = ms;
+            }
             h.up = true;
             return (!was_up).then(|| {
                 (
@@ -65,6 +81,7 @@ impl Presence {
             Host {
                 last: now,
                 last_ms: ms,
+                since_ms: ms,
                 up: true,
             },
         );
@@ -79,6 +96,7 @@ impl Presence {
         for (name, h) in &mut self.hosts {
             if h.up && h.last.elapsed() > limit {
                 h.up = false;
+                h.since_ms = bus::now_ms();
                 out.push((
                     format!("host/{name}/down"),
                     json!({"host": name, "missed_heartbeats": missed, "last_seen": h.last_ms}),
@@ -86,6 +104,23 @@ impl Presence {
             }
         }
         out
+    }
+
+    /// Every host heard from since the manager started, by name.
+    pub fn hosts(&self) -> std::collections::BTreeMap<&str, Seen> {
+        self.hosts
+            .iter()
+            .map(|(name, h)| {
+                (
+                    name.as_str(),
+                    Seen {
+                        up: h.up,
+                        since: h.since_ms,
+                        last: h.last_ms,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Hosts up and hosts down.
@@ -115,7 +150,11 @@ mod tests {
         assert_eq!(down[0].1["missed_heartbeats"], 1);
         assert!(p.check().is_empty(), "said once");
         assert_eq!(p.counts(), (0, 1));
+        let web1 = p.hosts()["web1"].clone();
+        assert!(!web1.up && web1.since >= web1.last + 1_000, "{web1:?}");
         let up = p.heard("web1").expect("up again");
         assert!(up.1["away_ms"].as_u64() >= Some(1_000));
+        let again = p.hosts()["web1"].clone();
+        assert!(again.up && again.since > web1.since && again.since == again.last);
     }
 }

@@ -110,8 +110,39 @@ pub struct View {
     pub hosts: BTreeMap<String, Host>,
     /// Rules by name.
     pub rules: BTreeMap<String, RuleCounts>,
-    actions: HashMap<String, Action>,
+    actions: HashMap<String, Known>,
     action_order: VecDeque<String>,
+    /// Read for the hosts alone ([`View::hosts_only`]).
+    lean: bool,
+}
+
+/// What is remembered of an action until its hosts report on it.
+struct Known {
+    life: Life,
+    /// Its graph, for the page to draw; `Null` when read for the hosts alone.
+    graph: Value,
+}
+
+/// What a view read for the hosts alone decodes of an action: the rest (the graph above all)
+/// is skipped, not built.
+#[derive(serde::Deserialize)]
+struct ActionHead {
+    id: String,
+    #[serde(default)]
+    life: Life,
+}
+
+/// What a view read for the hosts alone decodes of an event first: its strings borrowed and its
+/// data walked, not built. Only presence and actor events are decoded whole.
+#[derive(serde::Deserialize)]
+struct EventHead<'a> {
+    #[serde(borrow)]
+    tag: &'a str,
+    #[serde(borrow)]
+    host: &'a str,
+    #[serde(default)]
+    #[allow(dead_code)]
+    data: serde::de::IgnoredAny,
 }
 
 /// How much of the history the page reads when it starts: the counts it shows are of this
@@ -125,13 +156,20 @@ impl View {
         View::from(Follower::recent(dir, START_BYTES).unwrap_or_else(|_| Follower::new(dir)))
     }
 
-    /// A view of the whole history in `dir`, from its oldest segment.
-    pub fn whole(dir: &Path) -> View {
-        View::from(Follower::new(dir))
+    /// A view of the whole history in `dir`, from its oldest segment, read for the hosts
+    /// alone (what `reflex hosts` shows): rule records are skipped, events other than presence
+    /// and the actors' are only glanced at (tag and host), actions' graphs are not kept, and
+    /// no recent events are kept.
+    pub fn hosts_only(dir: &Path) -> View {
+        View {
+            lean: true,
+            ..View::from(Follower::new(dir))
+        }
     }
 
     fn from(follower: Follower) -> View {
         View {
+            lean: false,
             follower,
             recent: VecDeque::new(),
             events: 0,
@@ -170,6 +208,23 @@ impl View {
     fn take(&mut self, rec: Record<'_>) {
         let limit = crate::history::MAX_RECORD;
         match rec.kind {
+            Kind::Hit | Kind::Error if self.lean => {}
+            Kind::Event if self.lean => {
+                let Ok(head) = bus::decode_with_limit::<EventHead>(rec.body, limit) else {
+                    return;
+                };
+                if head.tag.starts_with("host/") || head.tag.starts_with("actor/") {
+                    if let Ok(event) = bus::decode_with_limit::<Event>(rec.body, limit) {
+                        self.event(rec.at, event);
+                    }
+                } else {
+                    self.events += 1;
+                    if let Some(h) = self.hosts.get_mut(head.host) {
+                        h.seen = rec.at;
+                        head.tag.clone_into(&mut h.last_tag);
+                    }
+                }
+            }
             Kind::Event => {
                 if let Ok(event) = bus::decode_with_limit::<Event>(rec.body, limit) {
                     self.event(rec.at, event);
@@ -191,14 +246,23 @@ impl View {
                 }
             }
             Kind::Action => {
-                if let Ok(action) = bus::decode_with_limit::<Action>(rec.body, limit) {
+                let known = if self.lean {
+                    bus::decode_with_limit::<ActionHead>(rec.body, limit)
+                        .ok()
+                        .map(|a| (a.id, a.life, Value::Null))
+                } else {
+                    bus::decode_with_limit::<Action>(rec.body, limit)
+                        .ok()
+                        .map(|a| (a.id, a.life, a.graph))
+                };
+                if let Some((id, life, graph)) = known {
                     if self.action_order.len() >= MAX_ACTIONS {
                         if let Some(old) = self.action_order.pop_front() {
                             self.actions.remove(&old);
                         }
                     }
-                    self.action_order.push_back(action.id.clone());
-                    self.actions.insert(action.id.clone(), action);
+                    self.action_order.push_back(id.clone());
+                    self.actions.insert(id, Known { life, graph });
                 }
             }
         }
@@ -248,7 +312,16 @@ impl View {
             let data = &event.data;
             let action = data.get("action").and_then(Value::as_str).map(String::from);
             let graph = data.get("name").and_then(Value::as_str).map(String::from);
-            let known = action.as_ref().and_then(|id| self.actions.get(id)).cloned();
+            // The action's id, life and (for what is kept) graph, copied out of the map.
+            let known = action.and_then(|id| {
+                let k = self.actions.get(&id)?;
+                let graph = if k.life == Life::Once {
+                    Value::Null
+                } else {
+                    k.graph.clone()
+                };
+                Some((id, k.life, graph))
+            });
             if let Some(h) = self.host(&name) {
                 h.seen = at;
                 h.last_tag = event.tag.clone();
@@ -262,8 +335,8 @@ impl View {
                         if !matches!(status, "ok" | "superseded") {
                             h.failed(at);
                         }
-                        if let (Some(a), Some(g)) = (known, graph) {
-                            if a.life == Life::Once {
+                        if let (Some((id, life, drawn)), Some(g)) = (known, graph) {
+                            if life == Life::Once {
                                 h.graphs.remove(&g);
                             } else if h.graphs.contains_key(&g)
                                 || h.graphs.len() < MAX_GRAPHS_PER_HOST
@@ -271,12 +344,12 @@ impl View {
                                 h.graphs.insert(
                                     g,
                                     InForce {
-                                        action: a.id.clone(),
-                                        life: a.life,
+                                        action: id,
+                                        life,
                                         status: status.to_string(),
                                         at,
                                         repairs: 0,
-                                        graph: a.graph.clone(),
+                                        graph: drawn,
                                     },
                                 );
                             }
@@ -300,9 +373,127 @@ impl View {
             h.seen = at;
             h.last_tag = event.tag.clone();
         }
+        if self.lean {
+            return;
+        }
         if self.recent.len() >= RECENT {
             self.recent.pop_front();
         }
         self.recent.push_back(Recent { at, event });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{Retention, Writer};
+    use bus::monitor::Hit;
+    use bus::{Origin, Target};
+    use serde_json::json;
+
+    fn action(host: &str, life: Life) -> Action {
+        Action {
+            id: bus::new_id(),
+            name: "site".into(),
+            seq: 0,
+            target: Target::parse(&format!("host/{host}")).unwrap(),
+            graph: json!({"resources": [{"kind": "file", "name": "/tmp/site"}]}),
+            origin: Origin::default(),
+            expires: None,
+            life,
+            prev: 0,
+        }
+    }
+
+    /// What `reflex hosts` shows of a host: everything but the graphs' contents.
+    fn shown(v: &View) -> Vec<(String, Value, Vec<String>, usize)> {
+        v.hosts
+            .iter()
+            .map(|(n, h)| {
+                (
+                    n.clone(),
+                    serde_json::to_value(h).unwrap(),
+                    h.graphs.keys().cloned().collect(),
+                    h.failures_since(0),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_hosts_read_alone_are_the_hosts_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::open(
+            dir.path(),
+            Retention {
+                max_bytes: 1 << 30,
+                max_age: std::time::Duration::from_secs(3600),
+            },
+        )
+        .unwrap();
+        let ev = |w: &mut Writer, tag: &str, host: &str, data: Value| {
+            w.record(Kind::Event, &bus::encode(&Event::new(tag, host, data)));
+        };
+        ev(&mut w, "host/web1/up", "web1", json!({}));
+        ev(&mut w, "host/web2/up", "web2", json!({}));
+        let kept = action("web1", Life::Keep);
+        let once = action("web1", Life::Once);
+        for a in [&kept, &once] {
+            w.record(Kind::Action, &bus::encode(a));
+        }
+        let hit = Hit {
+            rule: "10-site".into(),
+            event: bus::new_id(),
+            tag: "demo/site".into(),
+            actions: 2,
+            wrote: vec![],
+        };
+        w.record(Kind::Hit, &bus::encode(&hit));
+        ev(
+            &mut w,
+            "actor/result",
+            "web1",
+            json!({"action": kept.id, "name": "site", "status": "ok"}),
+        );
+        ev(
+            &mut w,
+            "actor/result",
+            "web1",
+            json!({"action": once.id, "name": "restart", "status": "failed"}),
+        );
+        ev(&mut w, "actor/converged", "web1", json!({}));
+        ev(
+            &mut w,
+            "actor/rejected",
+            "web2",
+            json!({"reason": "policy"}),
+        );
+        ev(&mut w, "host/web2/down", "web2", json!({}));
+        ev(&mut w, "beacon/load", "web1", json!({"load1": 0.3}));
+        ev(&mut w, "beacon/load", "stranger", json!({"load1": 0.3}));
+        w.flush();
+
+        let mut whole = View::from(Follower::new(dir.path()));
+        whole.update();
+        let mut alone = View::hosts_only(dir.path());
+        alone.update();
+        assert_eq!(shown(&alone), shown(&whole));
+        assert_eq!(alone.events, whole.events);
+        let web1 = &alone.hosts["web1"];
+        assert_eq!(
+            (web1.up, web1.converged, web1.last_tag.as_str()),
+            (true, Some(true), "beacon/load")
+        );
+        assert_eq!(web1.graphs.keys().collect::<Vec<_>>(), ["site"]);
+        assert_eq!(web1.failures_since(0), 1);
+        let web2 = &alone.hosts["web2"];
+        assert_eq!((web2.up, web2.failures_since(0)), (false, 1));
+        // The page's view keeps what the hosts' does not need.
+        assert!(alone.recent.is_empty() && alone.rules.is_empty());
+        assert_eq!(whole.rules["10-site"].hits, 1);
+        assert_eq!(
+            whole.hosts["web1"].graphs["site"].graph, kept.graph,
+            "the page draws the graph"
+        );
     }
 }
