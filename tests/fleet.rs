@@ -32,6 +32,8 @@ struct Fleet(String);
 
 impl Fleet {
     fn up(prefix: &str, nodes: &[&str]) -> Option<Fleet> {
+        // What an earlier run killed before its Drop (Ctrl-C, SIGKILL) left behind.
+        let _ = Command::new(script()).arg("sweep").status();
         let out = Command::new(script())
             .arg("up")
             .arg(prefix)
