@@ -558,11 +558,11 @@ fn a_fleet_of_hosts_enrolls_is_targeted_refuses_impostors_and_catches_up_once() 
             )
         })
         .collect();
-    // And one that lives 2 s: over by the time db1 is back, so never applied there.
+    // And one that lives 3 s: over by the time db1 is back, so never applied there.
     let expiring = "expiring".to_string();
     let lines = format!(
         "{lines}{}\n",
-        json!({"tag": "fleet/act", "target": "all", "name": expiring, "expires": 2,
+        json!({"tag": "fleet/act", "target": "all", "name": expiring, "expires": 3,
                "path": tmp.path().join(&expiring).display().to_string()})
     );
     let sent_at = std::time::Instant::now();
@@ -576,7 +576,7 @@ fn a_fleet_of_hosts_enrolls_is_targeted_refuses_impostors_and_catches_up_once() 
             .all(|m| r.get(m).is_some_and(|g| g.len() == 2))
             .then_some(())
     });
-    std::thread::sleep(Duration::from_secs(3).saturating_sub(sent_at.elapsed()));
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(sent_at.elapsed()));
     let heal_ms = now_ms();
     fleet.link("heal", "db1");
     let healed = std::time::Instant::now();
