@@ -43,20 +43,17 @@ pub struct ManagerArgs {
     pub http: Option<String>,
 }
 
-/// Raise the soft open-file limit to the hard one, and say how many hosts it leaves room for:
-/// the control node holds one fd per host connection (the manager 4 per host: an actor's and a
-/// beacon's PUSH and DEALER; the publisher 1), far past the 1,024 a soft limit often is
-/// (systemd's default). See docs/fleet-10k.md.
-fn raise_open_files(part: &str, fds_per_host: u64) {
+/// Raise this process's soft open-file limit to its hard one (an unlimited hard limit taken as
+/// fs.nr_open's default, 1,048,576): (soft, hard) after. The daemons and `reflex bench fleet`.
+pub fn raise_nofile() -> std::io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit on a struct we own.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return;
+        return Err(std::io::Error::last_os_error());
     }
-    // An unlimited hard limit is still capped by fs.nr_open (1,048,576 by default).
     let hard = lim.rlim_max.min(1 << 20);
     if lim.rlim_cur < hard {
         let want = libc::rlimit {
@@ -64,19 +61,35 @@ fn raise_open_files(part: &str, fds_per_host: u64) {
             rlim_max: lim.rlim_max,
         };
         // SAFETY: as above.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
-            lim.rlim_cur = hard;
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
+            return Err(std::io::Error::last_os_error());
         }
+        lim.rlim_cur = hard;
     }
-    let hosts = lim.rlim_cur.saturating_sub(100) / fds_per_host;
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Raise the soft open-file limit to the hard one, and say how many hosts it leaves room for:
+/// the control node holds one fd per host connection (the manager 4 per host: an actor's and a
+/// beacon's PUSH and DEALER; the publisher 1), far past the 1,024 a soft limit often is
+/// (systemd's default). See docs/fleet-10k.md.
+fn raise_open_files(part: &str, fds_per_host: u64) {
+    let soft = match raise_nofile() {
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!("{part}: cannot raise the open-file limit: {e}");
+            return;
+        }
+    };
+    let hosts = soft.saturating_sub(100) / fds_per_host;
     if hosts < 1_000 {
         tracing::warn!(
-            limit = lim.rlim_cur,
+            limit = soft,
             hosts,
             "{part}: the open-file limit leaves room for few hosts: raise LimitNOFILE / ulimit -Hn"
         );
     } else {
-        tracing::info!(limit = lim.rlim_cur, hosts, "{part}: open-file limit");
+        tracing::info!(limit = soft, hosts, "{part}: open-file limit");
     }
 }
 

@@ -367,7 +367,7 @@ pub fn run(a: FleetArgs) -> anyhow::Result<ExitCode> {
     // Each simulated socket is a TCP connection and a libzmq mailbox (this libzmq build signals
     // through a socketpair: two fds).
     let fds_per_host = 3 * (1 + 2 * senders) as u64;
-    let (soft, hard) = raise_nofile()?;
+    let (soft, hard) = crate::daemons::raise_nofile()?;
     let need = max_hosts as u64 * fds_per_host + OWN_FDS;
     if need > soft {
         return Err(Exit::usage(format!(

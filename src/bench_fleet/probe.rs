@@ -3,25 +3,6 @@
 
 use super::*;
 
-/// Raise this process's soft open-file limit to its hard one: (soft, hard) after.
-pub(super) fn raise_nofile() -> anyhow::Result<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        lim.rlim_cur = lim.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-    }
-    Ok((lim.rlim_cur, lim.rlim_max))
-}
-
 /// Hold the process `pid` to `n` open files, soft and hard (prlimit(2); lowering needs no
 /// privilege). Its fds already open stay open.
 pub(super) fn limit_nofile(pid: u32, n: u64) -> anyhow::Result<()> {
