@@ -37,7 +37,10 @@ fn main() {
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") && relr_supported() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    // Read when the script runs, not when it was compiled: a target dir shared by two
+    // checkouts reuses one compiled build script for both.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = std::path::Path::new(&manifest).join("rules");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("the rules folder exists")
         .filter_map(|e| e.ok().map(|e| e.path()))
