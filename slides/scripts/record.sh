@@ -84,12 +84,25 @@ start_tail() { # the tail's transcript, from a `reflex tail` started now
 # 1. The stack.
 echo "record: reflex up$pb in $T" >&2
 reflex up$pb >"$T/up.out" 2>"$T/up.log" &
-pids+=("$!")
+up=$!
+pids+=("$up")
 wait_for "$T/up.out" "reflex is up" 30
 scene 01-up
 echo "\$ reflex up$pb" >>"$cur.new"
 sed -E 's/token=[0-9a-f]+/token=…/' "$T/up.out" >>"$cur.new"
-sleep 2 # the actor and the beacons enroll and say hello
+sleep 3 # the actor and the beacons enroll and say hello
+
+# Each part's memory while idle (PSS: shared pages split among the processes that share them),
+# before any event is sent: data/memory-idle.txt.
+{
+  echo "part        pss_kb    rss_kb"
+  for c in $up $(pgrep -P "$up"); do
+    part="$(tr '\0' ' ' <"/proc/$c/cmdline" | awk '{print $2}')"
+    pss="$(awk '/^Pss:/ {print $2}' "/proc/$c/smaps_rollup")"
+    rss="$(awk '/^VmRSS:/ {print $2}' "/proc/$c/status")"
+    printf '%-10s %8s %9s\n' "$part" "$pss" "$rss"
+  done
+} >"$here/data/memory-idle.txt.new"
 
 # 2. A hello, kept: the file is made, then deleted and edited behind the engine's back.
 start_tail "$out/03-tail-hello.txt.new"
@@ -153,6 +166,7 @@ command -v dot >/dev/null || { echo "record: graphviz's dot is missing" >&2; exi
 dot -Tsvg "$here/data/app.dot" -o "$here/data/app.svg"
 
 for s in "${scenes[@]}"; do mv "$out/$s.txt.new" "$out/$s.txt"; done
+mv "$here/data/memory-idle.txt.new" "$here/data/memory-idle.txt"
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "commit: $(git -C "$repo" rev-parse --short HEAD)"
