@@ -211,17 +211,37 @@ function figures(which) {
   }
   if (which === "peers") {
     const e = bench("e2e");
+    const mem = memory();
+    const mb = (...parts) => {
+      const kb = parts.reduce((sum, p) => {
+        if (mem[p] === undefined) die(`data/memory-idle.txt has no ${p}`);
+        return sum + mem[p];
+      }, 0);
+      return `${Math.round(kb / 1024)} MB`;
+    };
     return [
       "| same workload | one at a time | burst | lost in bursts | memory |",
       "| --- | --- | --- | --- | --- |",
-      `| **reflex** (this run) | p50 ${ms(e.get("one at a time: send -> file p50 (ms)"))}, p99 ${ms(e.get("one at a time: send -> file p99 (ms)"))} | ${fmt(e.get("burst applied (files on disk per s)"))} files/s | ${fmt(e.get("lost in the burst"))} of 20,000 | ${e.get("actor private RSS per kept graph (KB)")} KB per kept graph |`,
+      `| **reflex** (this run) | p50 ${ms(e.get("one at a time: send -> file p50 (ms)"))}, p99 ${ms(e.get("one at a time: send -> file p99 (ms)"))} | ${fmt(e.get("burst applied (files on disk per s)"))} files/s | ${fmt(e.get("lost in the burst"))} of 20,000 | control node ${mb("manager", "publisher")}, host ${mb("actor", "beacon")} (PSS idle) |`,
       `| ${PEERS.ansible} | p99 7–32 ms (a debug action) | 630–770 events/s | – | 145–169 MB RSS |`,
       `| ${PEERS.salt} | p50 106 ms, p99 129 ms | 2.2–2.9 reactions/s | 501 of 1,000; 4,501 of 5,000 | master 282 MB, minion 78 MB PSS idle |`,
       "",
-      source(PEERS.cite),
+      source(`reflex: slides/data/bench-e2e.txt; memory of the recorded reflex up before any event, slides/data/memory-idle.txt. ${PEERS.cite}`),
     ].join("\n");
   }
   die(`unknown figures: ${which}`);
+}
+
+// Each part's idle memory, recorded with the demo: {part: PSS in KB}.
+function memory() {
+  const rows = read(join(slides, "data", "memory-idle.txt")).split("\n").slice(1).filter(Boolean);
+  const out = {};
+  for (const r of rows) {
+    const [part, pss] = r.trim().split(/\s+/);
+    if (!/^\d+$/.test(pss)) die(`data/memory-idle.txt: bad row ${r}`);
+    out[part] = Number(pss);
+  }
+  return out;
 }
 
 // A horizontal bar chart on a log scale: burst throughput, reflex against the peers.
