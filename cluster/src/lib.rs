@@ -9,6 +9,8 @@
 //! | --- | --- | --- |
 //! | `<prefix>/members/<id>` | a live manager, its value what it announces (endpoints) | its lease |
 //! | `<prefix>/leader` | the id of the member that does singleton work | the leader's lease |
+//! | `<prefix>/r/{v,w,m,t}/<key>` | registers: values, windows, marks, throttles (sled's bytes) | no lease: expiry stored |
+//! | `<prefix>/r/xHH/<key>` | the manager's side data in side space `HH` (`x80`: stream marks) | no lease |
 //!
 //! The pieces, one file each:
 //!
@@ -26,7 +28,10 @@
 //!   over the live members; every manager computes it from the same watched set, so they agree,
 //!   and a dead manager's hosts (only those) move within its lease TTL;
 //! - [`Leadership`]: a lease-guarded leader key taken by a transaction; its create revision is
-//!   a fencing token.
+//!   a fencing token;
+//! - [`EtcdStore`] (`registers`): the registers' committed data in etcd; reads from a mirror,
+//!   one transaction per group that compares the revision of every key read and writes the
+//!   register changes and the "done" marks together (the module doc has the whole design).
 //!
 //! Agreement on owners is eventual (each manager sees a member leave when its watch says so),
 //! so the partition alone never makes anything exactly-once: it keeps a host's events on one
@@ -52,12 +57,14 @@ mod leader;
 mod membership;
 mod mirror;
 pub mod partition;
+pub mod registers;
 
 pub use connection::{retry, transient, Cluster, CALL_TIMEOUT, RETRY_FOR};
 pub use leader::{current_leader, Leadership};
 pub use membership::{check_id, Membership, DEFAULT_TTL};
 pub use mirror::{Entry, Mirror, Snapshot};
 pub use partition::Members;
+pub use registers::EtcdStore;
 
 /// What a cluster operation can fail with.
 #[derive(Debug, thiserror::Error)]

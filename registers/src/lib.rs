@@ -23,6 +23,15 @@
 //! not committed is lost by a crash or a drop, by design: the owner commits once the group's
 //! effects are decided, and acknowledges only after that.
 //!
+//! Several managers ([`Registers::shared`]): the committed data lives in a [`SharedStore`]
+//! (etcd, implemented by the `cluster` crate) instead of sled, under the same API and
+//! semantics. Staging is the same; every committed key a group reads is recorded with its
+//! version, and [`Registers::commit`] becomes one transaction that applies the group's writes
+//! and side writes only if none of those keys changed meanwhile. A group that lost a race
+//! fails with [`RegisterError::Conflict`] and is discarded whole; its owner runs its events
+//! again on fresh data. The group is everything read and staged since the last commit. So `incr` stays atomic across managers, and a group's register changes
+//! and its "done" marks still commit together or not at all.
+//!
 //! A store written before the one-tree layout (four sled trees) is moved into it at open,
 //! once, in one batch.
 //!
@@ -36,12 +45,13 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use store::{Space, Store, MARKS, THROTTLES, VALUES, WINDOWS};
 use thiserror::Error;
 
 mod store;
 
-pub use store::{SideEntry, SideWrite, SIDE_SPACE_MIN};
+pub use store::{ReadSet, SharedStore, SideEntry, SideWrite, Staged, Versioned, SIDE_SPACE_MIN};
 
 /// What a register operation can fail with.
 #[derive(Debug, Error)]
@@ -79,6 +89,14 @@ pub enum RegisterError {
         /// The number given.
         secs: f64,
     },
+    /// A shared store's commit lost a race: a key the group read changed since. Nothing of the
+    /// group was written, and its staged writes are dropped; run its events again.
+    #[error("a register the group read was changed by another manager: run the group again")]
+    Conflict,
+    /// A shared store failed (etcd unreachable, a refused transaction). What was staged is
+    /// kept for the next commit.
+    #[error("shared register store: {0}")]
+    Shared(String),
     /// A side write (or a side read) in a space the registers keep for themselves.
     #[error("side space {space:#04x} is below 0x80: those bytes belong to the registers")]
     SideSpace {
@@ -244,15 +262,23 @@ impl Registers {
         Registers::with_db(sled::Config::new().temporary(true).open()?)
     }
 
+    /// Registers on a shared store (several managers; see the crate doc).
+    pub fn shared(store: Arc<dyn SharedStore>) -> Registers {
+        Registers::with_store(Store::shared(store))
+    }
+
     fn with_db(db: sled::Db) -> Result<Registers, RegisterError> {
-        let store = Store::new(db)?;
-        Ok(Registers {
+        Ok(Registers::with_store(Store::new(db)?))
+    }
+
+    fn with_store(store: Store) -> Registers {
+        Registers {
             values: Space::new(&store, VALUES),
             windows: Space::new(&store, WINDOWS),
             marks: Space::new(&store, MARKS),
             throttles: Space::new(&store, THROTTLES),
             store,
-        })
+        }
     }
 
     /// The value of `key`, None when it is absent or expired.
@@ -516,6 +542,13 @@ impl Registers {
     /// [`SIDE_SPACE_MIN`] is refused before anything is written.
     pub fn commit(&self, side: Vec<SideWrite>) -> Result<(), RegisterError> {
         self.store.commit(side)
+    }
+
+    /// The committed side entry `key` of `space`, recorded as read by the group being built: a
+    /// shared store commits the group only if it is unchanged then (the manager reads a
+    /// stream's mark this way, so two managers cannot both take the same event).
+    pub fn side_get(&self, space: u8, key: &[u8]) -> Result<Option<Vec<u8>>, RegisterError> {
+        self.store.side_get(space, key)
     }
 
     /// Committed side entries of `space` (key without the space byte, value), in key order:

@@ -5,6 +5,13 @@
 //! from it up. Writes go to the staging area only; [`Store::commit`] turns the staging area and
 //! the side writes into one `sled::Batch` (applied atomically) and one fsync, so a crash leaves
 //! all of a group or none of it.
+//!
+//! The committed data lives in sled by default, or in a [`SharedStore`] (etcd, for a cluster of
+//! managers: the `cluster` crate). With a shared store every committed read is recorded with the
+//! version it was read at, and the commit hands the reads and the writes to the store, which
+//! applies the writes only if no key read has changed since (an optimistic transaction): a
+//! group that lost a race is discarded whole with [`RegisterError::Conflict`], for its owner to
+//! run again. The sled path records nothing and is otherwise unchanged.
 
 use crate::RegisterError;
 use std::collections::BTreeMap;
@@ -52,14 +59,48 @@ pub type SideEntry = (Vec<u8>, Vec<u8>);
 
 /// Staged writes by full key (space byte first); None is a staged delete. Ordered, so prefix
 /// scans merge it with sled in key order.
-type Staged = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+pub type Staged = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// A committed entry of a shared store: full key, value, version.
+pub type Versioned = (Vec<u8>, Vec<u8>, i64);
+
+/// Committed keys read by a group (full key) and the version each was read at (0 = absent).
+pub type ReadSet = BTreeMap<Vec<u8>, i64>;
+
+/// Committed register data kept elsewhere than in a local sled (etcd, for several managers).
+///
+/// Keys are full keys (the space byte first, as in sled); values are the same bytes sled would
+/// hold, so every decoder is shared. A version is whatever the store compares at commit (etcd's
+/// `mod_revision`); 0 means absent.
+pub trait SharedStore: Send + Sync {
+    /// The committed value of `key` and its version.
+    fn get(&self, key: &[u8]) -> Result<(Option<Vec<u8>>, i64), RegisterError>;
+    /// Committed entries whose key starts with `prefix`: key, value, version, in key order.
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<Versioned>, RegisterError>;
+    /// Apply `writes` (None = delete) atomically and durably, only if every key of `reads` is
+    /// still at its version; [`RegisterError::Conflict`] (nothing written) otherwise.
+    fn commit(&self, reads: &ReadSet, writes: &Staged) -> Result<(), RegisterError>;
+}
+
+/// Where committed data lives.
+#[derive(Clone)]
+enum Backend {
+    Sled { db: sled::Db, tree: sled::Tree },
+    Shared(Arc<dyn SharedStore>),
+}
+
+/// What a group has staged, and (shared store only) what it read.
+#[derive(Default)]
+pub(crate) struct Staging {
+    writes: Staged,
+    reads: ReadSet,
+}
 
 /// The tree and its staging area, shared by every clone of the store.
 #[derive(Clone)]
 pub(crate) struct Store {
-    db: sled::Db,
-    tree: sled::Tree,
-    staged: Arc<Mutex<Staged>>,
+    backend: Backend,
+    staged: Arc<Mutex<Staging>>,
     /// A batch was applied whose fsync has not yet succeeded.
     unflushed: Arc<AtomicBool>,
 }
@@ -68,8 +109,8 @@ pub(crate) struct Store {
 /// through one `Txn` is atomic, since nothing reaches the staging area or the tree without the
 /// lock.
 pub(crate) struct Txn<'a> {
-    tree: &'a sled::Tree,
-    staged: MutexGuard<'a, Staged>,
+    backend: &'a Backend,
+    staged: MutexGuard<'a, Staging>,
 }
 
 fn full_key(space: u8, key: &[u8]) -> Vec<u8> {
@@ -90,7 +131,10 @@ fn check_side(space: u8) -> Result<(), RegisterError> {
 impl Store {
     /// Bytes the store takes on disk (sled's own count of its files).
     pub(crate) fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        match &self.backend {
+            Backend::Sled { db, .. } => db.size_on_disk().unwrap_or(0),
+            Backend::Shared(_) => 0,
+        }
     }
 
     /// The store on `db`, moving an old four-tree layout into the one tree first.
@@ -98,14 +142,22 @@ impl Store {
         let tree = db.open_tree(TREE)?;
         migrate(&db, &tree)?;
         Ok(Store {
-            db,
-            tree,
-            staged: Arc::new(Mutex::new(BTreeMap::new())),
+            backend: Backend::Sled { db, tree },
+            staged: Arc::new(Mutex::new(Staging::default())),
             unflushed: Arc::new(AtomicBool::new(false)),
         })
     }
 
-    fn staged(&self) -> MutexGuard<'_, Staged> {
+    /// The store on a shared backend.
+    pub(crate) fn shared(backend: Arc<dyn SharedStore>) -> Store {
+        Store {
+            backend: Backend::Shared(backend),
+            staged: Arc::new(Mutex::new(Staging::default())),
+            unflushed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn staged(&self) -> MutexGuard<'_, Staging> {
         // A panic while holding the lock cannot leave the map half-changed (each write is one
         // insert), so a poisoned lock is still sound to use.
         self.staged.lock().unwrap_or_else(|e| e.into_inner())
@@ -114,26 +166,31 @@ impl Store {
     /// Lock the staging area for reads and writes.
     pub(crate) fn txn(&self) -> Txn<'_> {
         Txn {
-            tree: &self.tree,
+            backend: &self.backend,
             staged: self.staged(),
         }
     }
 
     /// True when writes are staged, or a committed group still waits for its fsync.
     pub(crate) fn is_dirty(&self) -> bool {
-        !self.staged().is_empty() || self.unflushed.load(Ordering::Acquire)
+        !self.staged().writes.is_empty() || self.unflushed.load(Ordering::Acquire)
     }
 
-    /// Apply every staged write and `side` as one atomic batch, then fsync.
+    /// Apply every staged write and `side` as one atomic batch, then fsync (sled), or as one
+    /// transaction checked against the group's reads (a shared store).
     pub(crate) fn commit(&self, side: Vec<SideWrite>) -> Result<(), RegisterError> {
         for w in &side {
             check_side(w.space)?;
         }
+        let (db, tree) = match &self.backend {
+            Backend::Sled { db, tree } => (db, tree),
+            Backend::Shared(shared) => return self.commit_shared(shared.as_ref(), side),
+        };
         {
             let mut staged = self.staged();
-            if !staged.is_empty() || !side.is_empty() {
+            if !staged.writes.is_empty() || !side.is_empty() {
                 let mut batch = sled::Batch::default();
-                for (k, v) in staged.iter() {
+                for (k, v) in staged.writes.iter() {
                     match v {
                         Some(v) => batch.insert(k.as_slice(), v.as_slice()),
                         None => batch.remove(k.as_slice()),
@@ -147,13 +204,13 @@ impl Store {
                     }
                 }
                 // On failure the staging area is kept whole, so a later commit retries it.
-                self.tree.apply_batch(batch)?;
-                staged.clear();
+                tree.apply_batch(batch)?;
+                staged.writes.clear();
                 self.unflushed.store(true, Ordering::Release);
             }
         }
         // The fsync runs without the lock: writers stage the next group meanwhile.
-        match self.db.flush() {
+        match db.flush() {
             Ok(_) => {
                 self.unflushed.store(false, Ordering::Release);
                 Ok(())
@@ -165,13 +222,77 @@ impl Store {
         }
     }
 
+    /// The shared store's commit: one transaction of the staged writes and `side`, on the
+    /// condition that nothing the group read has changed. Under the lock, so no write is staged
+    /// meanwhile (the transaction is durable when it returns: there is no fsync to overlap).
+    /// A conflict discards the group (writes and reads): its owner runs it again on fresh data.
+    /// Any other failure keeps it staged, for a later commit to retry.
+    fn commit_shared(
+        &self,
+        shared: &dyn SharedStore,
+        side: Vec<SideWrite>,
+    ) -> Result<(), RegisterError> {
+        let mut staged = self.staged();
+        if staged.writes.is_empty() && side.is_empty() {
+            staged.reads.clear();
+            return Ok(());
+        }
+        let mut writes = std::mem::take(&mut staged.writes);
+        for w in side {
+            writes.insert(full_key(w.space, &w.key), w.value);
+        }
+        match shared.commit(&staged.reads, &writes) {
+            Ok(()) => {
+                staged.reads.clear();
+                Ok(())
+            }
+            Err(e @ RegisterError::Conflict) => {
+                staged.reads.clear();
+                Err(e)
+            }
+            Err(e) => {
+                // The side writes are the owner's to give again; keep only what was staged.
+                staged.writes = writes
+                    .into_iter()
+                    .filter(|(k, _)| k.first().is_some_and(|b| *b < SIDE_SPACE_MIN))
+                    .collect();
+                Err(e)
+            }
+        }
+    }
+
+    /// Record that the group read side key `key` of `space` (a shared store compares it at
+    /// commit) and return its committed value; staged side writes are not seen (the owner
+    /// keeps its own). With sled, only the read.
+    pub(crate) fn side_get(&self, space: u8, key: &[u8]) -> Result<Option<Vec<u8>>, RegisterError> {
+        check_side(space)?;
+        let k = full_key(space, key);
+        match &self.backend {
+            Backend::Sled { tree, .. } => Ok(tree.get(&k)?.map(|v| v.to_vec())),
+            Backend::Shared(shared) => {
+                let (value, version) = shared.get(&k)?;
+                self.staged().reads.entry(k).or_insert(version);
+                Ok(value)
+            }
+        }
+    }
+
     /// Committed entries of side space `space`, key without the space byte, in key order.
     pub(crate) fn side_entries(&self, space: u8) -> Result<Vec<SideEntry>, RegisterError> {
         check_side(space)?;
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix([space]) {
-            let (k, v) = item?;
-            out.push((k[1..].to_vec(), v.to_vec()));
+        match &self.backend {
+            Backend::Sled { tree, .. } => {
+                for item in tree.scan_prefix([space]) {
+                    let (k, v) = item?;
+                    out.push((k[1..].to_vec(), v.to_vec()));
+                }
+            }
+            Backend::Shared(shared) => {
+                for (k, v, _) in shared.scan(&[space])? {
+                    out.push((k[1..].to_vec(), v));
+                }
+            }
         }
         Ok(out)
     }
@@ -179,17 +300,25 @@ impl Store {
 
 impl Txn<'_> {
     /// The bytes of `key` in `space`: the staged write if there is one, else sled's.
-    pub(crate) fn get(&self, space: u8, key: &[u8]) -> Result<Option<Vec<u8>>, RegisterError> {
+    pub(crate) fn get(&mut self, space: u8, key: &[u8]) -> Result<Option<Vec<u8>>, RegisterError> {
         let k = full_key(space, key);
-        match self.staged.get(&k) {
-            Some(staged) => Ok(staged.clone()),
-            None => Ok(self.tree.get(&k)?.map(|v| v.to_vec())),
+        if let Some(staged) = self.staged.writes.get(&k) {
+            return Ok(staged.clone());
+        }
+        match self.backend {
+            Backend::Sled { tree, .. } => Ok(tree.get(&k)?.map(|v| v.to_vec())),
+            Backend::Shared(shared) => {
+                let (value, version) = shared.get(&k)?;
+                // The first read is the one the group's decision rests on.
+                self.staged.reads.entry(k).or_insert(version);
+                Ok(value)
+            }
         }
     }
 
     /// Stage `value` (None = delete) for `key` in `space`.
     pub(crate) fn put(&mut self, space: u8, key: &[u8], value: Option<Vec<u8>>) {
-        self.staged.insert(full_key(space, key), value);
+        self.staged.writes.insert(full_key(space, key), value);
     }
 
     /// Stage the removal of `key` in `space` when it is there; what it held.
@@ -208,18 +337,31 @@ impl Txn<'_> {
     /// Every entry of `space` whose key starts with `prefix` (key without the space byte),
     /// staged writes laid over sled's, in key order.
     pub(crate) fn scan(
-        &self,
+        &mut self,
         space: u8,
         prefix: &[u8],
     ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, RegisterError> {
         let start = full_key(space, prefix);
         let mut out = BTreeMap::new();
-        for item in self.tree.scan_prefix(&start) {
-            let (k, v) = item?;
-            out.insert(k[1..].to_vec(), v.to_vec());
+        match self.backend {
+            Backend::Sled { tree, .. } => {
+                for item in tree.scan_prefix(&start) {
+                    let (k, v) = item?;
+                    out.insert(k[1..].to_vec(), v.to_vec());
+                }
+            }
+            Backend::Shared(shared) => {
+                // Each key seen is compared at commit. A key created under the prefix
+                // meanwhile is not (a phantom): scans decide nothing the rules rely on today.
+                for (k, v, version) in shared.scan(&start)? {
+                    out.insert(k[1..].to_vec(), v);
+                    self.staged.reads.entry(k).or_insert(version);
+                }
+            }
         }
         for (k, v) in self
             .staged
+            .writes
             .range(start.clone()..)
             .take_while(|(k, _)| k.starts_with(&start))
         {
@@ -321,8 +463,10 @@ impl Space {
 impl Store {
     /// The names of the sled trees the store holds (to see the old layout is gone).
     pub(crate) fn tree_names(&self) -> Vec<String> {
-        self.db
-            .tree_names()
+        let Backend::Sled { db, .. } = &self.backend else {
+            return Vec::new();
+        };
+        db.tree_names()
             .iter()
             .map(|n| String::from_utf8_lossy(n).into_owned())
             .collect()
