@@ -144,3 +144,4 @@ fn marks_and_throttles_follow_their_windows() {
 }
 
 mod commit;
+mod shared;
