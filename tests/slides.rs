@@ -569,3 +569,62 @@ fn three_slides_render_at_their_anchor_and_are_not_blank() {
         "two of slides {picks:?} look the same: {hashes:?}"
     );
 }
+
+/// The deck laid out by Chromium: for each slide, how far down and across its content reaches
+/// and how far its code blocks would scroll sideways, reported by a script added to a copy of
+/// the page (every slide is laid out, shown or not).
+#[test]
+fn nothing_runs_off_a_slide() {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: the deck's test lays the slides out in it; install it (Debian: \
+         apt-get install chromium) or run .ci/run, which does"
+    );
+    let b = built();
+    let tmp = tempfile::tempdir().unwrap();
+    let probe = r#"<script>addEventListener("load", () => setTimeout(() => {
+  const r = [...document.querySelectorAll("section[id]")].map((s) => {
+    let bottom = 0, right = 0, scroll = 0;
+    for (const c of s.children) {
+      bottom = Math.max(bottom, c.offsetTop + c.offsetHeight);
+      right = Math.max(right, c.offsetLeft + c.offsetWidth);
+    }
+    for (const p of s.querySelectorAll("pre")) scroll = Math.max(scroll, p.scrollWidth - p.clientWidth);
+    return [Number(s.id), bottom, right, scroll, s.clientHeight, s.clientWidth];
+  });
+  const out = document.createElement("pre");
+  out.id = "layout-report";
+  out.textContent = JSON.stringify(r);
+  document.body.appendChild(out);
+}, 300));</script></body>"#;
+    assert!(b.html.contains("</body>"));
+    let page = tmp.path().join("probe.html");
+    std::fs::write(&page, b.html.replacen("</body>", probe, 1)).unwrap();
+    let out = chromium(
+        &tmp.path().join("profile"),
+        &["--virtual-time-budget=3000", "--dump-dom"],
+        &format!("file://{}", page.display()),
+    );
+    assert!(out.status.success(), "chromium --dump-dom failed");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let report = dom
+        .split("<pre id=\"layout-report\">")
+        .nth(1)
+        .and_then(|r| r.split("</pre>").next())
+        .expect("the layout report in the DOM");
+    let rows: Vec<[f64; 6]> = serde_json::from_str(&strip_tags(report)).expect("the report");
+    assert_eq!(rows.len(), sections(&b.html).len());
+    for [n, bottom, right, scroll, height, width] in rows {
+        assert_eq!((height, width), (720.0, 1280.0), "slide {n}'s size");
+        // The page number sits in the bottom padding: content may reach 20 px above the edge.
+        assert!(
+            bottom <= height - 20.0,
+            "slide {n} runs off its page: its content ends at {bottom} px of {height}"
+        );
+        assert!(right <= width - 48.0, "slide {n} is {right} px wide");
+        assert!(
+            scroll <= 1.0,
+            "a code block on slide {n} scrolls {scroll} px sideways"
+        );
+    }
+}

@@ -3,7 +3,8 @@
 //
 //   <!-- include: PATH [lines=A-B] [block=N] -->  a repo file (path from the repo root) as a
 //        code block, whole, lines A to B, or its Nth fenced code block (Markdown files)
-//   <!-- transcript: NAME [lines=A-B] [json=PATH] [width=N] -->  slides/transcripts/NAME.txt;
+//   <!-- transcript: NAME [lines=A-B] [match=REGEX] [json=PATH] [width=N] -->
+//        slides/transcripts/NAME.txt; match=REGEX keeps the commands and the lines it matches;
 //        json=PATH shows that part of the JSON a command printed (a.0.b); ids are shortened
 //        to their first 8 and last 4 characters (json=: of the last command's output) and lines longer than width (default 96) end in "…"
 //   <!-- figures: e2e|bus|faults|peers -->  a table from slides/data/bench-*.txt
@@ -112,6 +113,14 @@ function transcript(name, o) {
   if (o.lines) {
     text = range(text, o.lines);
     label += `, lines ${o.lines.replace("-", "–")}`;
+  }
+  if (o.match) {
+    // The command lines and the lines a regular expression matches (a tail's lines on one thing).
+    const re = new RegExp(o.match);
+    const kept = text.split("\n").filter((l) => l.startsWith("$ ") || re.test(l));
+    if (kept.length < 2) die(`${name}: no line matches ${o.match}`);
+    text = kept.join("\n");
+    label += `, the lines matching ${o.match}`;
   }
   const width = Number(o.width || 96);
   if (UUID.test(text)) label += ", ids shortened";
