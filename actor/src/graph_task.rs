@@ -98,7 +98,7 @@ impl InForce {
     /// Hand a running graph to its own task, which reports on it and takes its commands.
     /// `started` is `None` for a restored graph whose first report was already taken.
     pub(crate) fn start(
-        ctx: &Ctx,
+        ctx: &Arc<Ctx>,
         running: engine::Running,
         action: Action,
         started: Option<Instant>,
@@ -106,14 +106,17 @@ impl InForce {
     ) -> InForce {
         let queue = Arc::new(CmdQueue::default());
         let (cmds, cmd_rx) = (Cmds(Arc::clone(&queue)), CmdRx(queue));
-        let task = tokio::spawn(graph_task(
-            ctx.clone(),
+        let conv = running.convergence();
+        let task = tokio::spawn(graph_task(Box::new(Task {
+            ctx: Arc::clone(ctx),
             running,
-            action,
+            action: Named::of(&action),
             started,
-            cmd_rx,
+            cmds: cmd_rx,
             serial,
-        ));
+            conv,
+            queued: VecDeque::new(),
+        })));
         InForce {
             serial,
             converged: false,
@@ -180,20 +183,82 @@ impl Ctx {
     }
 }
 
+/// What the reports name of an action: its id, name, seq and origin. A graph task keeps this
+/// for as long as the graph is in force, so the four strings share one allocation (a whole
+/// [`Action`] is about 450 bytes with its strings, this about 130).
+pub(crate) struct Named {
+    /// `id`, `name`, `origin.event`, `origin.rule`, one after the other.
+    text: Box<str>,
+    /// Where `name`, `event` and `rule` start in `text`.
+    at: [u32; 3],
+    seq: u64,
+}
+
+impl Named {
+    pub(crate) fn of(action: &Action) -> Named {
+        let parts = [
+            action.id.as_str(),
+            &action.name,
+            &action.origin.event,
+            &action.origin.rule,
+        ];
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut at = [0u32; 3];
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                // A frame is far below 4 GiB (bus::MAX_FRAME), so every offset fits.
+                at[i - 1] = u32::try_from(text.len()).unwrap_or(u32::MAX);
+            }
+            text.push_str(part);
+        }
+        Named {
+            text: text.into_boxed_str(),
+            at,
+            seq: action.seq,
+        }
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.at[i - 1] as usize };
+        let end = self.at.get(i).map_or(self.text.len(), |&e| e as usize);
+        self.text.get(start..end).unwrap_or_default()
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        self.part(0)
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        self.part(1)
+    }
+
+    pub(crate) fn event(&self) -> &str {
+        self.part(2)
+    }
+
+    pub(crate) fn rule(&self) -> &str {
+        self.part(3)
+    }
+
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
 /// The data of an `actor/result` event. `origin` names the event and rule that caused the
 /// action, so rules reacting to results can correlate them with their cause.
 pub(crate) fn result_data(
-    action: &Action,
+    action: &Named,
     status: &str,
     changed: Vec<String>,
     errors: Vec<String>,
     ms: f64,
 ) -> serde_json::Value {
     json!({
-        "action": action.id,
-        "name": action.name,
-        "seq": action.seq,
-        "origin": {"event": action.origin.event, "rule": action.origin.rule},
+        "action": action.id(),
+        "name": action.name(),
+        "seq": action.seq(),
+        "origin": {"event": action.event(), "rule": action.rule()},
         "status": status,
         "changed": changed,
         "errors": errors,
@@ -201,78 +266,31 @@ pub(crate) fn result_data(
     })
 }
 
-/// Runs one named graph until it is stopped (see the module doc).
-async fn graph_task(
-    ctx: Ctx,
-    mut running: engine::Running,
-    mut action: Action,
-    mut started: Option<Instant>,
+/// What a graph task keeps while it waits: boxed, so the task's future holds one pointer to it
+/// rather than (as an async fn's arguments and its locals are stored apart) each field twice.
+struct Task {
+    ctx: Arc<Ctx>,
+    running: engine::Running,
+    /// For the reports only: its graph is the engine's and the store's.
+    action: Named,
+    /// Set while the first report of the graph (or of a swap) is still to come.
+    started: Option<Instant>,
     cmds: CmdRx,
-    mut serial: u64,
-) {
-    // Kept for the reports only (id, name, seq, origin): the graph itself is the engine's
-    // and the store's.
-    action.graph = serde_json::Value::Null;
-    let name = action.name.clone();
-    let mut conv = running.convergence();
-    let mut queued: VecDeque<Cmd> = VecDeque::new();
+    serial: u64,
+    conv: engine::Convergence,
+    queued: VecDeque<Cmd>,
+}
+
+/// Runs one named graph until it is stopped (see the module doc).
+async fn graph_task(mut t: Box<Task>) {
     loop {
-        if let Some(t0) = started.take() {
-            let first = loop {
-                tokio::select! {
-                    // Boxed, as every future awaited once: inline, they would make every idle
-                    // graph's task as big as the biggest of them.
-                    r = Box::pin(running.first_report()) => break r,
-                    cmd = cmds.recv() => match cmd {
-                        Some(swap @ Cmd::Swap { .. }) => enqueue(&ctx, &mut queued, swap),
-                        Some(Cmd::Stop) | None => { Box::pin(running.stop()).await; return; }
-                    },
-                }
-            };
-            let ms = t0.elapsed().as_secs_f64() * 1e3;
-            let status = if first.ok { "ok" } else { "error" };
-            tracing::info!(name = %name, action = %action.id, event = %action.origin.event, status, changed = first.changed.len(), ms, "action converged");
-            // The picture first, so whoever reacts to the result finds it up to date.
-            ctx.write_dot(&name, &running);
-            ctx.emit(
-                "actor/result",
-                result_data(&action, status, first.changed, first.errors, ms),
-            );
+        if let Some(t0) = t.started.take() {
+            if !t.first_report(t0).await {
+                Box::pin(t.running.stop()).await;
+                return;
+            }
         }
-        let mut is_converged = false;
-        let next = loop {
-            if let Some(cmd) = queued.pop_front() {
-                break Some(cmd);
-            }
-            tokio::select! {
-                // The engine queues an outcome's event before it moves the convergence
-                // status, so taking events first tells a repair before the divergence it
-                // caused.
-                biased;
-                ev = running.next_event() => match ev {
-                    Some(engine::EngineEvent::Changed { id }) => {
-                        tracing::info!(name = %name, action = %action.id, event = %action.origin.event, resource = %id, "drift repaired");
-                        ctx.emit("actor/repaired", json!({"name": name, "action": action.id, "resource": id}));
-                    }
-                    Some(engine::EngineEvent::Failed { id, error }) => {
-                        tracing::warn!(name = %name, action = %action.id, event = %action.origin.event, resource = %id, "check failed: {error}");
-                        ctx.emit("actor/error", json!({"name": name, "action": action.id, "resource": id, "error": error}));
-                    }
-                    Some(engine::EngineEvent::Message { id, text }) => {
-                        ctx.emit("actor/msg", json!({"name": name, "action": action.id, "resource": id, "text": text}));
-                    }
-                    None => break None,
-                },
-                now = transition(&mut conv, is_converged, ctx.idle) => {
-                    is_converged = now;
-                    let _ = ctx.crossed.send(Crossed { name: name.clone(), serial, converged: now });
-                }
-                cmd = cmds.recv() => match cmd {
-                    Some(cmd) => enqueue(&ctx, &mut queued, cmd),
-                    None => break None,
-                },
-            }
-        };
+        let next = t.idle().await;
         match next {
             Some(Cmd::Swap {
                 graph,
@@ -280,17 +298,109 @@ async fn graph_task(
                 started: t0,
                 serial: next,
             }) => {
-                serial = next;
-                let stats = Box::pin(running.swap(graph)).await;
-                tracing::info!(name = %name, action = %new.id, event = %new.origin.event, kept = stats.kept, added = stats.added, removed = stats.removed, "graph swapped");
-                action = *new;
-                action.graph = serde_json::Value::Null;
-                started = Some(t0);
-                conv = running.convergence();
+                t.serial = next;
+                let stats = Box::pin(t.running.swap(graph)).await;
+                tracing::info!(name = %new.name, action = %new.id, event = %new.origin.event, kept = stats.kept, added = stats.added, removed = stats.removed, "graph swapped");
+                t.action = Named::of(&new);
+                t.started = Some(t0);
+                t.conv = t.running.convergence();
             }
             Some(Cmd::Stop) | None => {
-                Box::pin(running.stop()).await;
+                Box::pin(t.running.stop()).await;
                 return;
+            }
+        }
+    }
+}
+
+impl Task {
+    /// Wait for the graph's first outcome and report it; false when the task was told to stop
+    /// meanwhile.
+    async fn first_report(&mut self, t0: Instant) -> bool {
+        let Task {
+            ctx,
+            running,
+            action,
+            cmds,
+            queued,
+            ..
+        } = self;
+        let first = loop {
+            tokio::select! {
+                // Boxed, as every future awaited once: inline, they would make every idle
+                // graph's task as big as the biggest of them.
+                r = Box::pin(running.first_report()) => break r,
+                cmd = cmds.recv() => match cmd {
+                    Some(swap @ Cmd::Swap { .. }) => enqueue(ctx, queued, swap),
+                    Some(Cmd::Stop) | None => return false,
+                },
+            }
+        };
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let status = if first.ok { "ok" } else { "error" };
+        tracing::info!(name = %action.name(), action = %action.id(), event = %action.event(), status, changed = first.changed.len(), ms, "action converged");
+        // The picture first, so whoever reacts to the result finds it up to date.
+        ctx.write_dot(action.name(), running);
+        ctx.emit(
+            "actor/result",
+            result_data(action, status, first.changed, first.errors, ms),
+        );
+        true
+    }
+
+    /// Report repairs, failures, messages and crossings until a command comes (`None`: the
+    /// graph or the serve loop is gone).
+    async fn idle(&mut self) -> Option<Cmd> {
+        let Task {
+            ctx,
+            running,
+            action,
+            cmds,
+            serial,
+            conv,
+            queued,
+            ..
+        } = self;
+        let mut is_converged = false;
+        loop {
+            if let Some(cmd) = queued.pop_front() {
+                return Some(cmd);
+            }
+            // Boxed, and only the side that can happen next: an idle graph waits on a small
+            // divergence future, not on the timer the convergence needs.
+            let crossing: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> =
+                if is_converged {
+                    Box::pin(conv.diverged())
+                } else {
+                    Box::pin(conv.converged(ctx.idle))
+                };
+            tokio::select! {
+                // The engine queues an outcome's event before it moves the convergence
+                // status, so taking events first tells a repair before the divergence it
+                // caused.
+                biased;
+                ev = running.next_event() => match ev {
+                    Some(engine::EngineEvent::Changed { id }) => {
+                        tracing::info!(name = %action.name(), action = %action.id(), event = %action.event(), resource = %id, "drift repaired");
+                        ctx.emit("actor/repaired", json!({"name": action.name(), "action": action.id(), "resource": id}));
+                    }
+                    Some(engine::EngineEvent::Failed { id, error }) => {
+                        tracing::warn!(name = %action.name(), action = %action.id(), event = %action.event(), resource = %id, "check failed: {error}");
+                        ctx.emit("actor/error", json!({"name": action.name(), "action": action.id(), "resource": id, "error": error}));
+                    }
+                    Some(engine::EngineEvent::Message { id, text }) => {
+                        ctx.emit("actor/msg", json!({"name": action.name(), "action": action.id(), "resource": id, "text": text}));
+                    }
+                    None => return None,
+                },
+                () = crossing => {
+                    is_converged = !is_converged;
+                    let _ = ctx.crossed.send(Crossed { name: action.name().to_string(), serial: *serial, converged: is_converged });
+                }
+                cmd = cmds.recv() => match cmd {
+                    Some(cmd) => enqueue(ctx, queued, cmd),
+                    None => return None,
+                },
             }
         }
     }
@@ -305,22 +415,11 @@ fn enqueue(ctx: &Ctx, queued: &mut VecDeque<Cmd>, cmd: Cmd) {
             tracing::debug!(name = %action.name, action = %action.id, "superseded before it ran");
             ctx.emit(
                 "actor/result",
-                result_data(&action, "superseded", vec![], vec![], 0.0),
+                result_data(&Named::of(&action), "superseded", vec![], vec![], 0.0),
             );
         }
     }
     queued.push_back(cmd);
-}
-
-/// Resolves with the new state once a graph crosses from diverged to converged or back.
-async fn transition(conv: &mut engine::Convergence, converged: bool, idle: Duration) -> bool {
-    if converged {
-        conv.diverged().await;
-        false
-    } else {
-        conv.converged(idle).await;
-        true
-    }
 }
 
 #[cfg(test)]

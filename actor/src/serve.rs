@@ -1,7 +1,7 @@
 //! The serve loop: the [`Actor`] takes actions in (live, or replayed while catching up), keeps
 //! one graph task per name in force, and reports the actor's convergence as a whole.
 
-use crate::graph_task::{result_data, Cmd, Crossed, Ctx, InForce};
+use crate::graph_task::{result_data, Cmd, Crossed, Ctx, InForce, Named};
 use crate::intake::{Admit, Intake, Source};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -30,7 +30,8 @@ pub(crate) struct Actor {
     store: Option<Store>,
     /// What this host accepts at all.
     policy: Policy,
-    ctx: Ctx,
+    /// Shared with every graph task: one copy, not one per graph.
+    ctx: Arc<Ctx>,
     /// The graphs in force by name, with their convergence.
     graphs: HashMap<String, InForce>,
     /// The last serial handed to a graph task.
@@ -106,13 +107,13 @@ impl Actor {
             metrics,
             store,
             policy: cfg.policy,
-            ctx: Ctx {
+            ctx: Arc::new(Ctx {
                 host: cfg.name.clone(),
                 out,
                 crossed,
                 idle: cfg.converged_timeout,
                 graphviz: cfg.graphviz,
-            },
+            }),
             replay: cfg.replay.map(|endpoint| Replay {
                 endpoint,
                 topics,
@@ -371,7 +372,13 @@ impl Actor {
                 tracing::warn!(name = %action.name, event = %action.origin.event, "rejected action {}: {e}", action.id);
                 self.ctx.emit(
                     "actor/result",
-                    result_data(&action, "error", vec![], vec![e.to_string()], 0.0),
+                    result_data(
+                        &Named::of(&action),
+                        "error",
+                        vec![],
+                        vec![e.to_string()],
+                        0.0,
+                    ),
                 );
                 return;
             }
@@ -447,7 +454,7 @@ impl Actor {
         let ms = started.elapsed().as_secs_f64() * 1e3;
         self.ctx.emit(
             "actor/result",
-            result_data(&action, "ok", vec![], vec![], ms),
+            result_data(&Named::of(&action), "ok", vec![], vec![], ms),
         );
     }
 
@@ -508,7 +515,7 @@ impl Actor {
                 state_dir: None,
             },
         );
-        let ctx = self.ctx.clone();
+        let ctx = Arc::clone(&self.ctx);
         self.once.spawn(async move {
             let first = running.first_report().await;
             let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -516,7 +523,7 @@ impl Actor {
             tracing::info!(name = %action.name, action = %action.id, event = %action.origin.event, status, changed = first.changed.len(), ms, "one-shot action converged: released");
             ctx.emit(
                 "actor/result",
-                result_data(&action, status, first.changed, first.errors, ms),
+                result_data(&Named::of(&action), status, first.changed, first.errors, ms),
             );
             running.stop().await;
         });
