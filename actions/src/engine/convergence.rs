@@ -1,9 +1,10 @@
 //! Waiting for a running graph to settle: every first outcome in, nothing busy, nothing
 //! changed for a while.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use super::signal::Watch;
 
 /// What `converged` needs to know.
 #[derive(Debug, Clone, Copy)]
@@ -18,21 +19,35 @@ pub(super) struct Status {
 
 /// Waits on a running graph's convergence; see [`super::Running::convergence`].
 pub struct Convergence {
-    rx: watch::Receiver<Status>,
+    status: Arc<Watch<Status>>,
+    /// The version of `status` last looked at.
+    seen: u64,
     /// `last_activity` when `converged` last resolved.
     mark: Option<Instant>,
 }
 
 impl Convergence {
-    pub(super) fn new(rx: watch::Receiver<Status>) -> Convergence {
-        Convergence { rx, mark: None }
+    pub(super) fn new(status: Arc<Watch<Status>>) -> Convergence {
+        let (_, seen) = status.get();
+        Convergence {
+            status,
+            seen,
+            mark: None,
+        }
+    }
+
+    /// The status now, marked as seen.
+    fn look(&mut self) -> Status {
+        let (status, version) = self.status.get();
+        self.seen = version;
+        status
     }
 
     /// Resolves when every resource has had its first outcome, no check-apply is in
     /// progress, and nothing changed or failed for `idle`.
     pub async fn converged(&mut self, idle: Duration) {
         loop {
-            let status = *self.rx.borrow_and_update();
+            let status = self.look();
             let settled = status.pending == 0 && status.busy == 0;
             let quiet = status.last_activity.elapsed();
             if settled && quiet >= idle {
@@ -42,9 +57,9 @@ impl Convergence {
             if settled {
                 tokio::select! {
                     _ = tokio::time::sleep(idle - quiet) => {}
-                    _ = self.rx.changed() => {}
+                    _ = self.status.changed(self.seen) => {}
                 }
-            } else if self.rx.changed().await.is_err() {
+            } else if !self.status.changed(self.seen).await {
                 // The graph is gone: nothing will ever change again.
                 return;
             }
@@ -55,13 +70,13 @@ impl Convergence {
     /// swapped in since.
     pub async fn diverged(&mut self) {
         loop {
-            let status = *self.rx.borrow_and_update();
+            let status = self.look();
             let mark = *self.mark.get_or_insert(status.last_activity);
             if status.pending > 0 || status.last_activity != mark {
                 self.mark = None;
                 return;
             }
-            if self.rx.changed().await.is_err() {
+            if !self.status.changed(self.seen).await {
                 std::future::pending::<()>().await;
             }
         }

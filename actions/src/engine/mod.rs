@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use graph::{Graph, Spec};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::error::EngineError;
 use crate::hub::FileHub;
@@ -120,7 +120,7 @@ pub(crate) type Build = Box<dyn Fn(&Spec) -> Arc<dyn Resource> + Send + Sync>;
 
 /// State shared by all tasks of one run.
 struct Shared {
-    status: watch::Sender<Status>,
+    status: Arc<signal::Watch<Status>>,
     watch_ctx: WatchCtx,
     noop: bool,
     events: signal::Queue<Msg>,
@@ -166,11 +166,11 @@ impl Engine {
     /// [`Engine::run`], making each resource with `build`.
     pub(crate) fn run_with(&self, graph: Graph, opts: RunOptions, build: Build) -> Running {
         let started = Instant::now();
-        let (status, _) = watch::channel(Status {
+        let status = Arc::new(signal::Watch::new(Status {
             pending: 0,
             busy: 0,
             last_activity: started,
-        });
+        }));
         let shared = Arc::new(Shared {
             status,
             watch_ctx: WatchCtx::new(Arc::clone(&self.files)),
@@ -190,6 +190,13 @@ impl Engine {
     /// Directories the shared hub currently watches (one inotify watch each).
     pub fn watched_dirs(&self) -> usize {
         self.files.watched_dirs()
+    }
+}
+
+impl Drop for Shared {
+    /// The run is over: whoever waits on its convergence stops waiting.
+    fn drop(&mut self) {
+        self.status.close();
     }
 }
 

@@ -176,7 +176,7 @@ impl NodeTask {
         });
         let mut bucket = limit.map(|rate| Bucket::new(rate, burst));
         loop {
-            self.shared.status.send_modify(|s| s.busy += 1);
+            self.shared.status.modify(|s| s.busy += 1);
             let result = if watching {
                 None
             } else {
@@ -190,7 +190,7 @@ impl NodeTask {
                     }
                     Some(Err(e)) => Some(Err(e)),
                     None => {
-                        self.shared.status.send_modify(|s| s.busy -= 1);
+                        self.shared.status.modify(|s| s.busy -= 1);
                         return;
                     }
                 }
@@ -200,7 +200,7 @@ impl NodeTask {
                 None => match Box::pin(self.check_with_meta(&mut bucket)).await {
                     Some(result) => result,
                     None => {
-                        self.shared.status.send_modify(|s| s.busy -= 1);
+                        self.shared.status.modify(|s| s.busy -= 1);
                         return;
                     }
                 },
@@ -476,7 +476,7 @@ impl NodeTask {
         }
         // Status last: whoever waits on convergence and also reads the events then finds
         // this outcome's event already queued, so "repaired" is told before "diverged".
-        self.shared.status.send_modify(|s| {
+        self.shared.status.modify(|s| {
             if checked {
                 s.busy -= 1;
             }

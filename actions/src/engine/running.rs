@@ -61,7 +61,7 @@ impl Running {
             .map(|(idx, n)| (n.serial, (idx, None)))
             .collect();
         running.missing = nodes.len();
-        running.shared.status.send_modify(|s| {
+        running.shared.status.modify(|s| {
             s.pending += nodes.len();
             s.last_activity = now;
         });
@@ -168,7 +168,7 @@ impl Running {
     /// A handle to wait on convergence without borrowing the `Running` (so a task can wait
     /// for events and convergence at once).
     pub fn convergence(&self) -> Convergence {
-        Convergence::new(self.shared.status.subscribe())
+        Convergence::new(Arc::clone(&self.shared.status))
     }
 
     /// A node for `vertex`, its resource made, its refresh read back from disk.

@@ -180,7 +180,7 @@ impl Running {
         self.firsts = firsts;
         self.report = None;
         self.started = now;
-        self.shared.status.send_modify(|s| {
+        self.shared.status.modify(|s| {
             s.pending = s.pending + added - unreported;
             s.last_activity = now;
         });
