@@ -301,14 +301,18 @@ fn the_deck_needs_no_network() {
     assert!(!fetched(&inner[0]).is_empty(), "{inner:?}");
 }
 
-/// The subcommands `reflex [WORDS] --help` lists.
-fn subcommands(words: &[&str]) -> Option<Vec<String>> {
+/// What `reflex [WORDS] --help` prints.
+fn help(words: &[&str]) -> String {
     let out = Command::new(REFLEX)
         .args(words)
         .arg("--help")
         .output()
         .expect("run reflex --help");
-    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The subcommands a help text lists, if it lists any.
+fn subcommands(help: &str) -> Option<Vec<String>> {
     let list = help.split("Commands:\n").nth(1)?;
     Some(
         list.lines()
@@ -317,6 +321,14 @@ fn subcommands(words: &[&str]) -> Option<Vec<String>> {
             .map(str::to_string)
             .collect(),
     )
+}
+
+/// Whether a help text documents `flag` (`--name`, whole).
+fn documents(help: &str, flag: &str) -> bool {
+    help.match_indices(flag).any(|(at, _)| {
+        !help[at + flag.len()..]
+            .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    })
 }
 
 /// Each command line the deck shows: in code blocks, the lines after a `$ ` prompt (a
@@ -357,8 +369,8 @@ fn every_reflex_command_shown_exists() {
         "only {} reflex commands found on the slides: {commands:#?}",
         commands.len()
     );
-    let top = subcommands(&[]).expect("reflex --help lists its commands");
-    let mut nested: HashMap<String, Option<Vec<String>>> = HashMap::new();
+    let top = subcommands(&help(&[])).expect("reflex --help lists its commands");
+    let mut helps: HashMap<Vec<String>, String> = HashMap::new();
     let mut checked = 0;
     for c in &commands {
         let words: Vec<&str> = c.split_whitespace().collect();
@@ -369,13 +381,34 @@ fn every_reflex_command_shown_exists() {
             top.iter().any(|t| t == sub),
             "the slides show `{c}`, but `reflex --help` has no `{sub}` (it has {top:?})"
         );
-        let subs = nested
-            .entry(sub.to_string())
-            .or_insert_with(|| subcommands(&[sub]));
-        if let (Some(subs), Some(next)) = (subs, words.get(2).filter(|w| !w.starts_with('-'))) {
+        let mut path = vec![sub.to_string()];
+        let sub_help = helps
+            .entry(path.clone())
+            .or_insert_with(|| help(&[sub]))
+            .clone();
+        // `reflex bench` alone names the group; with a next word, that is one of its commands.
+        let next = words.get(2).copied().filter(|w| !w.starts_with('-'));
+        if let (Some(subs), Some(next)) = (subcommands(&sub_help), next) {
             assert!(
                 subs.iter().any(|t| t == next),
                 "the slides show `{c}`, but `reflex {sub} --help` has no `{next}` (it has {subs:?})"
+            );
+            path.push(next.to_string());
+        }
+        let text = helps
+            .entry(path.clone())
+            .or_insert_with(|| help(&path.iter().map(String::as_str).collect::<Vec<_>>()));
+        // Each flag it shows is one that command documents (a line cut short on the slide
+        // ends in "…": its last word is not checked).
+        for flag in words
+            .iter()
+            .filter(|w| w.starts_with("--") && !w.contains('…'))
+        {
+            let flag = flag.split('=').next().unwrap_or(flag);
+            assert!(
+                documents(text, flag),
+                "the slides show `{c}`, but `reflex {} --help` has no `{flag}`",
+                path.join(" ")
             );
         }
         checked += 1;
@@ -385,6 +418,10 @@ fn every_reflex_command_shown_exists() {
     let fake = shown_commands("<pre><code>$ reflex frobnicate now\n</code></pre>");
     assert_eq!(fake, ["reflex frobnicate now"]);
     assert!(!top.iter().any(|t| t == "frobnicate"));
+    let send = help(&["send"]);
+    assert!(
+        documents(&send, "--data") && !documents(&send, "--dat") && !documents(&send, "--frob")
+    );
 }
 
 #[test]
