@@ -32,7 +32,7 @@ run() { # name, then the bench's arguments
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "commit: $(git -C "$repo" rev-parse --short HEAD)"
   echo "binary: $("$reflex" --version), release, built $binary_date"
-  echo "tree: $(git -C "$repo" status --porcelain --untracked-files=no | wc -l) tracked files modified in the work tree"
+  echo "tree: $(git -C "$repo" status --porcelain --untracked-files=no -- . ':!slides' | wc -l) tracked files outside slides/ modified"
   echo "cpus: $(nproc)"
   echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$data/bench-meta.txt.new"

@@ -204,6 +204,7 @@ mv "$T/live-page.png" "$here/data/live-page.png"
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "commit: $(git -C "$repo" rev-parse --short HEAD)"
   echo "binary: $("$src" --version), built $(stat -c %y "$src" | cut -d. -f1)"
+  echo "tree: $(git -C "$repo" status --porcelain --untracked-files=no -- . ':!slides' | wc -l) tracked files outside slides/ modified"
   echo "port base: $base"
 } >"$out/meta.txt"
 echo "record: ${#scenes[@]} transcripts in $out" >&2

@@ -292,9 +292,11 @@ function img(bytes, alt, type = "image/svg+xml", cls = "figure") {
 function measured(kind) {
   const m = meta(kind);
   if (kind === "bench") {
-    return source(`measured ${m.date.replace("T", " ").replace("Z", " UTC")}: ${m.binary}, commit ${m.commit}; ${m.cpus} CPUs, load average ${m["load before"]} before, ${m["load after"]} after`);
+    const tree = m.tree ? ` (${m.tree.replace(" in the work tree", "")})` : "";
+    return source(`measured ${m.date.replace("T", " ").replace("Z", " UTC")}: ${m.binary}; work tree at commit ${m.commit}${tree}; ${m.cpus} CPUs, load average ${m["load before"]} before, ${m["load after"]} after`);
   }
-  return source(`recorded ${m.date.replace("T", " ").replace("Z", " UTC")} by slides/scripts/record.sh, ${m.binary}, commit ${m.commit}`);
+  const tree = m.tree ? ` (${m.tree})` : "";
+  return source(`recorded ${m.date.replace("T", " ").replace("Z", " UTC")} by slides/scripts/record.sh: ${m.binary}; work tree at commit ${m.commit}${tree}`);
 }
 
 const template = read(join(slides, "deck.md"));
