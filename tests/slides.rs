@@ -556,7 +556,10 @@ fn three_slides_render_at_their_anchor_and_are_not_blank() {
         let png = tmp.path().join(format!("slide{i}.png"));
         let out = chromium(
             &profile,
-            &[&format!("--screenshot={}", png.display())],
+            &[
+                "--virtual-time-budget=3000",
+                &format!("--screenshot={}", png.display()),
+            ],
             &url,
         );
         assert!(
