@@ -51,6 +51,17 @@ impl Default for Meta {
 const MAX_SECS: f64 = 365.0 * 24.0 * 3600.0;
 
 impl Meta {
+    /// This one behind an `Arc`: the defaults are one copy shared by every vertex that has them.
+    pub fn shared(self) -> std::sync::Arc<Meta> {
+        static DEFAULT: std::sync::LazyLock<std::sync::Arc<Meta>> =
+            std::sync::LazyLock::new(|| std::sync::Arc::new(Meta::default()));
+        if self == **DEFAULT {
+            std::sync::Arc::clone(&DEFAULT)
+        } else {
+            std::sync::Arc::new(self)
+        }
+    }
+
     /// Parse a `meta:` map for `resource` (`kind:name`), rejecting unknown keys.
     pub(crate) fn parse(resource: &str, v: Option<Value>) -> Result<Meta, GraphError> {
         let map: Map<String, Value> = match v {

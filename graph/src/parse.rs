@@ -96,7 +96,7 @@ fn parse_resource(n: usize, item: &Value) -> Result<Vertex, GraphError> {
     fields.finish()?;
     Ok(Vertex {
         resource: spec,
-        meta,
+        meta: meta.shared(),
         recv,
     })
 }

@@ -20,8 +20,9 @@ pub struct Graph {
 pub struct Vertex {
     /// What the resource is (its kind's spec).
     pub resource: Spec,
-    /// Its metaparams.
-    pub meta: Meta,
+    /// Its metaparams: one shared copy for all with the defaults (most resources), as a
+    /// host may keep tens of thousands of vertices in force.
+    pub meta: std::sync::Arc<Meta>,
     /// The fields it receives from other resources.
     pub recv: Vec<Recv>,
 }
@@ -56,7 +57,7 @@ impl Vertex {
     pub fn new(resource: Spec) -> Vertex {
         Vertex {
             resource,
-            meta: Meta::default(),
+            meta: Meta::default().shared(),
             recv: Vec::new(),
         }
     }

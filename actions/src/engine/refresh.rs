@@ -10,7 +10,8 @@ use crate::os::hex;
 
 impl Shared {
     fn refresh_file(&self, id: &str) -> Option<PathBuf> {
-        self.refresh_dir.as_ref().map(|d| d.join(hex(id)))
+        // Made when needed rather than kept: every graph in force holds a `Shared`.
+        (self.state_dir.as_ref()).map(|d| d.join("refresh").join(hex(id)))
     }
 
     /// A refresh for `id` was left pending by an earlier run.

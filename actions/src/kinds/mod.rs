@@ -21,7 +21,7 @@ pub mod timer;
 /// The resource that makes `spec` true.
 pub fn build(spec: &Spec) -> Arc<dyn Resource> {
     match spec {
-        Spec::File(s) => Arc::new(file::File::new(s.clone())),
+        Spec::File(s) => Arc::new(file::File::new(Arc::clone(s))),
         Spec::Exec(s) => Arc::new(exec::Exec::new(s.clone())),
         Spec::Noop(_) => Arc::new(noop::Noop),
         Spec::Msg(s) => Arc::new(msg::Msg::new(s.clone())),

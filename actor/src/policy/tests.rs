@@ -62,7 +62,9 @@ fn paths_match_component_by_component_and_refuse_dots() {
     // Built by hand: the graph parser refuses some of these itself; the policy must not
     // rely on that.
     let file = |path: &str| {
-        let spec = Spec::File(graph::kinds::FileSpec::at(Path::new(path)));
+        let spec = Spec::File(std::sync::Arc::new(graph::kinds::FileSpec::at(Path::new(
+            path,
+        ))));
         p.check_spec(&spec).err().map(|r| r.rule)
     };
     assert_eq!(file("/etc/motd"), None);

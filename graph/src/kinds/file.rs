@@ -173,7 +173,7 @@ pub(crate) fn parse(id: String, name: &str, fields: &mut Fields) -> Result<Spec,
         purge,
     };
     check_consistent(&spec, fields)?;
-    Ok(Spec::File(spec))
+    Ok(Spec::File(std::sync::Arc::new(spec)))
 }
 
 /// Fields that cannot go together.

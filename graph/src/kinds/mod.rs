@@ -54,8 +54,9 @@ pub type Values = &'static [(&'static str, ValueType)];
 /// One resource's desired state: the spec of its kind.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Spec {
-    /// `file`.
-    File(FileSpec),
+    /// `file`. Shared: the engine's file resource keeps the same spec, not a copy of it (a
+    /// host may keep tens of thousands of one-file graphs in force).
+    File(std::sync::Arc<FileSpec>),
     /// `exec`.
     Exec(ExecSpec),
     /// `noop`.

@@ -99,9 +99,9 @@ impl std::fmt::Debug for File {
 
 impl File {
     /// The file `spec` describes.
-    pub fn new(spec: FileSpec) -> File {
+    pub fn new(spec: Arc<FileSpec>) -> File {
         File {
-            spec: Arc::new(spec),
+            spec,
             late: Mutex::new(None),
         }
     }
