@@ -41,6 +41,76 @@ pub struct ManagerArgs {
     /// (its token in <state>/http.token); off by default.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Clustered mode: several managers sharing registers and work through etcd.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Run as one of several managers sharing registers, membership and the partition of
+    /// senders through etcd: etcd://HOST:PORT[,HOST:PORT...]. Without it: alone, on sled.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+    /// Key prefix of this reflex cluster in etcd (one etcd can hold several).
+    #[arg(long, default_value = "/reflex", requires = "cluster")]
+    pub cluster_prefix: String,
+    /// Seconds of the member lease: how long a dead manager keeps its streams.
+    #[arg(long, default_value_t = 3, requires = "cluster")]
+    pub cluster_ttl: u64,
+    /// This member's id, kept across restarts (its outbox lives under it). Default:
+    /// <hostname>-<port base>.
+    #[arg(long, requires = "cluster")]
+    pub cluster_id: Option<String>,
+    /// etcd's --max-txn-ops: a group of events commits before its transaction needs more.
+    #[arg(long, default_value_t = manager::clustered::DEFAULT_MAX_TXN_OPS, requires = "cluster")]
+    pub cluster_max_txn_ops: usize,
+}
+
+impl ClusterArgs {
+    /// The manager's cluster settings, checked; None without --cluster.
+    pub fn config(
+        &self,
+        stack: &StackArgs,
+    ) -> anyhow::Result<Option<manager::clustered::ClusterConfig>> {
+        let Some(url) = &self.cluster else {
+            return Ok(None);
+        };
+        cluster::endpoints::parse(url).map_err(|e| Exit::usage(e.to_string()))?;
+        if !(1..=300).contains(&self.cluster_ttl) {
+            return Err(Exit::usage("--cluster-ttl must be 1 to 300 seconds"));
+        }
+        if self.cluster_max_txn_ops < 16 {
+            return Err(Exit::usage("--cluster-max-txn-ops must be at least 16"));
+        }
+        let id = match &self.cluster_id {
+            Some(id) => id.clone(),
+            None => {
+                let host: String = hostname()
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .take(100)
+                    .collect();
+                format!("{host}-{}", stack.port_base)
+            }
+        };
+        cluster::check_id(&id).map_err(|e| Exit::usage(format!("--cluster-id: {e}")))?;
+        Ok(Some(manager::clustered::ClusterConfig {
+            url: url.clone(),
+            prefix: self.cluster_prefix.clone(),
+            ttl: std::time::Duration::from_secs(self.cluster_ttl),
+            id,
+            max_txn_ops: self.cluster_max_txn_ops,
+            // Managers forward to each other as the admin (as at the control socket).
+            peer_security: security(stack, Node::Client)?,
+        }))
+    }
 }
 
 /// Raise this process's soft open-file limit to its hard one (an unlimited hard limit taken as
@@ -97,6 +167,7 @@ pub fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
     a.stack.ensure_state()?;
     raise_open_files("manager", 4);
     let security = security(&a.stack, Node::Control)?;
+    let cluster = a.cluster.config(&a.stack)?;
     let stop = stop_flag()?;
     let cfg = manager::Config {
         endpoints: a.stack.endpoints(),
@@ -116,6 +187,7 @@ pub fn manager(a: ManagerArgs) -> anyhow::Result<ExitCode> {
             max_age: a.history_max_age,
         }),
         http: a.http,
+        cluster,
     };
     manager::run(cfg, stop)?;
     Ok(ExitCode::SUCCESS)

@@ -299,6 +299,7 @@ fn manager() -> (tempfile::TempDir, manager::Manager) {
         missed_heartbeats: manager::presence::DEFAULT_MISSED,
         history: None,
         http: None,
+        cluster: None,
     };
     let m = manager::Manager::new(cfg).expect("a manager");
     (tmp, m)

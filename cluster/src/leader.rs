@@ -173,16 +173,18 @@ async fn campaign(
                 }
             }
             Some((who, _)) => {
-                elected.store(false, Ordering::Release);
+                if elected.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(id, leader = %who, "leadership lost");
+                }
                 tracing::debug!(leader = %who, "following");
             }
             // Gone between the compare and the get: try again at once.
             None => continue,
         }
+        // Back when the key is deleted, or when the watch could not tell (it ended): the
+        // transaction above then says who holds it; a leader that still does stays one
+        // without a blip (its lease, checked by is_leader, covers the meantime).
         wait_for_delete(&client, &key, rev + 1).await;
-        if elected.swap(false, Ordering::AcqRel) {
-            tracing::warn!(id, "leader key gone: leadership lost");
-        }
     }
 }
 

@@ -7,6 +7,13 @@
 //! acks sent ([`Streams::committed`]): an acknowledged event is durable, and an event done
 //! before a crash is recognised when it comes again.
 //!
+//! Clustered (a shared register store), the committed marks are etcd's: a stream's mark is
+//! read with [`Registers::side_get`] the first time a group touches the stream (so the
+//! group's transaction compares it, and two managers cannot both take the same event), acks
+//! say what the shared mark says, and a manager that forwarded a stream to its owner relays
+//! the owner's progress to the sender as the mark moves ([`Streams::relay_acks`]). Marks are
+//! never forgotten there (a later leader's job), only dropped from memory.
+//!
 //! Bounded: at most [`MAX_STREAMS`] streams are remembered (the one idle longest is forgotten
 //! first, and so is any stream idle for [`FORGET_AFTER_MS`]); a sender whose stream was
 //! forgotten starts over as a new one. Hellos only record where to send acks (in memory, at most
@@ -60,6 +67,10 @@ pub struct Streams {
     pub duplicates: u64,
     /// Batches dropped because an event before them was missing.
     pub gaps: u64,
+    /// Clustered: the shared registers the marks are read from.
+    shared: Option<Registers>,
+    /// Clustered: streams this manager forwarded to their owner, and the mark last relayed.
+    fronted: HashMap<String, u64>,
 }
 
 /// The key of `stream` from `user` (`""` without CURVE).
@@ -73,9 +84,19 @@ pub fn key(user: &str, stream: &str) -> String {
 
 impl Streams {
     /// The committed stream marks, and the bound acks door.
-    pub fn open(registers: &Registers, door: zmq::Socket) -> Result<Streams, RegisterError> {
+    /// `shared`: the registers are a cluster's (the marks are read as needed, not at open).
+    pub fn open(
+        registers: &Registers,
+        door: zmq::Socket,
+        shared: bool,
+    ) -> Result<Streams, RegisterError> {
         let mut streams = BTreeMap::new();
-        for (k, v) in registers.side_entries(SPACE)? {
+        let committed = if shared {
+            Vec::new()
+        } else {
+            registers.side_entries(SPACE)?
+        };
+        for (k, v) in committed {
             let (Ok(key), Some(s)) = (String::from_utf8(k), decode(&v)) else {
                 continue;
             };
@@ -90,7 +111,62 @@ impl Streams {
             door,
             duplicates: 0,
             gaps: 0,
+            shared: shared.then(|| registers.clone()),
+            fronted: HashMap::new(),
         })
+    }
+
+    /// Streams advanced in the group being built.
+    pub fn dirty_len(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// Clustered: the mark of `key` as committed (etcd's, through the mirror), not recorded.
+    fn shared_next(&self, key: &str) -> Option<u64> {
+        let reg = self.shared.as_ref()?;
+        match reg.side_peek(SPACE, key.as_bytes()) {
+            Ok(v) => Some(v.as_deref().and_then(decode).map_or(0, |s| s.next)),
+            Err(_) => None,
+        }
+    }
+
+    /// Clustered: `key` was forwarded to its owner from here; its sender is acked from the
+    /// shared mark as it moves.
+    pub fn front(&mut self, key: &str) {
+        if !self.fronted.contains_key(key) {
+            if self.fronted.len() >= MAX_ROUTES {
+                self.fronted.clear();
+            }
+            self.fronted.insert(key.to_string(), 0);
+        }
+    }
+
+    /// Clustered: ack the senders of forwarded streams whose shared mark moved.
+    pub fn relay_acks(&mut self) {
+        if self.fronted.is_empty() {
+            return;
+        }
+        let mut moved = Vec::new();
+        for (k, last) in &self.fronted {
+            if let Some(next) = self.shared_next(k) {
+                if next > *last {
+                    moved.push((k.clone(), next));
+                }
+            }
+        }
+        for (k, next) in moved {
+            self.fronted.insert(k.clone(), next);
+            self.ack(&k);
+        }
+    }
+
+    /// Clustered: the group lost a race and is discarded: forget what it advanced (the next
+    /// group reads those marks again).
+    pub fn discard(&mut self) {
+        for k in self.dirty.drain() {
+            self.streams.remove(&k);
+        }
+        self.forgotten.clear();
     }
 
     /// How many streams are remembered.
@@ -106,6 +182,30 @@ impl Streams {
     /// Which events of `batch`, from the stream `key`, to run.
     pub fn admit(&mut self, key: &str, batch: &Batch) -> Admit {
         let n = batch.events.len() as u64;
+        if let Some(reg) = &self.shared {
+            if !self.dirty.contains(key) {
+                // The committed mark, read into the group's compares.
+                match reg.side_get(SPACE, key.as_bytes()) {
+                    Ok(Some(v)) => match decode(&v) {
+                        Some(s) => {
+                            self.streams.insert(key.to_string(), s);
+                        }
+                        None => {
+                            tracing::warn!(stream = %key.replace('\0', "/"), "a stream mark in etcd does not decode: starting the stream over");
+                            self.streams.remove(key);
+                        }
+                    },
+                    Ok(None) => {
+                        self.streams.remove(key);
+                    }
+                    Err(e) => {
+                        // Not taken: the sender sends it again.
+                        tracing::warn!(error = %e, "cannot read a stream mark");
+                        return Admit::Gap;
+                    }
+                }
+            }
+        }
         let next = match self.streams.get(key) {
             Some(s) => s.next,
             // A stream never seen (or forgotten) starts at 0, or where its hello says
@@ -175,7 +275,9 @@ impl Streams {
         };
         self.streams.remove(&oldest);
         self.dirty.remove(&oldest);
-        self.forgotten.push(oldest);
+        if self.shared.is_none() {
+            self.forgotten.push(oldest);
+        }
     }
 
     /// True when marks wait for a commit.
@@ -217,7 +319,9 @@ impl Streams {
         for k in stale {
             self.streams.remove(&k);
             self.dirty.remove(&k);
-            self.forgotten.push(k);
+            if self.shared.is_none() {
+                self.forgotten.push(k);
+            }
         }
         while self.streams.len() > MAX_STREAMS {
             let Some(oldest) = self
@@ -231,7 +335,9 @@ impl Streams {
             tracing::warn!(stream = %oldest.replace('\0', "/"), "more than {MAX_STREAMS} streams: forgetting the one idle longest");
             self.streams.remove(&oldest);
             self.dirty.remove(&oldest);
-            self.forgotten.push(oldest);
+            if self.shared.is_none() {
+                self.forgotten.push(oldest);
+            }
         }
     }
 
@@ -255,7 +361,10 @@ impl Streams {
             return;
         };
         let stream = key.split_once('\0').map(|(_, s)| s).unwrap_or(key);
-        let next = self.streams.get(key).map(|s| s.next).unwrap_or(0);
+        let next = match self.shared_next(key) {
+            Some(shared) => shared,
+            None => self.streams.get(key).map(|s| s.next).unwrap_or(0),
+        };
         let frame = bus::encode(&Ack {
             stream: stream.to_string(),
             next,
@@ -316,7 +425,8 @@ impl Streams {
                 continue;
             }
             let k = key(&user, &hello.stream);
-            if hello.from > 0 && !self.streams.contains_key(&k) {
+            // Clustered, marks are never forgotten: a stream without one is new.
+            if hello.from > 0 && self.shared.is_none() && !self.streams.contains_key(&k) {
                 // Everything below `from` was acknowledged (by this manager before it lost the
                 // mark, or before it forgot the stream): the stream goes on from there.
                 self.done(&k, hello.from - 1);
@@ -354,7 +464,7 @@ mod tests {
     fn streams() -> Streams {
         let door = bus::sockets::bind(zmq::ROUTER, &format!("inproc://streams-{}", bus::new_id()))
             .expect("door");
-        Streams::open(&Registers::temporary().expect("store"), door).expect("streams")
+        Streams::open(&Registers::temporary().expect("store"), door, false).expect("streams")
     }
 
     fn batch(first: u64, n: usize) -> Vec<u8> {

@@ -17,6 +17,7 @@
 
 #![deny(missing_docs)]
 
+pub mod clustered;
 pub mod delivery;
 pub mod glob;
 pub mod history;
@@ -81,6 +82,13 @@ pub enum ManagerError {
     /// The HTTP server (metrics, page) cannot start.
     #[error("http: {0}")]
     Http(std::io::Error),
+    /// etcd (clustered mode) refused or could not be reached.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+    /// This manager's cluster lease is no longer surely held: another may own its streams now.
+    /// It stops (its supervisor starts it again, under a new lease).
+    #[error("cluster lease lost: this manager stopped taking events (its streams may be another member's now)")]
+    LeaseLost,
     /// The rules folder cannot be read.
     #[error("rules folder {dir}: {source}")]
     RulesDir {
@@ -121,6 +129,9 @@ pub struct Config {
     pub history: Option<history::Retention>,
     /// Serve `/metrics` and the page ([`page`]) on this `host:port`; `None`: no HTTP.
     pub http: Option<String>,
+    /// Run as one of several managers sharing registers and work through etcd ([`clustered`]);
+    /// `None`: alone, registers in sled under the state dir.
+    pub cluster: Option<clustered::ClusterConfig>,
 }
 
 /// Counters, as the control socket reports them.
@@ -169,6 +180,14 @@ pub struct Stats {
     pub history_bytes: u64,
     /// History records lost to write errors.
     pub history_dropped: u64,
+    /// Clustered: batches forwarded to the manager that owns them.
+    pub forwarded: u64,
+    /// Clustered: forwarded batches dropped because this manager does not own them either.
+    pub misrouted: u64,
+    /// Clustered: groups that lost a race in etcd and ran again.
+    pub conflicts: u64,
+    /// Clustered: whether this manager is the leader (singleton work).
+    pub leader: bool,
 }
 
 /// The head of an event: what the manager reads before knowing whether any rule wants it.
@@ -221,6 +240,18 @@ pub struct Manager {
     internal_max: usize,
     /// Serves `/metrics` and the page while the manager runs.
     http: Option<telemetry::Server>,
+    /// Clustered: the membership, the peers, the group's inputs.
+    node: Option<clustered::Node>,
+}
+
+/// How a frame's handling ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handled {
+    /// Taken whole (run, skipped, forwarded or dropped).
+    Done,
+    /// Clustered: the group reached etcd's transaction limits before the frame's end. Commit,
+    /// then hand the same frame in again (what is done is skipped).
+    Full,
 }
 
 /// How many events to take in one group before committing (one fsync per group).
@@ -235,7 +266,13 @@ const PURGE_EVERY: Duration = Duration::from_secs(5);
 impl Manager {
     /// Open the register store, load the rules and bind the sockets.
     pub fn new(cfg: Config) -> Result<Manager, ManagerError> {
-        let registers = Registers::open(&cfg.state_dir.join("registers"))?;
+        let (registers, node) = match &cfg.cluster {
+            None => (Registers::open(&cfg.state_dir.join("registers"))?, None),
+            Some(c) => {
+                let (node, store) = clustered::Node::join(c, &cfg.endpoints.ingest, &cfg.security)?;
+                (Registers::shared(store), Some(node))
+            }
+        };
         let mut rules = Rules::new(registers.clone(), &cfg.limits);
         let rules_dir_err = |source| ManagerError::RulesDir {
             dir: cfg.rules_dir.clone(),
@@ -267,9 +304,15 @@ impl Manager {
         let acks = bus::secure::bind(zmq::ROUTER, &ep.acks, sec, Door::Acks)?;
         // A hello is a stream id: anything much larger is not one.
         acks.set_maxmsgsize(4_096)?;
-        let streams = delivery::Streams::open(&registers, acks)?;
+        let streams = delivery::Streams::open(&registers, acks, node.is_some())?;
         let link_acks = bus::sockets::connect(zmq::SUB, &ep.link_acks)?;
-        let (outbox, new_id) = outbox::Outbox::open(&registers, link, link_acks)?;
+        // Clustered, each member's outbox is its own, under its id (kept across restarts).
+        let namespace = node.as_ref().map(|n| format!("{}/", n.id()));
+        let (mut outbox, new_id) =
+            outbox::Outbox::open(&registers, link, link_acks, namespace.as_deref())?;
+        if let Some(n) = &node {
+            outbox.bound_forgets(n.budget() / 2);
+        }
         // The outbox id is durable before any action carries it.
         registers.commit(new_id.into_iter().collect())?;
         tracing::info!(ingest = %ep.ingest, acks = %ep.acks, link = %ep.link, monitor = %ep.monitor, control = %ep.control, enroll = %ep.enroll, curve = sec.is_secure(), rules = %cfg.rules_dir.display(), streams = streams.len(), outbox = outbox.waiting(), "manager up");
@@ -323,6 +366,7 @@ impl Manager {
             metrics,
             internal_max: 0,
             http,
+            node,
         };
         m.internal.push_back(Event::new(
             "manager/up",
@@ -345,9 +389,14 @@ impl Manager {
         let mut user = String::new();
         let secure = self.trust.is_secure();
         // Events about the initial load go out first.
-        self.drain_internal()?;
+        self.drain_roots()?;
         self.commit()?;
         while !stop.load(Ordering::Relaxed) {
+            if self.node.as_ref().is_some_and(|n| !n.member.is_alive()) {
+                // Before etcd can give this member's streams to another: take nothing more.
+                tracing::error!("cluster lease not renewed in time: stopping");
+                return Err(ManagerError::LeaseLost);
+            }
             let timeout = if self.pending.is_empty() { 100 } else { 20 };
             // Back-pressure: with the publisher away for long, events wait at their senders.
             let take = self.outbox.waiting() < outbox::MAX_WAITING;
@@ -364,22 +413,39 @@ impl Manager {
                     self.outbox.acks_socket().as_poll_item(zmq::POLLIN),
                     // The rules watch, read only when it has something: no syscall per batch.
                     zmq::PollItem::from_fd(0, zmq::PollEvents::empty()),
+                    // The peer door (clustered).
+                    zmq::PollItem::from_fd(0, zmq::PollEvents::empty()),
                 ];
-                let n = match &self.watcher {
-                    Some(w) => {
-                        items[5] = zmq::PollItem::from_fd(w.fd(), zmq::POLLIN);
-                        6
-                    }
-                    None => 5,
-                };
+                // Only the slots in use are polled (an fd with no events still reports hangups).
+                let mut n = 5;
+                let (mut watch_at, mut peer_at) = (None, None);
+                if let Some(w) = &self.watcher {
+                    items[n] = zmq::PollItem::from_fd(w.fd(), zmq::POLLIN);
+                    watch_at = Some(n);
+                    n += 1;
+                }
+                if let Some(node) = &self.node {
+                    items[n] = node.door.as_poll_item(zmq::POLLIN);
+                    peer_at = Some(n);
+                    n += 1;
+                }
                 bus::sockets::poll(&mut items[..n], timeout)?;
-                let mut ready = [false; 6];
+                let mut ready = [false; 7];
                 for (r, i) in ready.iter_mut().zip(&items[..n]) {
                     *r = i.is_readable();
                 }
-                ready
+                let at = |slot: Option<usize>| slot.is_some_and(|i| ready[i]);
+                [
+                    ready[0],
+                    ready[1],
+                    ready[2],
+                    ready[3],
+                    ready[4],
+                    at(watch_at),
+                    at(peer_at),
+                ]
             };
-            let [ready_ingest, ready_control, ready_enroll, ready_door, ready_link_acks, ready_watch] =
+            let [ready_ingest, ready_control, ready_enroll, ready_door, ready_link_acks, ready_watch, ready_peer] =
                 ready;
             if ready_link_acks {
                 self.outbox.take_acks();
@@ -394,7 +460,7 @@ impl Manager {
                         self.internal.push_back(Event::new(tag, user, data));
                     }
                 }
-                self.drain_internal()?;
+                self.drain_roots()?;
             }
             if last_presence.elapsed() >= presence::HEARTBEAT / 2 {
                 for (tag, data) in self.presence.check() {
@@ -402,7 +468,7 @@ impl Manager {
                     tracing::warn!(%host, missed = self.presence.missed, "host down: no heartbeat");
                     self.internal.push_back(Event::new(tag, host, data));
                 }
-                self.drain_internal()?;
+                self.drain_roots()?;
                 last_presence = Instant::now();
             }
             if ready_ingest {
@@ -417,13 +483,17 @@ impl Manager {
                                 user.push_str(frame.gets("User-Id").unwrap_or_default());
                                 user.as_str()
                             });
-                            self.handle_frame(&frame, sender)?
+                            self.take_input(&frame, sender, false)?
                         }
                         Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
                         Err(e) => return Err(e.into()),
                     }
                 }
                 // Before anything else may write: a group commits whole, on its own.
+                self.commit()?;
+            }
+            if ready_peer {
+                self.take_forwarded()?;
                 self.commit()?;
             }
             if ready_control {
@@ -440,9 +510,11 @@ impl Manager {
             }
             if !self.pending.is_empty() && self.last_change.elapsed() >= DEBOUNCE {
                 self.apply_rule_changes();
-                self.drain_internal()?;
+                self.drain_roots()?;
             }
-            if !ready_ingest && last_purge.elapsed() >= PURGE_EVERY {
+            // Clustered, purging is singleton work: the leader's.
+            let purger = self.node.as_ref().is_none_or(|n| n.leader.is_leader());
+            if !ready_ingest && purger && last_purge.elapsed() >= PURGE_EVERY {
                 let n = self.registers.purge_expired()?;
                 if n > 0 {
                     tracing::debug!(purged = n, "expired registers purged");
@@ -456,6 +528,13 @@ impl Manager {
             // together, and only then are they acknowledged and sent on.
             self.commit()?;
             self.streams.send_acks();
+            if let Some(node) = &mut self.node {
+                // Streams forwarded from here: ack their senders as their owners commit.
+                self.streams.relay_acks();
+                if last_purge.elapsed() >= PURGE_EVERY {
+                    node.prune_peers();
+                }
+            }
             self.outbox.send();
             self.outbox.tick();
             // After the commit: the history tells what was decided, never what was not.
@@ -471,6 +550,10 @@ impl Manager {
         if let Some(h) = &mut self.history {
             h.flush();
         }
+        if let Some(node) = self.node.take() {
+            // The lease revoked now: the others take this member's streams at once.
+            node.leave();
+        }
         tracing::info!("manager stopped");
         Ok(())
     }
@@ -478,17 +561,161 @@ impl Manager {
     /// Commit the group built since the last commit, atomically and durably (one fsync): the
     /// register changes, the streams' marks and the outbox. Then ack the streams and send the
     /// actions.
+    ///
+    /// Clustered, the commit is one etcd transaction that holds only if nothing the group read
+    /// changed meanwhile; a group that lost a race is discarded (its register writes, stream
+    /// marks and actions) and run again from its inputs, up to [`clustered::MAX_RERUNS`] times.
     fn commit(&mut self) -> Result<(), ManagerError> {
-        if !self.registers.is_dirty() && !self.streams.is_dirty() && !self.outbox.is_dirty() {
+        let mut reruns = 0;
+        loop {
+            if !self.registers.is_dirty() && !self.streams.is_dirty() && !self.outbox.is_dirty() {
+                if let Some(n) = &mut self.node {
+                    n.replay.clear();
+                }
+                return Ok(());
+            }
+            let mut side = self.streams.side_writes();
+            side.extend(self.outbox.side_writes());
+            match self.registers.commit(side) {
+                Ok(()) => {
+                    self.stats.commits += 1;
+                    self.streams.committed();
+                    self.outbox.committed();
+                    if let Some(n) = &mut self.node {
+                        n.replay.clear();
+                    }
+                    return Ok(());
+                }
+                Err(registers::RegisterError::Conflict) if self.node.is_some() => {
+                    self.streams.discard();
+                    self.outbox.discard();
+                    let inputs = match &mut self.node {
+                        Some(n) => {
+                            n.conflicts += 1;
+                            std::mem::take(&mut n.replay)
+                        }
+                        None => Vec::new(),
+                    };
+                    reruns += 1;
+                    if reruns > clustered::MAX_RERUNS {
+                        // Unacknowledged: the senders send these events again.
+                        tracing::warn!(inputs = inputs.len(), "a group lost {reruns} races in a row: dropped, its senders will send it again");
+                        return Ok(());
+                    }
+                    tracing::debug!(
+                        inputs = inputs.len(),
+                        reruns,
+                        "group lost a race in etcd: running it again"
+                    );
+                    self.rerun(inputs)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Run a discarded group's inputs again, as they came. A frame that fills the group stops
+    /// the rerun: what was not run is not acknowledged, and comes again from its sender.
+    fn rerun(&mut self, inputs: Vec<clustered::Input>) -> Result<(), ManagerError> {
+        for input in inputs {
+            match input {
+                clustered::Input::Frame(frame, sender, from_peer) => {
+                    self.record(clustered::Input::Frame(
+                        frame.clone(),
+                        sender.clone(),
+                        from_peer,
+                    ));
+                    if self.handle_frame(&frame, sender.as_deref(), from_peer)? == Handled::Full {
+                        break;
+                    }
+                }
+                clustered::Input::Event(ev) => {
+                    self.internal.push_back(ev);
+                    self.drain_roots()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keep an input of the group being built (clustered only: to run it again on a conflict).
+    fn record(&mut self, input: clustered::Input) {
+        if let Some(n) = &mut self.node {
+            n.replay.push(input);
+        }
+    }
+
+    /// Take one frame from the ingest (or, `from_peer`, forwarded by another manager) into the
+    /// group; a frame that fills a clustered group is taken in again after a commit.
+    fn take_input(
+        &mut self,
+        frame: &[u8],
+        sender: Option<&str>,
+        from_peer: bool,
+    ) -> Result<(), ManagerError> {
+        if self.node.is_none() {
+            self.handle_frame(frame, sender, from_peer)?;
             return Ok(());
         }
-        let mut side = self.streams.side_writes();
-        side.extend(self.outbox.side_writes());
-        self.registers.commit(side)?;
-        self.stats.commits += 1;
-        self.streams.committed();
-        self.outbox.committed();
+        loop {
+            self.record(clustered::Input::Frame(
+                frame.to_vec(),
+                sender.map(str::to_string),
+                from_peer,
+            ));
+            match self.handle_frame(frame, sender, from_peer)? {
+                Handled::Done => return Ok(()),
+                Handled::Full => self.commit()?,
+            }
+        }
+    }
+
+    /// Take what other managers forwarded (clustered): at most a group's worth per turn.
+    fn take_forwarded(&mut self) -> Result<(), ManagerError> {
+        let secure = self.trust.is_secure();
+        for _ in 0..GROUP {
+            let Some(node) = &self.node else {
+                return Ok(());
+            };
+            match node.take_forwarded()? {
+                None => return Ok(()),
+                // Not two parts: nothing to take.
+                Some(None) => {}
+                Some(Some(f)) => {
+                    // Only another manager (the admin key, as at the control socket) may
+                    // claim who sent a batch.
+                    if secure && !self.trust.is_admin(f.peer.as_deref()) {
+                        continue;
+                    }
+                    let sender = secure.then_some(f.user.as_str());
+                    self.take_input(&f.frame, sender, true)?;
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Run the events the manager made itself (outside a rule); clustered, they are kept with
+    /// the group's inputs.
+    fn drain_roots(&mut self) -> Result<(), ManagerError> {
+        if let Some(n) = &mut self.node {
+            n.replay
+                .extend(self.internal.iter().cloned().map(clustered::Input::Event));
+        }
+        self.drain_internal()
+    }
+
+    /// Clustered: true when the group being built is near etcd's limits on one transaction.
+    fn group_full(&self) -> bool {
+        let Some(node) = &self.node else {
+            return false;
+        };
+        let (reads, writes, bytes) = self.registers.staged_size();
+        let (ops, side_bytes) = self.outbox.pending();
+        let budget = node.budget();
+        reads >= budget
+            || writes + self.streams.dirty_len() + ops >= budget
+            || bytes + side_bytes >= clustered::MAX_GROUP_BYTES
     }
 
     fn collect_rule_changes(&mut self) {
@@ -568,37 +795,62 @@ impl Manager {
             .push_back(Event::new(tag, self.cfg.host.clone(), data));
     }
 
-    fn handle_frame(&mut self, frame: &[u8], sender: Option<&str>) -> Result<(), ManagerError> {
+    fn handle_frame(
+        &mut self,
+        frame: &[u8],
+        sender: Option<&str>,
+        from_peer: bool,
+    ) -> Result<Handled, ManagerError> {
         if !self.trust.known(sender) {
             self.stats.revoked += 1;
             let who = sender.unwrap_or_default();
             self.forged_log.warn(|quiet| {
                 format!("dropped a frame from {who:?}, whose key is no longer accepted ({quiet} more not logged)")
             });
-            return Ok(());
+            return Ok(Handled::Done);
         }
         if !bus::delivery::is_batch(frame) {
-            // A lone event, outside any stream: run once, never acknowledged.
-            return self.handle_event(frame, sender);
+            // A lone event, outside any stream: run once, never acknowledged (clustered: by
+            // whichever manager received it).
+            self.handle_event(frame, sender)?;
+            return Ok(Handled::Done);
         }
         let decoded = bus::delivery::Batch::decode(frame, self.cfg.max_frame);
         let Some(batch) = self.stats.malformed.keep(decoded) else {
-            return Ok(());
+            return Ok(Handled::Done);
         };
-        let key = delivery::key(sender.unwrap_or_default(), batch.stream);
+        let user = sender.unwrap_or_default();
+        let key = delivery::key(user, batch.stream);
+        if let Some(node) = &mut self.node {
+            let admin = !user.is_empty() && self.trust.is_admin(sender);
+            let pk = clustered::partition_key(user, batch.stream, admin);
+            if let Some(owner) = node.other_owner(&pk) {
+                if from_peer {
+                    // Not ours either (the members seen differently for a moment): the
+                    // sender, unacknowledged, sends it again.
+                    node.misrouted += 1;
+                } else if node.forward(&owner, sender, frame) {
+                    self.streams.front(&key);
+                }
+                return Ok(Handled::Done);
+            }
+        }
         match self.streams.admit(&key, &batch) {
             delivery::Admit::Gap => {
                 self.stats.gaps += 1;
-                Ok(())
+                Ok(Handled::Done)
             }
             delivery::Admit::From(skip) => {
                 self.stats.duplicates += skip as u64;
                 for (i, ev) in batch.events.iter().enumerate().skip(skip) {
+                    if self.group_full() {
+                        return Ok(Handled::Full);
+                    }
                     self.handle_event(ev, sender)?;
                     // Done whatever became of it: run, refused as forged, or malformed.
                     self.streams.done(&key, batch.first + i as u64);
                 }
-                Ok(())
+                Ok(Handled::Done)
             }
         }
     }
@@ -768,7 +1020,7 @@ impl Manager {
     /// Take one ingest frame from `sender` (its `User-Id`; `None` without CURVE) exactly as
     /// the run loop does. Public so the fuzz targets drive the real thing.
     pub fn take_frame(&mut self, frame: &[u8], sender: Option<&str>) -> Result<(), ManagerError> {
-        self.handle_frame(frame, sender)
+        self.take_input(frame, sender, false)
     }
 
     /// Bring the counts kept elsewhere (streams, outbox, hosts, history) into the stats.
@@ -777,6 +1029,12 @@ impl Manager {
         self.stats.outbox = self.outbox.waiting();
         self.stats.outbox_resent = self.outbox.resent;
         (self.stats.hosts_up, self.stats.hosts_down) = self.presence.counts();
+        if let Some(n) = &self.node {
+            self.stats.forwarded = n.forwarded;
+            self.stats.misrouted = n.misrouted;
+            self.stats.conflicts = n.conflicts;
+            self.stats.leader = n.leader.is_leader();
+        }
         if let Some(h) = &self.history {
             self.stats.history_bytes = h.bytes();
             self.stats.history_dropped = h.dropped;
@@ -849,7 +1107,7 @@ impl Manager {
                 self.cfg.host.clone(),
                 data,
             ));
-            self.drain_internal()?;
+            self.drain_roots()?;
         }
         Ok(())
     }

@@ -9,6 +9,12 @@
 //! publisher recognises numbers it has logged. After a restart, whatever the outbox holds is
 //! sent again.
 //!
+//! Clustered, the outbox lives in etcd with the group's other writes, each member's under its
+//! own namespace (`<member id>/` before every key), so a member started again under its id
+//! takes its outbox back; a group that lost a race takes its actions back
+//! ([`Outbox::discard`]), and each commit deletes at most a bounded number of acknowledged
+//! entries (etcd limits the writes of one transaction).
+//!
 //! The outbox id is made once per state dir and kept, so a publisher tells a wiped manager's
 //! new numbering from resends of the old one.
 
@@ -47,16 +53,34 @@ pub struct Outbox {
     acks: zmq::Socket,
     /// Actions sent again after no acknowledgement came in time.
     pub resent: u64,
+    /// Prefix of every key (clustered: the member id and a slash; else empty).
+    ns: Vec<u8>,
+    /// Most acknowledged entries deleted by one commit.
+    max_forget: u64,
+    /// The last number the pending commit deletes.
+    forget_planned: u64,
+    /// Bytes of the actions of the group being built.
+    pending_bytes: usize,
 }
 
 impl Outbox {
     /// Read the committed outbox (making its id on first use) and subscribe to its acks.
+    /// `namespace`: clustered, the member's key prefix (`<id>/`).
     pub fn open(
         registers: &Registers,
         link: zmq::Socket,
         acks: zmq::Socket,
+        namespace: Option<&str>,
     ) -> Result<(Outbox, Option<SideWrite>), crate::ManagerError> {
-        let meta: BTreeMap<Vec<u8>, Vec<u8>> = registers.side_entries(META)?.into_iter().collect();
+        let ns = namespace.unwrap_or_default().as_bytes().to_vec();
+        let mine = |entries: Vec<(Vec<u8>, Vec<u8>)>| -> Vec<(Vec<u8>, Vec<u8>)> {
+            entries
+                .into_iter()
+                .filter_map(|(k, v)| k.strip_prefix(ns.as_slice()).map(|k| (k.to_vec(), v)))
+                .collect()
+        };
+        let meta: BTreeMap<Vec<u8>, Vec<u8>> =
+            mine(registers.side_entries(META)?).into_iter().collect();
         let (id, new_id) = match meta
             .get(&b"id"[..])
             .and_then(|v| String::from_utf8(v.clone()).ok())
@@ -66,14 +90,14 @@ impl Outbox {
                 let id = bus::delivery::new_stream();
                 let w = SideWrite {
                     space: META,
-                    key: b"id".to_vec(),
+                    key: [ns.as_slice(), b"id"].concat(),
                     value: Some(id.as_bytes().to_vec()),
                 };
                 (id, Some(w))
             }
         };
         let mut waiting = BTreeMap::new();
-        for (k, v) in registers.side_entries(SPACE)? {
+        for (k, v) in mine(registers.side_entries(SPACE)?) {
             if let Ok(b) = <[u8; 8]>::try_from(k.as_slice()) {
                 waiting.insert(u64::from_be_bytes(b), v);
             }
@@ -102,6 +126,10 @@ impl Outbox {
                 link,
                 acks,
                 resent: 0,
+                ns,
+                max_forget: u64::MAX,
+                forget_planned: first - 1,
+                pending_bytes: 0,
             },
             new_id,
         ))
@@ -116,7 +144,37 @@ impl Outbox {
             seq,
             action: action.clone(),
         });
+        self.pending_bytes += frame.len();
         self.waiting.insert(seq, frame);
+    }
+
+    /// Delete at most `n` acknowledged entries per commit (clustered: etcd bounds a
+    /// transaction's writes).
+    pub fn bound_forgets(&mut self, n: usize) {
+        self.max_forget = (n as u64).max(1);
+    }
+
+    /// What the next commit would write: entries, and bytes of new actions.
+    pub fn pending(&self) -> (usize, usize) {
+        let new = self.next - self.committed;
+        let forgets = (self.acked + 1)
+            .saturating_sub(self.forget_from)
+            .min(self.max_forget);
+        (
+            (new + forgets + u64::from(new > 0)) as usize,
+            self.pending_bytes,
+        )
+    }
+
+    /// The group lost a race and is discarded: take its actions back.
+    pub fn discard(&mut self) {
+        self.waiting.split_off(&self.committed);
+        self.next = self.committed;
+        self.pending_bytes = 0;
+    }
+
+    fn key(&self, seq: u64) -> Vec<u8> {
+        [self.ns.as_slice(), &seq.to_be_bytes()].concat()
     }
 
     /// Actions not yet in the publisher's log.
@@ -136,21 +194,25 @@ impl Outbox {
         for (seq, frame) in self.waiting.range(self.committed..) {
             out.push(SideWrite {
                 space: SPACE,
-                key: seq.to_be_bytes().to_vec(),
+                key: self.key(*seq),
                 value: Some(frame.clone()),
             });
         }
-        for seq in self.forget_from..=self.acked {
+        let upto = self
+            .acked
+            .min(self.forget_from.saturating_add(self.max_forget - 1));
+        for seq in self.forget_from..=upto {
             out.push(SideWrite {
                 space: SPACE,
-                key: seq.to_be_bytes().to_vec(),
+                key: self.key(seq),
                 value: None,
             });
         }
+        self.forget_planned = upto;
         if self.next > self.committed {
             out.push(SideWrite {
                 space: META,
-                key: b"next".to_vec(),
+                key: [self.ns.as_slice(), b"next"].concat(),
                 value: Some(self.next.to_be_bytes().to_vec()),
             });
         }
@@ -164,7 +226,8 @@ impl Outbox {
             self.last_progress = Instant::now();
         }
         self.committed = self.next;
-        self.forget_from = self.forget_from.max(self.acked + 1);
+        self.pending_bytes = 0;
+        self.forget_from = self.forget_from.max(self.forget_planned + 1);
         self.send();
     }
 

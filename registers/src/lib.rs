@@ -551,6 +551,19 @@ impl Registers {
         self.store.side_get(space, key)
     }
 
+    /// The committed side entry `key` of `space`, *not* recorded as read: for what decides
+    /// nothing (a manager relaying where another manager's stream stands).
+    pub fn side_peek(&self, space: u8, key: &[u8]) -> Result<Option<Vec<u8>>, RegisterError> {
+        self.store.side_peek(space, key)
+    }
+
+    /// The group being built: committed keys read (a shared store compares each at commit),
+    /// writes staged, and their bytes. A manager on etcd ends its group before these pass the
+    /// store's limits on one transaction.
+    pub fn staged_size(&self) -> (usize, usize, usize) {
+        self.store.staged_size()
+    }
+
     /// Committed side entries of `space` (key without the space byte, value), in key order:
     /// what the owner reads back at start.
     pub fn side_entries(&self, space: u8) -> Result<Vec<SideEntry>, RegisterError> {

@@ -277,6 +277,33 @@ impl Store {
         }
     }
 
+    /// The committed value of side key `key` of `space`, not recorded as read (a look at the
+    /// shared mirror, or sled): for answers that decide nothing, such as relaying an ack.
+    pub(crate) fn side_peek(
+        &self,
+        space: u8,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, RegisterError> {
+        check_side(space)?;
+        let k = full_key(space, key);
+        match &self.backend {
+            Backend::Sled { tree, .. } => Ok(tree.get(&k)?.map(|v| v.to_vec())),
+            Backend::Shared(shared) => Ok(shared.get(&k)?.0),
+        }
+    }
+
+    /// The size of the group being built: keys read (recorded for the commit's compares),
+    /// writes staged, and the bytes of those writes (keys and values).
+    pub(crate) fn staged_size(&self) -> (usize, usize, usize) {
+        let staged = self.staged();
+        let bytes = staged
+            .writes
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        (staged.reads.len(), staged.writes.len(), bytes)
+    }
+
     /// Committed entries of side space `space`, key without the space byte, in key order.
     pub(crate) fn side_entries(&self, space: u8) -> Result<Vec<SideEntry>, RegisterError> {
         check_side(space)?;
