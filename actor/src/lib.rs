@@ -22,7 +22,7 @@
 //! the publisher's log), `verify` (the signed envelope and its target), `intake` (order,
 //! duplicates, replays, expiry), `serve` (the serve loop), `graph_task` (one named graph and
 //! its reports), `store` (the graphs kept on disk), `policy` (what this host accepts at all:
-//! a graph it refuses never runs, see [`Policy`]).
+//! a graph it refuses never runs, see [`Policy`]), `trim` (memory given back after a burst).
 //!
 //! ```no_run
 //! use std::sync::{atomic::AtomicBool, Arc};
@@ -59,6 +59,7 @@ mod replay;
 mod serve;
 mod store;
 mod sub;
+mod trim;
 mod verify;
 
 use bus::Event;

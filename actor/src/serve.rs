@@ -57,6 +57,7 @@ pub(crate) struct Actor {
     crossings: mpsc::UnboundedReceiver<Crossed>,
     stop: Arc<AtomicBool>,
     metrics: Metrics,
+    trim: crate::trim::Trim,
 }
 
 /// What woke the serve loop.
@@ -136,6 +137,7 @@ impl Actor {
             inbound,
             crossings,
             stop,
+            trim: crate::trim::Trim::new(),
         })
     }
 
@@ -158,6 +160,9 @@ impl Actor {
                     self.release_leases().await;
                     telemetry::set_gauge(&self.metrics.graphs, self.graphs.len() + self.once.len());
                     telemetry::set_gauge(&self.metrics.inbound, self.inbound.len());
+                    if self.trim.due(Instant::now()) {
+                        crate::trim::release();
+                    }
                 }
                 Wake::Stop => break,
             }
@@ -318,6 +323,7 @@ impl Actor {
         };
         match self.intake.admit(action, source, bus::now_ms()) {
             Admit::Apply(action) => {
+                self.trim.action();
                 // The graph is queued for the store (inside apply) before its sequence is, so
                 // no group commit holds the sequence without the graph; the other way round,
                 // the sequence would say "applied" of an action never stored, and it would be
