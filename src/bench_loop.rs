@@ -1,7 +1,8 @@
 //! The loop `reflex bench e2e` and `reflex bench faults` drive: a CURVE stack whose one rule
 //! counts each event `<tag>` in the register `<tag>/count` and makes it a distinct one-file
 //! action (`<out>/f-<i>`, kept, named `<tag>-<i>`, holding the event's `n`, else `i`) on a real
-//! actor under the `reflex up` policy, and a sender of such events.
+//! actor whose policy allows file resources under that directory only, and a sender of such
+//! events.
 
 use crate::bench_util::BenchStack;
 use crate::cli::Exit;
@@ -25,9 +26,14 @@ impl FileLoop {
     /// Start the stack, its actor `actor` and the sender; returns once the warm-up event's
     /// file is on disk.
     pub fn start(tag: &str, actor: &str) -> anyhow::Result<FileLoop> {
+        FileLoop::start_in(tag, actor, std::path::Path::new("/tmp"))
+    }
+
+    /// [`FileLoop::start`], the files written in a new directory under `dir`.
+    pub fn start_in(tag: &str, actor: &str, dir: &std::path::Path) -> anyhow::Result<FileLoop> {
         let out = tempfile::Builder::new()
             .prefix("reflex-bench-files")
-            .tempdir_in("/tmp")?;
+            .tempdir_in(dir)?;
         let rule = format!(
             "const MATCH = \"{tag}\";\nfn react(event) {{\n  registers::incr(\"{tag}/count\", 1);\n  let i = event.data.i;\n  let c = event.data.n;\n  if c == () {{ c = i; }}\n  act(`host/${{event.host}}`, [#{{ kind: \"file\", name: `{}/f-${{i}}`, content: `${{c}}` }}], #{{ name: `{tag}-${{i}}` }});\n}}\n",
             out.path().display()
@@ -41,7 +47,13 @@ impl FileLoop {
         )?;
         stack.enroll_host(actor)?;
         let policy = stack.state().join("policy.toml");
-        std::fs::write(&policy, actor::UP_POLICY)?;
+        // Files under the bench's own directory, nothing else: it may be outside /tmp/, which
+        // is all the `reflex up` policy allows.
+        let prefix = toml_edit::Value::from(format!("{}/", out.path().display()));
+        std::fs::write(
+            &policy,
+            format!("kinds = [\"file\"]\n\n[file]\npaths = [{prefix}]\n"),
+        )?;
         stack.spawn(
             "actor",
             &[
