@@ -69,6 +69,21 @@ pub(crate) enum Input {
     Event(Event),
 }
 
+/// The pause before running a group again after its `reruns`-th lost race: random, up to
+/// 2^reruns ms (at most 64 ms), so managers racing on the same keys fall out of step.
+pub fn backoff(reruns: u32) -> Duration {
+    let cap = 1u64 << reruns.min(6);
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()).rotate_left(32);
+    // xorshift: enough to spread pauses, nothing depends on it.
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    Duration::from_micros(x % (cap * 1_000 + 1))
+}
+
 /// A batch another manager forwarded.
 pub(crate) struct Forwarded {
     /// The forwarding manager's authenticated name (`User-Id`; None without CURVE).
@@ -88,7 +103,8 @@ pub(crate) struct Node {
     pub(crate) max_txn_ops: usize,
     /// The peer door: batches other managers forward to this one.
     pub(crate) door: zmq::Socket,
-    peers: HashMap<String, (String, zmq::Socket)>,
+    /// Per member: its peer endpoint, the socket to it, when it was dialled and last used.
+    peers: HashMap<String, Peer>,
     peer_security: Security,
     /// The inputs of the group being built.
     pub(crate) replay: Vec<Input>,
@@ -100,6 +116,18 @@ pub(crate) struct Node {
     pub(crate) conflicts: u64,
     last_warned: Option<Instant>,
 }
+
+struct Peer {
+    endpoint: String,
+    socket: zmq::Socket,
+    dialled: Instant,
+    used: Instant,
+}
+
+/// A peer socket idle this long is dialled again before it is used: a connection whose
+/// handshake was refused (a peer just started, its keys not yet loaded) never comes back by
+/// itself, and a sender resends an unacknowledged batch after a second.
+const REDIAL_IDLE: Duration = Duration::from_millis(900);
 
 /// What a member announces in its key.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -222,13 +250,28 @@ impl Node {
             self.warn(|| format!("member {owner} announced no usable peer door"));
             return false;
         };
-        let stale = self.peers.get(owner).is_some_and(|(e, _)| *e != endpoint);
-        if stale || !self.peers.contains_key(owner) {
+        let redial = match self.peers.get(owner) {
+            None => true,
+            Some(p) => {
+                p.endpoint != endpoint
+                    || (p.used.elapsed() >= REDIAL_IDLE && p.dialled.elapsed() >= REDIAL_IDLE)
+            }
+        };
+        if redial {
             match bus::secure::connect(zmq::PUSH, &endpoint, &self.peer_security) {
-                Ok(s) => {
+                Ok(socket) => {
                     // A peer gone away must not keep what it was sent: the senders resend.
-                    let _ = s.set_linger(0);
-                    self.peers.insert(owner.to_string(), (endpoint, s));
+                    let _ = socket.set_linger(0);
+                    let now = Instant::now();
+                    self.peers.insert(
+                        owner.to_string(),
+                        Peer {
+                            endpoint,
+                            socket,
+                            dialled: now,
+                            used: now,
+                        },
+                    );
                 }
                 Err(e) => {
                     self.warn(|| format!("cannot dial member {owner}'s peer door: {e}"));
@@ -236,12 +279,13 @@ impl Node {
                 }
             }
         }
-        let Some((_, sock)) = self.peers.get(owner) else {
+        let Some(peer) = self.peers.get_mut(owner) else {
             return false;
         };
+        peer.used = Instant::now();
         let user = user.unwrap_or_default().as_bytes();
-        let sent = sock.send(user, zmq::SNDMORE | zmq::DONTWAIT).is_ok()
-            && sock.send(frame, zmq::DONTWAIT).is_ok();
+        let sent = peer.socket.send(user, zmq::SNDMORE | zmq::DONTWAIT).is_ok()
+            && peer.socket.send(frame, zmq::DONTWAIT).is_ok();
         if sent {
             self.forwarded += 1;
         }

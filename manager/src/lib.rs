@@ -607,6 +607,9 @@ impl Manager {
                         reruns,
                         "group lost a race in etcd: running it again"
                     );
+                    // Managers racing on the same keys take turns: a short random pause,
+                    // longer after each loss.
+                    std::thread::sleep(clustered::backoff(reruns));
                     self.rerun(inputs)?;
                 }
                 Err(e) => return Err(e.into()),
