@@ -42,7 +42,9 @@ fn write_and_rename(
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("/"));
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let suffix = format!(".reflex-tmp-{}-{n}", std::process::id());
+    // The pid once: glibc does not cache getpid, and this runs for every file written.
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let suffix = format!(".reflex-tmp-{}-{n}", PID.get_or_init(std::process::id));
     let mut name = OsString::from(".");
     match path.file_name() {
         // Stay under NAME_MAX (255) even for long names.

@@ -205,10 +205,10 @@ mod tests {
     use graph::Spec;
 
     fn msg(id: &str, body: &str) -> Vertex {
-        Vertex::new(Spec::Msg(MsgSpec {
+        Vertex::new(Spec::Msg(Box::new(MsgSpec {
             id: id.into(),
             body: body.into(),
-        }))
+        })))
     }
 
     fn nodes(vertices: Vec<Vertex>) -> Vec<Arc<Node>> {

@@ -22,13 +22,13 @@ pub mod timer;
 pub fn build(spec: &Spec) -> Arc<dyn Resource> {
     match spec {
         Spec::File(s) => Arc::new(file::File::new(Arc::clone(s))),
-        Spec::Exec(s) => Arc::new(exec::Exec::new(s.clone())),
+        Spec::Exec(s) => Arc::new(exec::Exec::new((**s).clone())),
         Spec::Noop(_) => Arc::new(noop::Noop),
-        Spec::Msg(s) => Arc::new(msg::Msg::new(s.clone())),
-        Spec::Timer(s) => Arc::new(timer::Timer::new(s.clone())),
-        Spec::Password(s) => Arc::new(password::Password::new(s.clone())),
-        Spec::Http(s) => Arc::new(http::Http::new(s.clone())),
-        Spec::Pkg(s) => Arc::new(pkg::Pkg::new(s.clone())),
-        Spec::Svc(s) => Arc::new(svc::Svc::new(s.clone())),
+        Spec::Msg(s) => Arc::new(msg::Msg::new((**s).clone())),
+        Spec::Timer(s) => Arc::new(timer::Timer::new((**s).clone())),
+        Spec::Password(s) => Arc::new(password::Password::new((**s).clone())),
+        Spec::Http(s) => Arc::new(http::Http::new((**s).clone())),
+        Spec::Pkg(s) => Arc::new(pkg::Pkg::new((**s).clone())),
+        Spec::Svc(s) => Arc::new(svc::Svc::new((**s).clone())),
     }
 }

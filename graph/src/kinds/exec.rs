@@ -143,7 +143,7 @@ pub(crate) fn parse(id: String, _name: &str, fields: &mut Fields) -> Result<Spec
         return Err(fields.invalid("user", "must be a user name"));
     }
     let env = parse_env(fields)?;
-    Ok(Spec::Exec(ExecSpec {
+    Ok(Spec::Exec(Box::new(ExecSpec {
         id,
         cmd,
         timeout,
@@ -154,7 +154,7 @@ pub(crate) fn parse(id: String, _name: &str, fields: &mut Fields) -> Result<Spec
         user,
         env,
         cwd,
-    }))
+    })))
 }
 
 /// Exactly one of `cmd` (a shell line) and `argv` (a non-empty list of strings whose first

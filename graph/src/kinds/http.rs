@@ -64,14 +64,14 @@ pub(crate) fn parse(id: String, name: &str, fields: &mut Fields) -> Result<Spec,
         Some(n) if n.fract() == 0.0 && (100.0..=599.0).contains(&n) => Some(n as u16),
         Some(n) => return Err(fields.invalid("status", format!("{n} is not an HTTP status"))),
     };
-    Ok(Spec::Http(HttpSpec {
+    Ok(Spec::Http(Box::new(HttpSpec {
         id,
         url,
         method,
         headers,
         body,
         status,
-    }))
+    })))
 }
 
 /// `http://` or `https://`, a host (optional userinfo, optional numeric port), then any

@@ -57,22 +57,23 @@ pub enum Spec {
     /// `file`. Shared: the engine's file resource keeps the same spec, not a copy of it (a
     /// host may keep tens of thousands of one-file graphs in force).
     File(std::sync::Arc<FileSpec>),
-    /// `exec`.
-    Exec(ExecSpec),
+    /// `exec`. Boxed, as every kind but the smallest: a vertex is as big as the biggest
+    /// variant, and a host may keep tens of thousands of them in force.
+    Exec(Box<ExecSpec>),
     /// `noop`.
     Noop(NoopSpec),
     /// `msg`.
-    Msg(MsgSpec),
+    Msg(Box<MsgSpec>),
     /// `timer`.
-    Timer(TimerSpec),
+    Timer(Box<TimerSpec>),
     /// `password`.
-    Password(PasswordSpec),
+    Password(Box<PasswordSpec>),
     /// `http`.
-    Http(HttpSpec),
+    Http(Box<HttpSpec>),
     /// `pkg`.
-    Pkg(PkgSpec),
+    Pkg(Box<PkgSpec>),
     /// `svc`.
-    Svc(SvcSpec),
+    Svc(Box<SvcSpec>),
 }
 
 /// Parses a kind's fields into its spec. `id` is `kind:name`. Leftover fields are rejected

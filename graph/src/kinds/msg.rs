@@ -21,5 +21,5 @@ pub struct MsgSpec {
 
 pub(crate) fn parse(id: String, _name: &str, fields: &mut Fields) -> Result<Spec, GraphError> {
     let body = fields.req_str("body")?;
-    Ok(Spec::Msg(MsgSpec { id, body }))
+    Ok(Spec::Msg(Box::new(MsgSpec { id, body })))
 }

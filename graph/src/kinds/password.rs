@@ -25,5 +25,5 @@ pub(crate) fn parse(id: String, _name: &str, fields: &mut Fields) -> Result<Spec
         Some(n) if n.fract() == 0.0 && (8.0..=1024.0).contains(&n) => n as usize,
         Some(n) => return Err(fields.invalid("length", format!("{n} is not between 8 and 1024"))),
     };
-    Ok(Spec::Password(PasswordSpec { id, length }))
+    Ok(Spec::Password(Box::new(PasswordSpec { id, length })))
 }

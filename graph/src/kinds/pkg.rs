@@ -60,11 +60,11 @@ pub(crate) fn parse(id: String, name: &str, fields: &mut Fields) -> Result<Spec,
             ))
         }
     };
-    Ok(Spec::Pkg(PkgSpec {
+    Ok(Spec::Pkg(Box::new(PkgSpec {
         id,
         name: name.to_string(),
         state,
-    }))
+    })))
 }
 
 impl PkgSpec {

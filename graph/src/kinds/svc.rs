@@ -65,12 +65,12 @@ pub(crate) fn parse(id: String, name: &str, fields: &mut Fields) -> Result<Spec,
             ))
         }
     };
-    Ok(Spec::Svc(SvcSpec {
+    Ok(Spec::Svc(Box::new(SvcSpec {
         id,
         unit,
         state,
         enabled,
-    }))
+    })))
 }
 
 impl SvcSpec {

@@ -32,8 +32,8 @@ pub(crate) fn parse(id: String, _name: &str, fields: &mut Fields) -> Result<Spec
             format!("{secs} is not between 0.01 and 31536000 seconds"),
         ));
     }
-    Ok(Spec::Timer(TimerSpec {
+    Ok(Spec::Timer(Box::new(TimerSpec {
         id,
         interval: Duration::from_secs_f64(secs),
-    }))
+    })))
 }
