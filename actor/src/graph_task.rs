@@ -9,7 +9,6 @@ use serde_json::json;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
@@ -153,11 +152,24 @@ pub(crate) struct Crossed {
     pub(crate) converged: bool,
 }
 
+/// Where the actor's events go: straight into the result sender (which never blocks), from
+/// whichever task makes them, rather than through a thread of its own (one wake-up less per
+/// result).
+pub(crate) type Out = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// An [`Out`] into a channel (tests read what the actor says from it).
+#[cfg(test)]
+pub(crate) fn out_to(tx: std::sync::mpsc::Sender<Event>) -> Out {
+    Arc::new(move |ev| {
+        let _ = tx.send(ev);
+    })
+}
+
 /// What every graph task shares.
 #[derive(Clone)]
 pub(crate) struct Ctx {
     pub(crate) host: String,
-    pub(crate) out: std_mpsc::Sender<Event>,
+    pub(crate) out: Out,
     pub(crate) crossed: mpsc::UnboundedSender<Crossed>,
     /// Idle time after which a graph counts as converged.
     pub(crate) idle: Duration,
@@ -167,8 +179,7 @@ pub(crate) struct Ctx {
 impl Ctx {
     /// Send an event to the manager.
     pub(crate) fn emit(&self, tag: &str, data: serde_json::Value) {
-        // Gone only while shutting down; nobody left to tell.
-        let _ = self.out.send(Event::new(tag, self.host.clone(), data));
+        (self.out)(Event::new(tag, self.host.clone(), data));
     }
 
     /// Write the graph's picture, if asked to.
@@ -448,11 +459,11 @@ mod tests {
 
     #[test]
     fn swaps_waiting_behind_a_converge_keep_only_the_newest_and_report_the_others() {
-        let (out, events) = std_mpsc::channel();
+        let (out, events) = std::sync::mpsc::channel();
         let (crossed, _crossings) = mpsc::unbounded_channel();
         let ctx = Ctx {
             host: "h".into(),
-            out,
+            out: out_to(out),
             crossed,
             idle: Duration::from_secs(1),
             graphviz: None,

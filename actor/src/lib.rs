@@ -14,8 +14,9 @@
 //! their watches and state — or an empty graph removes it. Graphs in force are kept under the
 //! state dir and converge again after a restart, before any new action is taken.
 //!
-//! Threads: one owns the SUB socket, one owns the PUSH socket back to the manager (ZeroMQ sockets
-//! are not thread-safe), and a tokio runtime runs the serve loop, the graphs and the replay
+//! Threads: one owns the SUB socket (ZeroMQ sockets are not thread-safe), the result sender
+//! ([`bus::sender`]) owns the PUSH socket back to the manager and takes events from any task
+//! without blocking, and a tokio runtime runs the serve loop, the graphs and the replay
 //! requests.
 //!
 //! Where things are: `sub` (the SUB thread and the subscriptions), `replay` (catching up from
@@ -66,7 +67,7 @@ use bus::Event;
 pub use policy::{Policy, PolicyError, Refusal, STRICT as STRICT_POLICY, UP as UP_POLICY};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -149,17 +150,27 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
         Some(addr) => Some(telemetry::Server::start(addr, registry, None)?),
         None => None,
     };
-    let (out_tx, out_rx) = std_mpsc::channel::<Event>();
     let (in_tx, in_rx) = mpsc::channel(1024);
 
-    // Results are kept until the manager acknowledges them (bus::sender).
-    let push =
-        bus::sender::Sender::start(bus::sender::SenderConfig::new(&cfg.ingest, &cfg.security))?;
-    let sender = std::thread::Builder::new()
+    // Results are kept until the manager acknowledges them (bus::sender); every task hands its
+    // events to it directly (it never blocks: an overflow, the manager away for long, is
+    // counted and logged by the sender).
+    let push = Arc::new(bus::sender::Sender::start(bus::sender::SenderConfig::new(
+        &cfg.ingest,
+        &cfg.security,
+    ))?);
+    let out: graph_task::Out = {
+        let (push, metrics) = (Arc::clone(&push), metrics.clone());
+        Arc::new(move |ev: Event| {
+            metrics.report(&ev);
+            push.send(&ev);
+        })
+    };
+    let gauges = std::thread::Builder::new()
         .name("actor-push".into())
         .spawn({
-            let metrics = metrics.clone();
-            move || push_loop(push, out_rx, &metrics)
+            let (push, metrics, stop) = (Arc::clone(&push), metrics.clone(), stop.clone());
+            move || push_gauges(&push, &metrics, &stop)
         })?;
     let receiver = sub::spawn(&cfg, &topics, in_tx, stop.clone())?;
 
@@ -173,33 +184,24 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
-        serve::Actor::new(cfg, topics, in_rx, out_tx, stop.clone(), metrics)?
+        serve::Actor::new(cfg, topics, in_rx, out, stop.clone(), metrics)?
             .serve()
             .await
     });
     stop.store(true, Ordering::Relaxed);
     let _ = receiver.join();
-    // The runtime is gone, so every sender of the result channel is dropped: the push thread
-    // sends what is left and ends.
+    let _ = gauges.join();
+    // The runtime is gone, and every task with it: give the last results a moment to be
+    // acknowledged.
     drop(rt);
-    let _ = sender.join();
+    push.wait_acked(Duration::from_secs(2));
     result
 }
 
-fn push_loop(push: bus::sender::Sender, rx: std_mpsc::Receiver<Event>, metrics: &metrics::Metrics) {
-    loop {
-        match rx.recv_timeout(Duration::from_millis(250)) {
-            Ok(ev) => {
-                metrics.report(&ev);
-                // Never blocks; an overflow (manager away for long) is counted and logged by
-                // the sender.
-                push.send(&ev);
-            }
-            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-        metrics.sender(&push);
+/// The result sender's gauges (held, overflowed), every 250 ms until the actor stops.
+fn push_gauges(push: &bus::sender::Sender, metrics: &metrics::Metrics, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        metrics.sender(push);
+        std::thread::sleep(Duration::from_millis(250));
     }
-    // Stopping: give the last results a moment to be acknowledged.
-    push.wait_acked(std::time::Duration::from_secs(2));
 }

@@ -11,11 +11,11 @@ use crate::store::{LastSeqs, Store};
 use crate::sub::Inbound;
 use crate::verify::{Refused, Verify};
 use crate::{ActorError, Config};
-use bus::{Action, Event};
+use bus::Action;
 use serde_json::json;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc as std_mpsc, Arc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -83,7 +83,7 @@ impl Actor {
         cfg: Config,
         topics: Vec<String>,
         inbound: mpsc::Receiver<Inbound>,
-        out: std_mpsc::Sender<Event>,
+        out: crate::graph_task::Out,
         stop: Arc<AtomicBool>,
         metrics: Metrics,
     ) -> Result<Actor, ActorError> {
@@ -627,7 +627,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crossing_sent_before_a_swap_does_not_mark_the_new_graph_converged() {
         let (_keep_inbound_open, inbound) = mpsc::channel(1);
-        let (out, _events) = std_mpsc::channel();
+        let (out, _events) = std::sync::mpsc::channel();
+        let out = crate::graph_task::out_to(out);
         let cfg = Config {
             publish: String::new(),
             ingest: String::new(),
