@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 
 use graph::Vertex;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::task::JoinError;
 
 use super::limit::Bucket;
 use super::signal::Stop;
 use super::{lock, EngineEvent, Msg, Shared};
-use crate::resource::{AbortOnDrop, ApplyCtx, Outcome, Poke, Poked, Resource, WatchGuard};
+use crate::resource::{ApplyCtx, Outcome, Poke, Poked, Resource, WatchGuard};
 
 /// A node's state, as its dependents see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,43 +369,41 @@ impl NodeTask {
         Ok(recv)
     }
 
-    /// One check-apply in its own task, so a panic becomes this resource's error, a timeout
-    /// can cut it off and a stop can abort it (killing an exec's children). `None` when
-    /// stopped.
+    /// One check-apply, polled under `catch_unwind` so a panic becomes this resource's error;
+    /// a timeout cuts it off and a stop drops it (killing an exec's children). In this task,
+    /// not one of its own: a task per check cost a spawn and a wake-up for every action.
+    /// `None` when stopped.
     async fn check(
         &mut self,
         ctx: ApplyCtx,
         timeout: Option<Duration>,
     ) -> Option<Result<Outcome, String>> {
         let res = Arc::clone(&self.node.res);
-        let mut inner = AbortOnDrop(tokio::spawn(async move { res.check_apply(&ctx).await }));
+        let inner = CatchUnwind(res.check_apply(&ctx));
         let limit = async {
             match timeout {
                 Some(t) => tokio::time::sleep(t).await,
                 None => std::future::pending().await,
             }
         };
+        // Leaving the select drops the check on a stop or a timeout, and with it whatever it
+        // holds (an exec's children are killed on drop).
         let joined = tokio::select! {
             biased;
             _ = self.node.stop.wait() => None,
-            joined = &mut inner.0 => Some(Some(joined)),
+            joined = inner => Some(Some(joined)),
             _ = limit => Some(None),
         };
         match joined {
             Some(Some(Ok(result))) => Some(result.map_err(|e| e.to_string())),
-            Some(Some(Err(e))) => Some(Err(join_failure(e))),
+            Some(Some(Err(payload))) => {
+                Some(Err(format!("check panicked: {}", panic_message(&*payload))))
+            }
             Some(None) => {
-                inner.0.abort();
-                let _ = (&mut inner.0).await;
                 let ms = timeout.map_or(0, |t| t.as_millis());
                 Some(Err(format!("check-apply timed out after {ms} ms")))
             }
-            None => {
-                inner.0.abort();
-                // Wait until it is really gone (its child processes killed).
-                let _ = (&mut inner.0).await;
-                None
-            }
+            None => None,
         }
     }
 
@@ -490,11 +487,23 @@ impl NodeTask {
     }
 }
 
-fn join_failure(e: JoinError) -> String {
-    if !e.is_panic() {
-        return "check was cancelled".to_string();
+/// A future whose panic is its output (as `Err` with the payload) instead of unwinding.
+struct CatchUnwind<F>(F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| std::pin::Pin::new(inner).poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Err(payload) => std::task::Poll::Ready(Err(payload)),
+        }
     }
-    format!("check panicked: {}", panic_message(&*e.into_panic()))
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {
