@@ -69,7 +69,10 @@ mod tests {
     fn trims_after_a_quiet_spell_or_every_so_often_and_never_when_idle() {
         let mut t = Trim::new();
         let t0 = Instant::now();
-        assert!(!t.due(t0 + EVERY * 2), "nothing taken in: nothing to give back");
+        assert!(
+            !t.due(t0 + EVERY * 2),
+            "nothing taken in: nothing to give back"
+        );
         t.action();
         let a = t.last_action;
         assert!(!t.due(a + QUIET / 2), "still busy");
