@@ -83,23 +83,10 @@ impl ClusterArgs {
         if self.cluster_max_txn_ops < 16 {
             return Err(Exit::usage("--cluster-max-txn-ops must be at least 16"));
         }
-        let id = match &self.cluster_id {
-            Some(id) => id.clone(),
-            None => {
-                let host: String = hostname()
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                            c
-                        } else {
-                            '_'
-                        }
-                    })
-                    .take(100)
-                    .collect();
-                format!("{host}-{}", stack.port_base)
-            }
-        };
+        let id = self
+            .cluster_id
+            .clone()
+            .unwrap_or_else(|| default_member_id(stack));
         cluster::check_id(&id).map_err(|e| Exit::usage(format!("--cluster-id: {e}")))?;
         Ok(Some(manager::clustered::ClusterConfig {
             url: url.clone(),
@@ -209,6 +196,116 @@ pub struct PublisherArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (`127.0.0.1:4617`); off by default.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
+    #[command(flatten)]
+    pub cluster: PublisherClusterArgs,
+}
+
+/// A publisher of a cluster announces itself in etcd, so actors can learn every publisher.
+#[derive(Args, Debug, Clone)]
+pub struct PublisherClusterArgs {
+    /// Announce this publisher's endpoints in etcd (`<prefix>/publishers/<id>`, on a lease):
+    /// etcd://HOST:PORT[,HOST:PORT...]. It still serves the manager linked to it over ipc.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+    /// Key prefix of this reflex cluster in etcd.
+    #[arg(long, default_value = "/reflex", requires = "cluster")]
+    pub cluster_prefix: String,
+    /// Seconds of the announcement's lease: how long a dead publisher stays announced.
+    #[arg(long, default_value_t = 3, requires = "cluster")]
+    pub cluster_ttl: u64,
+    /// This publisher's id. Default: <hostname>-<port base>, its manager's default.
+    #[arg(long, requires = "cluster")]
+    pub cluster_id: Option<String>,
+}
+
+/// What a publisher announces under `<prefix>/publishers/<id>`.
+#[derive(serde::Serialize)]
+struct PublisherInfo<'a> {
+    /// Its PUB fan-out, for actors to subscribe.
+    publish: &'a str,
+    /// Its replay door, for actors to catch up.
+    replay: &'a str,
+}
+
+/// Announce the publisher in etcd until `stop`, joining again under a new lease whenever the
+/// lease is lost (etcd away for longer than the TTL): the announcement is for actors to learn
+/// the endpoints, nothing is owned by it.
+fn announce_publisher(
+    a: &PublisherClusterArgs,
+    stack: &StackArgs,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Option<std::thread::JoinHandle<()>>> {
+    use std::sync::atomic::Ordering;
+    let Some(url) = &a.cluster else {
+        return Ok(None);
+    };
+    cluster::endpoints::parse(url).map_err(|e| Exit::usage(e.to_string()))?;
+    if !(1..=300).contains(&a.cluster_ttl) {
+        return Err(Exit::usage("--cluster-ttl must be 1 to 300 seconds"));
+    }
+    let id = a
+        .cluster_id
+        .clone()
+        .unwrap_or_else(|| default_member_id(stack));
+    cluster::check_id(&id).map_err(|e| Exit::usage(format!("--cluster-id: {e}")))?;
+    let ep = stack.endpoints();
+    let info = serde_json::to_vec(&PublisherInfo {
+        publish: &ep.publish,
+        replay: &ep.replay,
+    })?;
+    let etcd = cluster::Cluster::connect(url, &a.cluster_prefix)?;
+    let ttl = std::time::Duration::from_secs(a.cluster_ttl);
+    let join = move || cluster::Membership::join_under(&etcd, cluster::PUBLISHERS, &id, &info, ttl);
+    // A publisher started again finds its previous life's key until that lease ends.
+    let mut member = None;
+    let deadline = std::time::Instant::now() + ttl * 2 + std::time::Duration::from_secs(5);
+    while member.is_none() {
+        match join() {
+            Ok(m) => member = Some(m),
+            Err(cluster::ClusterError::MemberTaken(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tracing::info!(publish = %ep.publish, replay = %ep.replay, "publisher announced in the cluster");
+    Ok(Some(std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            if member.as_ref().is_some_and(|m| m.is_alive()) {
+                continue;
+            }
+            if let Some(old) = member.take() {
+                tracing::warn!("publisher's cluster lease lost: announcing it again");
+                drop(old);
+            }
+            match join() {
+                Ok(m) => member = Some(m),
+                Err(e) => tracing::debug!("announcing the publisher again: {e}"),
+            }
+        }
+        if let Some(m) = member {
+            if let Err(e) = m.leave() {
+                tracing::warn!("leaving the cluster: {e}");
+            }
+        }
+    })))
+}
+
+/// `<hostname>-<port base>`, the hostname made a valid member id.
+fn default_member_id(stack: &StackArgs) -> String {
+    let host: String = hostname()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(100)
+        .collect();
+    format!("{host}-{}", stack.port_base)
 }
 
 fn parse_pair(s: &str) -> Result<(i32, i32), String> {
@@ -222,6 +319,7 @@ pub fn publisher(a: PublisherArgs) -> anyhow::Result<ExitCode> {
     raise_open_files("publisher", 1);
     let security = security(&a.stack, Node::Control)?;
     let stop = stop_flag()?;
+    let announcer = announce_publisher(&a.cluster, &a.stack, stop.clone())?;
     let cfg = publisher::Config {
         endpoints: a.stack.endpoints(),
         state_dir: a.stack.state.clone(),
@@ -231,7 +329,12 @@ pub fn publisher(a: PublisherArgs) -> anyhow::Result<ExitCode> {
         security,
         http: a.http,
     };
-    publisher::run(cfg, &stop)?;
+    let ran = publisher::run(cfg, &stop);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = announcer {
+        let _ = t.join();
+    }
+    ran?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -79,23 +79,10 @@ fn streams(marks: &cluster::Mirror) -> Vec<String> {
     })
 }
 
-#[test]
-fn a_manager_killed_mid_burst_loses_nothing_and_counts_nothing_twice() {
-    let Some(etcd) = etcd::EtcdCluster::start(3) else {
-        return;
-    };
-    let url = etcd.url();
-    let tmp = tempfile::tempdir().unwrap();
-    let rules = tmp.path().join("rules");
-    write_rule(
-        &rules,
-        "10-count.rhai",
-        "const MATCH = \"burst/*\";\nfn react(event) { registers::incr(`count/${event.host}`, 1); }\n",
-    );
-    // One cluster, one trust domain: the managers share the manager key (senders pin it) and
-    // the admin key (managers forward to each other as the admin).
-    let states: Vec<std::path::PathBuf> =
-        (1..=3).map(|i| tmp.path().join(format!("s{i}"))).collect();
+/// `n` state dirs of one cluster, one trust domain: the managers share the manager key
+/// (senders pin it) and the admin key (managers forward to each other as the admin).
+fn shared_states(tmp: &Path, n: usize) -> Vec<std::path::PathBuf> {
+    let states: Vec<std::path::PathBuf> = (1..=n).map(|i| tmp.join(format!("s{i}"))).collect();
     let keys = bus::keys::key_dir(&states[0]);
     bus::keys::load_or_create(&keys, bus::keys::Role::Manager).expect("manager key");
     bus::keys::load_or_create(&keys, bus::keys::Role::Admin).expect("admin key");
@@ -110,6 +97,23 @@ fn a_manager_killed_mid_burst_loses_nothing_and_counts_nothing_twice() {
             std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
         }
     }
+    states
+}
+
+#[test]
+fn a_manager_killed_mid_burst_loses_nothing_and_counts_nothing_twice() {
+    let Some(etcd) = etcd::EtcdCluster::start(3) else {
+        return;
+    };
+    let url = etcd.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = tmp.path().join("rules");
+    write_rule(
+        &rules,
+        "10-count.rhai",
+        "const MATCH = \"burst/*\";\nfn react(event) { registers::incr(`count/${event.host}`, 1); }\n",
+    );
+    let states = shared_states(tmp.path(), 3);
     let bases: Vec<u16> = (0..3).map(|_| free_port_base()).collect();
     let ids = ["m1", "m2", "m3"];
     let mut managers: Vec<Option<Proc>> = (0..3)
@@ -228,6 +232,177 @@ fn a_manager_killed_mid_burst_loses_nothing_and_counts_nothing_twice() {
     assert!(
         s["forwarded"].as_u64().unwrap_or(0) > 0,
         "m1 forwarded nothing: {s}"
+    );
+    drop(managers);
+}
+
+/// The outbox entries in etcd (from a mirror of `r/x81/`) of member `id`.
+fn outbox_entries(outboxes: &cluster::Mirror, id: &str) -> usize {
+    let root = [outboxes.prefix(), id.as_bytes(), b"/"].concat();
+    outboxes.read(|snap| snap.scan(&root).count())
+}
+
+/// The names of every action the publisher at `base` logged for `topic`, from its replay door.
+fn logged_names(state: &Path, base: u16, topic: &str) -> Vec<String> {
+    let replay = bus::secure::connect(
+        zmq::REQ,
+        &format!("tcp://127.0.0.1:{}", base + 2),
+        &admin_security(state),
+    )
+    .expect("replay");
+    replay.set_rcvtimeo(10_000).expect("timeout");
+    let req = serde_json::json!({"since": 0, "topics": [topic], "limit": 10_000});
+    replay.send(req.to_string().as_bytes(), 0).expect("ask");
+    let parts = replay.recv_multipart(0).expect("replay answer");
+    parts[1..]
+        .iter()
+        .map(|f| {
+            bus::envelope::peek(f, usize::MAX)
+                .expect("a sealed frame")
+                .name
+        })
+        .collect()
+}
+
+/// Two managers; only m1 has a publisher (announced in etcd). Events sent through m2 make one
+/// action each; those of the streams m2 owns wait in m2's outbox, which nothing acknowledges.
+/// m2 is killed with SIGKILL: the leader (m1) sends m2's outbox to its publisher and deletes it
+/// once acknowledged. Every action is logged by the publisher exactly once.
+#[test]
+fn the_leader_publishes_a_dead_managers_outbox_once() {
+    let Some(etcd) = etcd::EtcdCluster::start(1) else {
+        return;
+    };
+    let url = etcd.url();
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = tmp.path().join("rules");
+    write_rule(
+        &rules,
+        "10-job.rhai",
+        "const MATCH = \"job/*\";\nfn react(event) { let i = event.data.i; act(\"host/x\", [#{ kind: \"noop\", name: `n-${i}` }], #{ name: `job-${i}` }); }\n",
+    );
+    let states = shared_states(tmp.path(), 2);
+    let bases: Vec<u16> = (0..2).map(|_| free_port_base()).collect();
+    let ids = ["m1", "m2"];
+    let mut managers: Vec<Option<Proc>> = (0..2)
+        .map(|i| Some(manager(&states[i], bases[i], &rules, &url, ids[i])))
+        .collect();
+    let mut a = vec!["publisher".to_string()];
+    a.extend(stack_args(&states[0], bases[0]));
+    a.extend(
+        [
+            "--cluster",
+            &url,
+            "--cluster-prefix",
+            PREFIX,
+            "--cluster-id",
+            "p1",
+            "--cluster-ttl",
+            "2",
+        ]
+        .map(String::from),
+    );
+    let mut publisher = Proc::start("p1", &args_ref(&a));
+
+    let view = cluster::Cluster::connect(&url, PREFIX).expect("etcd");
+    let members = cluster::Members::watch(&view).expect("members");
+    assert!(
+        members.wait_for(Duration::from_secs(30), |ids| ids.len() == 2),
+        "two managers joined: {:?}",
+        members.ids()
+    );
+    // The publisher is announced with its endpoints, for actors to learn.
+    let announced = wait_for(
+        "the publisher's announcement",
+        Duration::from_secs(20),
+        || {
+            cluster::announced(&view, cluster::PUBLISHERS)
+                .ok()
+                .filter(|a| !a.is_empty())
+        },
+    );
+    assert_eq!(announced.len(), 1, "{announced:?}");
+    let info: serde_json::Value = serde_json::from_slice(&announced[0].1).expect("JSON");
+    assert_eq!(announced[0].0, "p1");
+    assert_eq!(
+        info["publish"],
+        serde_json::json!(format!("tcp://127.0.0.1:{}", bases[0] + 1))
+    );
+
+    // Rounds of 20 events through m2, each round a new stream (its owner drawn by the hash),
+    // until m2 owns one: its actions wait in its outbox.
+    let outboxes = cluster::Mirror::start(&view, &view.key("r/x81/")).expect("mirror");
+    let mut sent = 0;
+    for _ in 0..12 {
+        let lines: String = (sent..sent + 20)
+            .map(|i| format!("{{\"tag\": \"job/n\", \"host\": \"x\", \"i\": {i}}}\n"))
+            .collect();
+        sent += 20;
+        let mut a = vec![
+            "send".to_string(),
+            "--stdin".into(),
+            "--timeout".into(),
+            "20".into(),
+        ];
+        a.extend(stack_args(&states[1], bases[1]));
+        let mut child = Command::new(REFLEX)
+            .args(&a)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("reflex send");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lines.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().expect("send");
+        assert!(
+            out.status.success(),
+            "send: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if outbox_entries(&outboxes, "m2") > 0 {
+            break;
+        }
+    }
+    let waiting = outbox_entries(&outboxes, "m2");
+    assert!(waiting > 0, "m2 owned none of 12 streams");
+
+    managers[1].as_mut().unwrap().kill9();
+    managers[1] = None;
+    wait_for("m2's outbox taken over", Duration::from_secs(20), || {
+        (outbox_entries(&outboxes, "m2") == 0).then_some(())
+    });
+    let names = logged_names(&states[0], bases[0], "host/x/");
+    let mut counted: BTreeMap<String, usize> = BTreeMap::new();
+    for n in &names {
+        *counted.entry(n.clone()).or_default() += 1;
+    }
+    let twice: Vec<&String> = counted
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(n, _)| n)
+        .collect();
+    assert!(twice.is_empty(), "logged more than once: {twice:?}");
+    let missing: Vec<String> = (0..sent)
+        .map(|i| format!("job-{i}"))
+        .filter(|n| !counted.contains_key(n))
+        .collect();
+    assert!(missing.is_empty(), "never logged: {missing:?}");
+    assert_eq!(names.len(), sent);
+    let s = status(&states[0], bases[0]);
+    assert_eq!(s["taken_over"].as_u64(), Some(waiting as u64), "{s}");
+
+    // A publisher stopped leaves the cluster at once.
+    publisher.terminate(Duration::from_secs(10));
+    assert_eq!(
+        cluster::announced(&view, cluster::PUBLISHERS)
+            .map(|a| a.len())
+            .ok(),
+        Some(0)
     );
     drop(managers);
 }

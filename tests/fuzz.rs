@@ -197,6 +197,7 @@ fn linked_seeds() -> Vec<Vec<u8>> {
                 outbox: "fuzz-outbox".into(),
                 seq: i as u64 + 1,
                 action,
+                after: 0,
             })
         })
         .collect()

@@ -206,6 +206,13 @@ pub struct Linked {
     pub seq: u64,
     /// The action (its `seq` field is the publisher's to set).
     pub action: Action,
+    /// Every number of this outbox up to `after` is in some publisher's durable log (the
+    /// outbox deletes an entry only once acknowledged): a publisher that has not seen this
+    /// outbox up to there (a clustered leader sending a dead member's outbox, a member that
+    /// came back linked to another publisher) takes `after + 1` next instead of waiting for
+    /// numbers it will never be sent. 0: nothing said.
+    #[serde(default)]
+    pub after: u64,
 }
 
 /// Publisher → manager on the link's ack PUB (topic: the outbox id): every action of `outbox`

@@ -8,9 +8,10 @@
 //! | key | what | lives on |
 //! | --- | --- | --- |
 //! | `<prefix>/members/<id>` | a live manager, its value what it announces (endpoints) | its lease |
+//! | `<prefix>/publishers/<id>` | a live publisher, its value its endpoints (JSON: `publish`, `replay`) | its lease |
 //! | `<prefix>/leader` | the id of the member that does singleton work | the leader's lease |
 //! | `<prefix>/r/{v,w,m,t}/<key>` | registers: values, windows, marks, throttles (sled's bytes) | no lease: expiry stored |
-//! | `<prefix>/r/xHH/<key>` | the manager's side data in side space `HH` (`x80`: stream marks) | no lease |
+//! | `<prefix>/r/xHH/<key>` | the manager's side data in side space `HH` (`x80`: stream marks; `x81`/`x82`: each member's outbox, `<id>/…`) | no lease |
 //!
 //! The pieces, one file each:
 //!
@@ -61,7 +62,9 @@ pub mod registers;
 
 pub use connection::{retry, transient, Cluster, CALL_TIMEOUT, RETRY_FOR};
 pub use leader::{current_leader, Leadership};
-pub use membership::{check_id, Membership, DEFAULT_TTL};
+pub use membership::{
+    announced, check_id, delete_while_gone, Membership, DEFAULT_TTL, MEMBERS, PUBLISHERS,
+};
 pub use mirror::{Entry, Mirror, Snapshot};
 pub use partition::Members;
 pub use registers::EtcdStore;

@@ -16,6 +16,67 @@ use std::time::{Duration, Instant};
 
 /// The default lease TTL of a member: how long a dead manager keeps its hosts.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3);
+/// Where live managers are announced (`<prefix>/members/<id>`).
+pub const MEMBERS: &str = "members";
+/// Where live publishers are announced (`<prefix>/publishers/<id>`, their endpoints as the
+/// value), for actors to learn them.
+pub const PUBLISHERS: &str = "publishers";
+
+/// Every live entry under `<prefix>/<dir>/` ([`MEMBERS`], [`PUBLISHERS`]): id and value, read
+/// once (a watch is [`crate::Members`]).
+pub fn announced(cluster: &Cluster, dir: &str) -> Result<Vec<(String, Vec<u8>)>, ClusterError> {
+    let prefix = cluster.key(&format!("{dir}/"));
+    let client = cluster.client();
+    let resp = cluster.block_on(retry(|| {
+        let mut c = client.clone();
+        let prefix = prefix.clone();
+        async move {
+            c.get(
+                prefix.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+        }
+    }))?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let id = kv.key().strip_prefix(prefix.as_bytes())?;
+            Some((String::from_utf8(id.to_vec()).ok()?, kv.value().to_vec()))
+        })
+        .collect())
+}
+
+/// Delete `keys` (full etcd keys) in one transaction, only while member `id` is not live (its
+/// key under [`MEMBERS`] absent): true when done. A clustered leader forgets a dead member's
+/// outbox entries this way, so a member that came back keeps what is its own again.
+pub fn delete_while_gone(
+    cluster: &Cluster,
+    id: &str,
+    keys: &[Vec<u8>],
+) -> Result<bool, ClusterError> {
+    check_id(id)?;
+    let member = cluster.key(&format!("{MEMBERS}/{id}"));
+    let txn = Txn::new()
+        .when([Compare::create_revision(
+            member.as_str(),
+            CompareOp::Equal,
+            0,
+        )])
+        .and_then(
+            keys.iter()
+                .map(|k| TxnOp::delete(k.clone(), None))
+                .collect::<Vec<_>>(),
+        );
+    let client = cluster.client();
+    let resp = cluster.block_on(retry(|| {
+        let mut c = client.clone();
+        let txn = txn.clone();
+        async move { c.txn(txn).await }
+    }))?;
+    Ok(resp.succeeded())
+}
 
 /// This process's membership of the cluster; leaves (revokes its lease) on drop.
 pub struct Membership {
@@ -69,10 +130,23 @@ impl Membership {
         info: &[u8],
         ttl: Duration,
     ) -> Result<Membership, ClusterError> {
+        Membership::join_under(cluster, MEMBERS, id, info, ttl)
+    }
+
+    /// Join under `<prefix>/<dir>/<id>` instead of `members/`: a publisher announces itself
+    /// under [`PUBLISHERS`] this way, on a lease of its own, without counting as a manager
+    /// (which would give it hosts).
+    pub fn join_under(
+        cluster: &Cluster,
+        dir: &str,
+        id: &str,
+        info: &[u8],
+        ttl: Duration,
+    ) -> Result<Membership, ClusterError> {
         check_id(id)?;
         let ttl_secs = ttl.as_secs().max(1);
         let ttl = Duration::from_secs(ttl_secs);
-        let key = cluster.key(&format!("members/{id}"));
+        let key = cluster.key(&format!("{dir}/{id}"));
         let start = Instant::now();
         let mut client = cluster.client();
         let (lease, taken) = cluster.block_on(async {

@@ -28,6 +28,7 @@ pub mod page;
 pub mod presence;
 pub mod rules;
 pub mod shell;
+mod takeover;
 pub mod trust;
 pub mod watch;
 
@@ -188,6 +189,9 @@ pub struct Stats {
     pub conflicts: u64,
     /// Clustered: whether this manager is the leader (singleton work).
     pub leader: bool,
+    /// Clustered: entries of dead members' outboxes this manager, as the leader, sent to its
+    /// publisher and deleted once acknowledged.
+    pub taken_over: u64,
 }
 
 /// The head of an event: what the manager reads before knowing whether any rule wants it.
@@ -242,6 +246,8 @@ pub struct Manager {
     http: Option<telemetry::Server>,
     /// Clustered: the membership, the peers, the group's inputs.
     node: Option<clustered::Node>,
+    /// Clustered: the leader's takeover of dead members' outboxes.
+    takeover: Option<takeover::Takeover>,
 }
 
 /// How a frame's handling ended.
@@ -266,11 +272,17 @@ const PURGE_EVERY: Duration = Duration::from_secs(5);
 impl Manager {
     /// Open the register store, load the rules and bind the sockets.
     pub fn new(cfg: Config) -> Result<Manager, ManagerError> {
-        let (registers, node) = match &cfg.cluster {
-            None => (Registers::open(&cfg.state_dir.join("registers"))?, None),
+        let (registers, node, takeover) = match &cfg.cluster {
+            None => (
+                Registers::open(&cfg.state_dir.join("registers"))?,
+                None,
+                None,
+            ),
             Some(c) => {
                 let (node, store) = clustered::Node::join(c, &cfg.endpoints.ingest, &cfg.security)?;
-                (Registers::shared(store), Some(node))
+                let takeover =
+                    takeover::Takeover::new(&cfg.endpoints, store.clone(), node.max_txn_ops)?;
+                (Registers::shared(store), Some(node), Some(takeover))
             }
         };
         let mut rules = Rules::new(registers.clone(), &cfg.limits);
@@ -367,6 +379,7 @@ impl Manager {
             internal_max: 0,
             http,
             node,
+            takeover,
         };
         m.internal.push_back(Event::new(
             "manager/up",
@@ -537,6 +550,9 @@ impl Manager {
             }
             self.outbox.send();
             self.outbox.tick();
+            if let (Some(t), Some(n)) = (&mut self.takeover, &self.node) {
+                t.turn(n)?;
+            }
             // After the commit: the history tells what was decided, never what was not.
             if let Some(h) = &mut self.history {
                 h.flush();
@@ -1037,6 +1053,9 @@ impl Manager {
             self.stats.misrouted = n.misrouted;
             self.stats.conflicts = n.conflicts;
             self.stats.leader = n.leader.is_leader();
+        }
+        if let Some(t) = &self.takeover {
+            self.stats.taken_over = t.taken_over;
         }
         if let Some(h) = &self.history {
             self.stats.history_bytes = h.bytes();

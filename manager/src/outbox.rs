@@ -96,10 +96,23 @@ impl Outbox {
                 (id, Some(w))
             }
         };
-        let mut waiting = BTreeMap::new();
+        let mut waiting: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         for (k, v) in mine(registers.side_entries(SPACE)?) {
             if let Ok(b) = <[u8; 8]>::try_from(k.as_slice()) {
                 waiting.insert(u64::from_be_bytes(b), v);
+            }
+        }
+        // What is no longer here was acknowledged by a publisher (perhaps not the one linked
+        // now, or taken over by a clustered leader while this member was away): each frame
+        // says so, so the publisher takes the oldest one next.
+        if let Some(&oldest) = waiting.keys().next() {
+            for frame in waiting.values_mut() {
+                if let Ok(mut l) = bus::decode::<Linked>(frame) {
+                    if l.after < oldest - 1 {
+                        l.after = oldest - 1;
+                        *frame = bus::encode(&l);
+                    }
+                }
             }
         }
         let stored_next = meta
@@ -143,6 +156,8 @@ impl Outbox {
             outbox: self.id.clone(),
             seq,
             action: action.clone(),
+            // Every number up to the last acknowledged is in a publisher's log.
+            after: self.acked,
         });
         self.pending_bytes += frame.len();
         self.waiting.insert(seq, frame);

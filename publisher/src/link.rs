@@ -4,7 +4,11 @@
 //! publisher remembers per outbox the highest number it logged (`acked`, in the journal, in the
 //! same batch as the actions it covers) and takes only `acked + 1` next: a lower number is a
 //! resend (acknowledged, not logged again), a higher one means one was lost on the way (dropped
-//! unacknowledged; the manager resends in order from `acked + 1`).
+//! unacknowledged; the manager resends in order from `acked + 1`). A frame may say that every
+//! number up to its `after` is already in some publisher's log (the outbox deletes an entry only
+//! once acknowledged): the publisher then takes `after + 1` next, which is how a clustered
+//! leader hands a dead member's outbox to its own publisher, and how a manager that comes back
+//! linked to another publisher (or to a wiped one) is not stuck waiting for numbers it deleted.
 //!
 //! A group is what the link holds at one look (at most [`MAX_GROUP`] frames): numbered, sealed,
 //! staged in one batch, applied, published, flushed once, and only then acknowledged. A kill -9
@@ -152,6 +156,7 @@ impl Publisher {
             outbox,
             seq,
             mut action,
+            after,
         }) = self
             .bad
             .keep(bus::decode_with_limit::<Linked>(frame, self.max_frame))
@@ -175,6 +180,9 @@ impl Publisher {
             Some(&n) => n,
             None => self.outboxes.acked(&outbox),
         };
+        // The sender vouches that everything up to `after` is logged by some publisher (this
+        // one or another of the cluster): the next number is the one after it.
+        let acked = acked.max(after);
         self.outboxes.touch(&outbox, group.next);
         if seq <= acked {
             self.resent += 1;

@@ -48,6 +48,7 @@ fn linked(outbox: &str, seq: u64, action: Action) -> Vec<u8> {
         outbox: outbox.into(),
         seq,
         action,
+        after: 0,
     })
 }
 

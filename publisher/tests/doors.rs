@@ -144,6 +144,7 @@ fn hosts_get_their_own_topics_only_and_a_revoked_one_is_cut_off() {
             outbox: "m1".into(),
             seq: next,
             action,
+            after: 0,
         })
     };
     let mut ready = [false; 3];

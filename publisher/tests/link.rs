@@ -27,6 +27,10 @@ fn config(state: &std::path::Path) -> publisher::Config {
 }
 
 fn linked(outbox: &str, seq: u64, name: &str, target: &str) -> Vec<u8> {
+    linked_after(outbox, seq, 0, name, target)
+}
+
+fn linked_after(outbox: &str, seq: u64, after: u64, name: &str, target: &str) -> Vec<u8> {
     bus::encode(&Linked {
         outbox: outbox.into(),
         seq,
@@ -41,6 +45,7 @@ fn linked(outbox: &str, seq: u64, name: &str, target: &str) -> Vec<u8> {
             life: bus::Life::Keep,
             prev: 0,
         },
+        after,
     })
 }
 
@@ -175,11 +180,26 @@ fn resends_are_acked_not_republished_and_a_frame_after_a_gap_is_not_logged() {
         names(&messages(&fanout, Duration::from_millis(500))),
         ["a5"]
     );
+    // An outbox this publisher never heard from, whose sender vouches that 1 to 39 are logged
+    // elsewhere (a clustered leader sending a dead member's outbox): 40 is taken, then 41; an
+    // unknown outbox that starts at 7 without saying so is after a gap.
+    for frame in [
+        linked_after("m2", 40, 39, "b40", "all"),
+        linked_after("m2", 41, 39, "b41", "all"),
+        linked_after("m2", 40, 39, "b40-resent", "all"),
+        linked("m3", 7, "c7-after-a-gap", "all"),
+    ] {
+        link.send(frame, 0).unwrap();
+    }
+    assert_eq!(
+        names(&messages(&fanout, Duration::from_millis(500))),
+        ["b40", "b41"]
+    );
     let (h, items) = replayed(&ep.replay, &["all/"]);
     let logged: Vec<&str> = items.iter().map(|(_, n)| n.as_str()).collect();
-    assert_eq!(logged, ["a1", "a2", "a3", "a4", "a5"]);
+    assert_eq!(logged, ["a1", "a2", "a3", "a4", "a5", "b40", "b41"]);
     assert!(items.windows(2).all(|w| w[0].0 + 1 == w[1].0), "{items:?}");
-    assert_eq!(h["last_seq"], json!(items[4].0));
+    assert_eq!(h["last_seq"], json!(items[6].0));
 
     stop.store(true, Ordering::Relaxed);
     run.join().unwrap().unwrap();
