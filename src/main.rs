@@ -56,6 +56,14 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     cli::init_logging(&args.log);
+    // The long-running daemons give freed memory back every 30 s (the actor does it itself,
+    // after each burst): their RSS then follows what they hold, not the highest it ever was.
+    if matches!(
+        matches.subcommand_name(),
+        Some("manager" | "publisher" | "beacon")
+    ) {
+        bus::trim::periodically(std::time::Duration::from_secs(30));
+    }
     match cli::dispatch(args) {
         Ok(code) => code,
         Err(e) => {

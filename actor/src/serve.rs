@@ -161,7 +161,7 @@ impl Actor {
                     telemetry::set_gauge(&self.metrics.graphs, self.graphs.len() + self.once.len());
                     telemetry::set_gauge(&self.metrics.inbound, self.inbound.len());
                     if self.trim.due(Instant::now()) {
-                        crate::trim::release();
+                        bus::trim::release();
                     }
                 }
                 Wake::Stop => break,

@@ -4,10 +4,10 @@
 //! checks in flight, the results held until the manager acknowledges them. glibc keeps what is
 //! freed inside its arenas (one per thread that allocated, the blocking pool's included), so
 //! without this the actor's resident memory would stay at the burst's peak for good, and a
-//! steady stream would ratchet it up. `malloc_trim` hands the free pages back to the kernel.
-//! It walks every arena under its lock, so it runs on the serve loop's tick only: once the
-//! actions have been quiet for [`QUIET`] after a busy spell, and at most every [`EVERY`] while
-//! they keep coming.
+//! steady stream would ratchet it up. [`bus::trim::release`] hands the free pages back to the
+//! kernel. It walks every arena under its lock, so it runs on the serve loop's tick only: once
+//! the actions have been quiet for [`QUIET`] after a busy spell, and at most every [`EVERY`]
+//! while they keep coming.
 
 use std::time::{Duration, Instant};
 
@@ -49,15 +49,6 @@ impl Trim {
             self.last_trim = now;
         }
         due
-    }
-}
-
-/// Hand the allocator's free pages back to the kernel.
-pub(crate) fn release() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own arenas under their locks.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

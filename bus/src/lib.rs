@@ -53,6 +53,7 @@ pub mod sink;
 pub mod sockets;
 pub mod spool;
 pub mod target;
+pub mod trim;
 pub mod wire;
 pub mod zap;
 
