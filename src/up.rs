@@ -5,6 +5,9 @@
 //! actor's subscription has reached the publisher, and on SIGINT/SIGTERM stops every child and
 //! exits 0. Children get SIGTERM if the supervisor itself dies, so none is left behind.
 
+#[path = "up_cluster.rs"]
+mod clustered;
+
 use crate::cli::{hostname, stop_flag, LogArgs, StackArgs};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -38,13 +41,18 @@ pub struct UpArgs {
     /// + 9: on loopback only, whatever --addr says.
     #[arg(long)]
     pub no_http: bool,
+    /// Start a local etcd and N manager+publisher pairs sharing it (the clustered mode, on
+    /// port bases --port-base, +10, +20...), instead of one manager, publisher, actor and
+    /// beacons. Needs Debian's etcd-server.
+    #[arg(long, value_name = "N")]
+    pub cluster: Option<usize>,
 }
 
 /// The rules shipped with reflex (every `rules/*.rhai`, embedded by build.rs), so `reflex up`
 /// works from any folder.
 pub const SHIPPED_RULES: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/shipped_rules.rs"));
 
-fn rules_dir(a: &UpArgs) -> anyhow::Result<PathBuf> {
+pub(crate) fn rules_dir(a: &UpArgs) -> anyhow::Result<PathBuf> {
     if let Some(dir) = &a.rules {
         if !dir.is_dir() {
             return Err(crate::cli::Exit::usage(format!(
@@ -73,18 +81,21 @@ fn rules_dir(a: &UpArgs) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-struct Part {
-    name: &'static str,
-    args: Vec<String>,
-    child: Option<Child>,
-    restart_at: Option<Instant>,
-    backoff: Duration,
-    started: Instant,
+/// One supervised child.
+pub(crate) struct Part {
+    pub(crate) name: String,
+    /// What to run; None: this binary.
+    pub(crate) program: Option<PathBuf>,
+    pub(crate) args: Vec<String>,
+    pub(crate) child: Option<Child>,
+    pub(crate) restart_at: Option<Instant>,
+    pub(crate) backoff: Duration,
+    pub(crate) started: Instant,
 }
 
 impl Part {
-    fn spawn(&mut self, exe: &Path) {
-        let mut cmd = Command::new(exe);
+    pub(crate) fn spawn(&mut self, exe: &Path) {
+        let mut cmd = Command::new(self.program.as_deref().unwrap_or(exe));
         cmd.args(&self.args);
         // SAFETY: prctl is async-signal-safe and touches only this child's own settings.
         unsafe {
@@ -98,12 +109,12 @@ impl Part {
         }
         match cmd.spawn() {
             Ok(c) => {
-                tracing::info!(part = self.name, pid = c.id(), "started");
+                tracing::info!(part = %self.name, pid = c.id(), "started");
                 self.child = Some(c);
                 self.started = Instant::now();
             }
             Err(e) => {
-                tracing::error!(part = self.name, "cannot start: {e}");
+                tracing::error!(part = %self.name, "cannot start: {e}");
                 self.schedule_restart();
             }
         }
@@ -118,7 +129,23 @@ impl Part {
         self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
     }
 
-    fn stop(&mut self) {
+    /// Restart the child once it died and its back-off is over.
+    pub(crate) fn supervise(&mut self, exe: &Path, stop: &AtomicBool) {
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                self.schedule_restart();
+                tracing::error!(part = %self.name, %status, "died; restarting in {:?}", self.restart_at.map(|t| t.saturating_duration_since(Instant::now())).unwrap_or_default());
+            }
+        } else if self.restart_at.is_some_and(|t| Instant::now() >= t)
+            && !stop.load(Ordering::Relaxed)
+        {
+            self.restart_at = None;
+            self.spawn(exe);
+        }
+    }
+
+    pub(crate) fn stop(&mut self) {
         let Some(mut c) = self.child.take() else {
             return;
         };
@@ -133,7 +160,7 @@ impl Part {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        tracing::warn!(part = self.name, "did not stop within 5s; killing it");
+        tracing::warn!(part = %self.name, "did not stop within 5s; killing it");
         let _ = c.kill();
         let _ = c.wait();
     }
@@ -183,6 +210,9 @@ fn announce_when_ready(
 }
 
 pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
+    if let Some(n) = a.cluster {
+        return clustered::run(a, log, n);
+    }
     a.stack.ensure_state()?;
     let rules = rules_dir(&a)?;
     let exe = std::env::current_exe()?;
@@ -286,8 +316,9 @@ pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         }
         beacon.extend(["--interval".to_string(), secs.to_string()]);
     }
-    let part = |name, args| Part {
-        name,
+    let part = |name: &str, args| Part {
+        name: name.to_string(),
+        program: None,
         args,
         child: None,
         restart_at: None,
@@ -322,18 +353,7 @@ pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         for p in parts.iter_mut() {
-            if let Some(c) = p.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    p.child = None;
-                    p.schedule_restart();
-                    tracing::error!(part = p.name, %status, "died; restarting in {:?}", p.restart_at.map(|t| t.saturating_duration_since(Instant::now())).unwrap_or_default());
-                }
-            } else if p.restart_at.is_some_and(|t| Instant::now() >= t)
-                && !stop.load(Ordering::Relaxed)
-            {
-                p.restart_at = None;
-                p.spawn(&exe);
-            }
+            p.supervise(&exe, &stop);
         }
     }
     tracing::info!("stopping");

@@ -1,0 +1,148 @@
+//! `reflex up --cluster 2` as an operator would run it: a local etcd and two manager+publisher
+//! pairs, events sent through both managers counted in one shared register, then SIGTERM: `up`
+//! exits 0 and none of its children (etcd, managers, publishers) is left running. Counts only.
+//! Skipped (printed) where etcd is missing.
+
+mod common;
+#[path = "support/etcd.rs"]
+mod etcd;
+
+use common::*;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The pids whose parent is `parent`.
+fn children(parent: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: the comm may hold spaces, so read after its ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie has exited: only its parent's wait is missing.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    })
+}
+
+fn send(state: &Path, base: u16, from: usize, n: usize) {
+    let lines: String = (from..from + n)
+        .map(|i| {
+            format!(
+                "{{\"tag\": \"try/n\", \"host\": \"h{}\", \"i\": {i}}}\n",
+                i % 5
+            )
+        })
+        .collect();
+    let mut a = vec![
+        "send".to_string(),
+        "--stdin".into(),
+        "--timeout".into(),
+        "20".into(),
+    ];
+    a.extend(stack_args(state, base));
+    let mut child = Command::new(REFLEX)
+        .args(&a)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("reflex send");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().expect("send");
+    assert!(
+        out.status.success(),
+        "send via {base}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn up_cluster_2_counts_through_both_managers_and_leaves_nothing_running() {
+    if !etcd::installed() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: etcd is not installed (apt-get install etcd-server; .ci/run does it)"
+        );
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let rules = tmp.path().join("rules");
+    write_rule(
+        &rules,
+        "10-count.rhai",
+        "const MATCH = \"try/*\";\nfn react(event) { registers::incr(\"count/all\", 1); }\n",
+    );
+    // Two pairs: port bases base and base + 10, all free.
+    let base = loop {
+        let b = free_port_base();
+        if (10..20).all(|i| std::net::TcpListener::bind(("127.0.0.1", b + i)).is_ok()) {
+            break b;
+        }
+    };
+    let mut up = Proc::start(
+        "up",
+        &[
+            "up",
+            "--cluster",
+            "2",
+            "--state",
+            &state.display().to_string(),
+            "--port-base",
+            &base.to_string(),
+            "--rules",
+            &rules.display().to_string(),
+        ],
+    );
+    let lines = up.wait_line("node2: ingest", Duration::from_secs(60));
+    let text = lines.join("\n");
+    assert!(text.contains("reflex cluster is up: 2 managers"), "{text}");
+    assert!(
+        text.contains(&format!("node1: ingest tcp://127.0.0.1:{base}")),
+        "{text}"
+    );
+    let kids = children(up.pid());
+    assert_eq!(kids.len(), 5, "etcd and two pairs: {kids:?}");
+
+    let nodes = [
+        (state.join("node1"), base),
+        (state.join("node2"), base + 10),
+    ];
+    send(&nodes[0].0, nodes[0].1, 0, 60);
+    send(&nodes[1].0, nodes[1].1, 60, 40);
+    for (dir, b) in &nodes {
+        let mut a = vec!["registers".to_string(), "get".into(), "count/all".into()];
+        a.extend(stack_args(dir, *b));
+        let (code, out, err) = run(&args_ref(&a));
+        assert_eq!(code, 0, "registers get: {err}");
+        assert_eq!(out.trim(), "100", "count via {b}");
+    }
+
+    assert_eq!(up.terminate(Duration::from_secs(30)), Some(0), "up exits 0");
+    let left: Vec<i32> = kids.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "still running after up stopped: {left:?}");
+}
