@@ -9,6 +9,9 @@ pub enum BenchCmd {
     Bus(crate::bench_bus::BusArgs),
     /// The rule engine: 50 rules, 1 matching vs none, against a raw ZeroMQ floor.
     Rules(crate::bench_rules::RulesArgs),
+    /// 1, 2 and 3 clustered managers on a local etcd beside one on sled: events/s, etcd writes
+    /// per event, etcd's write rate, and the model they feed.
+    Cluster(crate::bench_cluster::ClusterBenchArgs),
     /// The beacons' CPU and memory with the default config, and the emitter's rate.
     Beacons(crate::bench_beacons::BeaconsArgs),
     /// The resource-graph engine: 100k noops wide and deep, 10k files, a 10k swap, drift repair.
@@ -30,6 +33,7 @@ pub fn run(cmd: BenchCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCmd::Bus(a) => crate::bench_bus::run(a),
         BenchCmd::Rules(a) => crate::bench_rules::run(a),
+        BenchCmd::Cluster(a) => crate::bench_cluster::run(a),
         BenchCmd::Beacons(a) => crate::bench_beacons::run(a),
         BenchCmd::Engine(a) => crate::bench_engine::run(a),
         BenchCmd::Faults(a) => crate::bench_faults::run(a),

@@ -8,6 +8,7 @@ mod beacon_cmd;
 mod bench;
 mod bench_beacons;
 mod bench_bus;
+mod bench_cluster;
 mod bench_e2e;
 mod bench_engine;
 mod bench_faults;

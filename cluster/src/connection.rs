@@ -151,3 +151,39 @@ where
         }
     }
 }
+
+/// etcd's write rate as a bench sees it: `writers` concurrent clients each committing
+/// transactions of one put (under `<prefix>/probe/<writer>`) back to back, `n` in all:
+/// transactions per second. For `reflex bench cluster`'s model (the bound etcd puts on
+/// clustered managers); it writes, so never against a cluster in use.
+pub fn txn_rate(cluster: &Cluster, writers: usize, n: usize) -> Result<f64, ClusterError> {
+    use etcd_client::{Txn, TxnOp};
+    let writers = writers.max(1);
+    let per = n.div_ceil(writers);
+    let start = std::time::Instant::now();
+    let client = cluster.client();
+    let keys: Vec<String> = (0..writers)
+        .map(|w| cluster.key(&format!("probe/{w}")))
+        .collect();
+    cluster.block_on(async move {
+        let mut tasks = Vec::new();
+        for key in keys {
+            let mut c = client.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..per {
+                    let txn = Txn::new().and_then([TxnOp::put(key.as_str(), i.to_string(), None)]);
+                    c.txn(txn).await?;
+                }
+                Ok::<_, etcd_client::Error>(())
+            }));
+        }
+        for t in tasks {
+            match t.await {
+                Ok(r) => r?,
+                Err(e) => return Err(ClusterError::Runtime(std::io::Error::other(e))),
+            }
+        }
+        Ok(())
+    })?;
+    Ok((per * writers) as f64 / start.elapsed().as_secs_f64())
+}

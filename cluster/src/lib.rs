@@ -60,7 +60,7 @@ mod mirror;
 pub mod partition;
 pub mod registers;
 
-pub use connection::{retry, transient, Cluster, CALL_TIMEOUT, RETRY_FOR};
+pub use connection::{retry, transient, txn_rate, Cluster, CALL_TIMEOUT, RETRY_FOR};
 pub use leader::{current_leader, Leadership};
 pub use membership::{
     announced, check_id, delete_while_gone, Membership, DEFAULT_TTL, MEMBERS, PUBLISHERS,
