@@ -146,3 +146,22 @@ fn up_cluster_2_counts_through_both_managers_and_leaves_nothing_running() {
     let left: Vec<i32> = kids.into_iter().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "still running after up stopped: {left:?}");
 }
+
+#[test]
+fn up_cluster_without_etcd_names_the_package_to_install() {
+    let tmp = tempfile::tempdir().unwrap();
+    // No etcd on this PATH (nor anything else: reflex is started by its full path).
+    let out = Command::new(REFLEX)
+        .args(["up", "--cluster", "2", "--state"])
+        .arg(tmp.path().join("state"))
+        .env("PATH", tmp.path())
+        .output()
+        .expect("reflex up");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a usage error: {err}");
+    assert!(err.contains("etcd-server"), "{err}");
+    assert!(
+        !tmp.path().join("state").join("etcd").exists(),
+        "nothing started"
+    );
+}
