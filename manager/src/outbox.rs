@@ -108,8 +108,8 @@ impl Outbox {
         if let Some(&oldest) = waiting.keys().next() {
             for frame in waiting.values_mut() {
                 if let Ok(mut l) = bus::decode::<Linked>(frame) {
-                    if l.after < oldest - 1 {
-                        l.after = oldest - 1;
+                    if l.after < oldest.saturating_sub(1) {
+                        l.after = oldest.saturating_sub(1);
                         *frame = bus::encode(&l);
                     }
                 }

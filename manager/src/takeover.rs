@@ -143,7 +143,7 @@ impl Takeover {
                     self.outboxes.insert(l.outbox.clone(), member.clone());
                     tracing::info!(%member, outbox = %l.outbox, waiting = entries.len(), from = oldest, "taking over a dead member's outbox");
                 }
-                l.after = l.after.max(oldest - 1);
+                l.after = l.after.max(oldest.saturating_sub(1));
                 if self.link.send(bus::encode(&l), zmq::DONTWAIT).is_err() {
                     break;
                 }
