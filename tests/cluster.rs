@@ -338,32 +338,7 @@ fn the_leader_publishes_a_dead_managers_outbox_once() {
             .map(|i| format!("{{\"tag\": \"job/n\", \"host\": \"x\", \"i\": {i}}}\n"))
             .collect();
         sent += 20;
-        let mut a = vec![
-            "send".to_string(),
-            "--stdin".into(),
-            "--timeout".into(),
-            "20".into(),
-        ];
-        a.extend(stack_args(&states[1], bases[1]));
-        let mut child = Command::new(REFLEX)
-            .args(&a)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("reflex send");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(lines.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().expect("send");
-        assert!(
-            out.status.success(),
-            "send: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        send_stdin(&states[1], bases[1], &lines);
         if outbox_entries(&outboxes, "m2") > 0 {
             break;
         }

@@ -10,30 +10,8 @@ mod etcd;
 use common::*;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
-
-/// The pids whose parent is `parent`.
-fn children(parent: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: the comm may hold spaces, so read after its ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<i32>().ok());
-        if ppid == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
-}
 
 fn alive(pid: i32) -> bool {
     // A zombie has exited: only its parent's wait is missing.
@@ -52,32 +30,7 @@ fn send(state: &Path, base: u16, from: usize, n: usize) {
             )
         })
         .collect();
-    let mut a = vec![
-        "send".to_string(),
-        "--stdin".into(),
-        "--timeout".into(),
-        "20".into(),
-    ];
-    a.extend(stack_args(state, base));
-    let mut child = Command::new(REFLEX)
-        .args(&a)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("reflex send");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().expect("send");
-    assert!(
-        out.status.success(),
-        "send via {base}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    send_stdin(state, base, &lines);
 }
 
 #[test]

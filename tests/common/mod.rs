@@ -355,31 +355,67 @@ pub fn args_ref(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-/// The pid of `parent`'s child whose command line contains `needle`.
-pub fn child_pid(parent: i32, needle: &str) -> Option<i32> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+/// The pids whose parent is `parent`.
+pub fn children(parent: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        // Fields after the parenthesised command: state, ppid, ...
+        // pid (comm) state ppid ...: the comm may hold spaces, so read after its ')'.
         let ppid = stat
             .rsplit_once(')')
             .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
-        if ppid != Some(parent) {
-            continue;
-        }
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline)
-            .split('\0')
-            .any(|a| a == needle)
-        {
-            return Some(pid);
+        if ppid == Some(parent) {
+            out.push(pid);
         }
     }
-    None
+    out
+}
+
+/// The pid of `parent`'s child whose command line contains `needle`.
+pub fn child_pid(parent: i32, needle: &str) -> Option<i32> {
+    children(parent).into_iter().find(|pid| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&cmdline)
+            .split('\0')
+            .any(|a| a == needle)
+    })
+}
+
+/// `reflex send --stdin` through the stack at `state` and `port_base`, one JSON event per line
+/// of `lines`; panics unless every event was acknowledged.
+pub fn send_stdin(state: &Path, port_base: u16, lines: &str) {
+    use std::io::Write;
+    let mut a = vec![
+        "send".to_string(),
+        "--stdin".into(),
+        "--timeout".into(),
+        "20".into(),
+    ];
+    a.extend(stack_args(state, port_base));
+    let mut child = Command::new(REFLEX)
+        .args(&a)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("reflex send");
+    child
+        .stdin
+        .take()
+        .expect("send's stdin")
+        .write_all(lines.as_bytes())
+        .expect("write to send");
+    let out = child.wait_with_output().expect("send");
+    assert!(
+        out.status.success(),
+        "send via {port_base}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Publisher, manager and actors as separate processes, as on a fleet.
