@@ -12,7 +12,7 @@
 //! stood when the last file landed.
 
 use crate::bench_loop::FileLoop;
-use crate::bench_util::{floor, percentile, usage};
+use crate::bench_util::{cpu_split, floor, percentile, usage};
 use crate::cli::Exit;
 use clap::Args;
 use std::process::ExitCode;
@@ -61,7 +61,7 @@ pub fn run(a: E2eArgs) -> anyhow::Result<ExitCode> {
     eprintln!("burst: {} events, each a kept one-file graph...", a.events);
     let before = l.files();
     let (cpu0, _, anon0) = usage(pid)?;
-    let sys0 = sys_seconds(pid)?;
+    let sys0 = cpu_split(pid)?.1;
     let t0 = Instant::now();
     for i in 0..a.events {
         l.send(i);
@@ -69,7 +69,7 @@ pub fn run(a: E2eArgs) -> anyhow::Result<ExitCode> {
     let applied = l.wait_files(before + a.events, Duration::from_secs(600)) - before;
     let took = t0.elapsed().as_secs_f64();
     let (cpu1, _, anon1) = usage(pid)?;
-    let sys1 = sys_seconds(pid)?;
+    let sys1 = cpu_split(pid)?.1;
     eprintln!("settling: the burst's results acknowledged, the actor's memory trimmed...");
     let anon2 = settled_anon(pid)?;
     let floor_per_s = floor(a.events.max(100_000), 200)?;
@@ -133,24 +133,6 @@ pub fn run(a: E2eArgs) -> anyhow::Result<ExitCode> {
         percentile(&lat, 0.99)
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// Kernel CPU seconds of process `pid` so far.
-fn sys_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat"))?;
-    // After the name: stime is field 15, the 13th here.
-    let ticks: u64 = rest
-        .split_whitespace()
-        .nth(12)
-        .and_then(|x| x.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf only reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok(ticks as f64 / hz)
 }
 
 /// The actor's private resident memory once it stops moving: sampled every 500 ms, at least

@@ -286,8 +286,8 @@ pub fn padded_frames(tag: &str, hosts: usize, bytes: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// (utime + stime in seconds, peak RSS, private (anonymous) RSS now, in bytes) of a process.
-pub fn usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
+/// (user, kernel) CPU seconds of a process so far.
+pub fn cpu_split(pid: u32) -> anyhow::Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = stat
         .rsplit_once(')')
@@ -295,10 +295,15 @@ pub fn usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
         .ok_or_else(|| anyhow::anyhow!("unexpected /proc/{pid}/stat"))?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the name: state is field 3; utime and stime are fields 14 and 15.
-    let ticks: u64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
     // SAFETY: sysconf only reads a constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks(11) as f64 / hz, ticks(12) as f64 / hz))
+}
+
+/// (utime + stime in seconds, peak RSS, private (anonymous) RSS now, in bytes) of a process.
+pub fn usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
+    let (user, sys) = cpu_split(pid)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb = |key: &str| -> anyhow::Result<u64> {
         status
@@ -307,11 +312,7 @@ pub fn usage(pid: u32) -> anyhow::Result<(f64, u64, u64)> {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .ok_or_else(|| anyhow::anyhow!("no {key} in /proc/{pid}/status"))
     };
-    Ok((
-        ticks as f64 / hz,
-        kb("VmHWM:")? * 1024,
-        kb("RssAnon:")? * 1024,
-    ))
+    Ok((user + sys, kb("VmHWM:")? * 1024, kb("RssAnon:")? * 1024))
 }
 
 /// (resident memory now in bytes, open file descriptors) of a process.
