@@ -26,9 +26,12 @@ pub struct BeaconArgs {
     /// Host name events carry (default: the config's `host`, else this machine's).
     #[arg(long)]
     pub host: Option<String>,
-    /// Manager ingest endpoint (default: from --addr and --port-base).
-    #[arg(long)]
-    pub to: Option<String>,
+    /// Manager ingest endpoint (default: from --addr and --port-base). Several (repeated,
+    /// comma-separated, or `to = [...]` in the config file) for the managers of one cluster:
+    /// the first is used until it falls silent, then the next, and what was not acknowledged
+    /// (the spool's too) is sent there again. The key is enrolled at the first that answers.
+    #[arg(long, value_delimiter = ',')]
+    pub to: Vec<String>,
     /// Check the config, list its beacons and exit (0 when it is valid, 2 when not).
     #[arg(long)]
     pub check: bool,
@@ -132,30 +135,37 @@ pub fn beacon(a: BeaconArgs) -> anyhow::Result<ExitCode> {
     let security = crate::security::security(&a.stack, crate::security::Node::Host)?;
     let stop = stop_flag()?;
     let host = a.host.clone().or(cfg.host.clone()).unwrap_or_else(hostname);
-    let to = a.to.clone().unwrap_or(a.stack.endpoints().ingest);
+    let managers = crate::send::managers(&a.to, &a.stack)?;
+    let to = managers.join(",");
     let spool = spool_path(&a, &cfg, &host);
     // A beacon started by hand on a new host enrolls its (the host's) key like the actor,
     // before it connects. A spool is made only after that, so one that is there means this
     // key was accepted before: with no manager answering (down), sample at once into it
     // rather than wait for the manager to come back.
-    if let Some(door) = bus::endpoints::enroll_for(&to).filter(|_| security.is_secure()) {
+    let doors: Vec<String> = managers
+        .iter()
+        .filter_map(|m| bus::endpoints::enroll_for(m))
+        .collect();
+    if security.is_secure() && !doors.is_empty() {
         let resumed = spool.as_ref().is_some_and(|p| p.is_dir())
-            && matches!(
-                bus::enroll::ask(&door, &security, &host, Duration::from_secs(1)),
-                Err(bus::enroll::AskError::Timeout(_))
-            );
+            && doors.iter().all(|door| {
+                matches!(
+                    bus::enroll::ask(door, &security, &host, Duration::from_secs(1)),
+                    Err(bus::enroll::AskError::Timeout(_))
+                )
+            });
         if resumed {
             tracing::warn!(
-                "no manager answers at {door}: sampling into the spool of the beacon that ran here before"
+                "no manager answers at {}: sampling into the spool of the beacon that ran here before",
+                doors.join(",")
             );
-        } else if !bus::enroll::wait_until_accepted(&door, &security, &host, &stop) {
+        } else if !bus::enroll::wait_until_accepted_at(&doors, &security, &host, &stop) {
             return Ok(ExitCode::SUCCESS);
         }
     }
-    let emitter = Arc::new(match &spool {
-        Some(path) => beacons::Emitter::spooled(&to, &host, &security, path)?,
-        None => beacons::Emitter::connect(&to, &host, &security)?,
-    });
+    let mut sender = bus::sender::SenderConfig::with_managers(&managers, &security);
+    sender.spool = spool.clone();
+    let emitter = Arc::new(beacons::Emitter::with_config(sender, &host)?);
     let kinds: Vec<&str> = cfg.beacons.iter().map(|s| s.beacon.kind()).collect();
     let spool_shown = spool
         .as_ref()

@@ -21,9 +21,11 @@ pub struct SendArgs {
     /// Host the event is about (default: this machine).
     #[arg(long)]
     pub host: Option<String>,
-    /// Manager ingest endpoint (default: from --addr and --port-base).
-    #[arg(long)]
-    pub to: Option<String>,
+    /// Manager ingest endpoint (default: from --addr and --port-base). Several (repeated, or
+    /// comma-separated) for the managers of one cluster: the first is used until it falls
+    /// silent, then the next, and what was not acknowledged is sent there again.
+    #[arg(long, value_delimiter = ',')]
+    pub to: Vec<String>,
     /// Seconds to wait for the manager to acknowledge every event (after the last is read).
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
@@ -100,11 +102,12 @@ pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
             Some((tag, build_data(a.data.as_deref(), &a.fields)?))
         }
     };
-    let to = a.to.clone().unwrap_or(a.stack.endpoints().ingest);
+    let to = managers(&a.to, &a.stack)?;
     let sec = security(&a.stack, Node::Client)?;
     let host = a.host.clone().unwrap_or_else(hostname);
     let timeout = Duration::from_secs_f64(a.timeout);
-    let em = beacons::Emitter::connect(&to, &host, &sec)?;
+    let em =
+        beacons::Emitter::with_config(bus::sender::SenderConfig::with_managers(&to, &sec), &host)?;
     let Some((tag, data)) = one else {
         return send_lines(&em, &host, a.rate, timeout);
     };
@@ -113,6 +116,28 @@ pub fn send(a: SendArgs) -> anyhow::Result<ExitCode> {
     acknowledged(&em, timeout)?;
     println!("{}", ev.id);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The managers' ingest endpoints `--to` gives (repeated or comma-separated, blanks left
+/// out), else the stack's own; each must end in a port (its acks door and enroll door are
+/// counted from it).
+pub fn managers(to: &[String], stack: &StackArgs) -> anyhow::Result<Vec<String>> {
+    let given: Vec<String> = to
+        .iter()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if given.is_empty() {
+        return Ok(vec![stack.endpoints().ingest]);
+    }
+    for t in &given {
+        if bus::endpoints::acks_for(t).is_none() {
+            return Err(Exit::usage(format!(
+                "--to {t:?}: expected a manager's ingest endpoint, tcp://HOST:PORT"
+            )));
+        }
+    }
+    Ok(given)
 }
 
 fn acknowledged(em: &beacons::Emitter, timeout: Duration) -> anyhow::Result<()> {

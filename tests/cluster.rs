@@ -4,6 +4,8 @@
 //! rule counts each event per host, and the manager that owns the most streams is killed with
 //! SIGKILL mid-burst. Its streams move to the others; every count must be exact: no event lost,
 //! none counted twice. Counts only, never timings. Skipped (printed) where etcd is missing.
+//! The second test kills a manager whose outbox holds actions (the leader publishes them) while
+//! a sender given two managers is talking to it (the sender moves to the other).
 
 mod common;
 #[path = "support/etcd.rs"]
@@ -236,6 +238,23 @@ fn a_manager_killed_mid_burst_loses_nothing_and_counts_nothing_twice() {
     drop(managers);
 }
 
+/// Events of the failover sender (m2 then m1) in the takeover test.
+const FAILOVER_EVENTS: usize = 450;
+
+/// Every stream mark in etcd (from a mirror of `r/x80/`): its key and the next event number
+/// it expects.
+fn stream_marks(marks: &cluster::Mirror) -> BTreeMap<Vec<u8>, u64> {
+    let root = marks.prefix().to_vec();
+    marks.read(|snap| {
+        snap.scan(&root)
+            .filter_map(|(k, v)| {
+                let next = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+                Some((k[root.len()..].to_vec(), next))
+            })
+            .collect()
+    })
+}
+
 /// The outbox entries in etcd (from a mirror of `r/x81/`) of member `id`.
 fn outbox_entries(outboxes: &cluster::Mirror, id: &str) -> usize {
     let root = [outboxes.prefix(), id.as_bytes(), b"/"].concat();
@@ -267,7 +286,9 @@ fn logged_names(state: &Path, base: u16, topic: &str) -> Vec<String> {
 /// Two managers; only m1 has a publisher (announced in etcd). Events sent through m2 make one
 /// action each; those of the streams m2 owns wait in m2's outbox, which nothing acknowledges.
 /// m2 is killed with SIGKILL: the leader (m1) sends m2's outbox to its publisher and deletes it
-/// once acknowledged. Every action is logged by the publisher exactly once.
+/// once acknowledged. Every action is logged by the publisher exactly once. A `reflex send
+/// --stdin` given both managers (m2 first) is mid-stream when m2 dies: it moves to m1, sends
+/// there what m2 left unacknowledged, and every one of its events is counted exactly once.
 #[test]
 fn the_leader_publishes_a_dead_managers_outbox_once() {
     let Some(etcd) = etcd::EtcdCluster::start(1) else {
@@ -280,6 +301,11 @@ fn the_leader_publishes_a_dead_managers_outbox_once() {
         &rules,
         "10-job.rhai",
         "const MATCH = \"job/*\";\nfn react(event) { let i = event.data.i; act(\"host/x\", [#{ kind: \"noop\", name: `n-${i}` }], #{ name: `job-${i}` }); }\n",
+    );
+    write_rule(
+        &rules,
+        "20-count.rhai",
+        "const MATCH = \"tick/*\";\nfn react(event) { registers::incr(`count/${event.host}`, 1); }\n",
     );
     let states = shared_states(tmp.path(), 2);
     let bases: Vec<u16> = (0..2).map(|_| free_port_base()).collect();
@@ -346,8 +372,70 @@ fn the_leader_publishes_a_dead_managers_outbox_once() {
     let waiting = outbox_entries(&outboxes, "m2");
     assert!(waiting > 0, "m2 owned none of 12 streams");
 
+    // Sender failover: one `reflex send --stdin` given both managers, m2 first. Once some of
+    // its events are committed, m2 is killed mid-stream: the sender moves to m1 and sends
+    // what m2 left unacknowledged there; every event is counted once.
+    let marks = cluster::Mirror::start(&view, &view.key("r/x80/")).expect("mirror");
+    let known = stream_marks(&marks);
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    let mut lines = String::new();
+    for i in 0..FAILOVER_EVENTS {
+        let host = format!("f{}", i % 5);
+        *expected.entry(format!("count/{host}")).or_default() += 1;
+        lines.push_str(&format!(
+            "{{\"tag\": \"tick/n\", \"host\": \"{host}\", \"i\": {i}}}\n"
+        ));
+    }
+    let mut a = vec![
+        "send".to_string(),
+        "--stdin".into(),
+        "--rate".into(),
+        "150".into(),
+        "--timeout".into(),
+        "45".into(),
+        "--to".into(),
+        format!("tcp://127.0.0.1:{},tcp://127.0.0.1:{}", bases[1], bases[0]),
+    ];
+    a.extend(stack_args(&states[1], bases[1]));
+    let mut failover = Command::new(REFLEX)
+        .args(&a)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("reflex send");
+    let mut stdin = failover.stdin.take().expect("send's stdin");
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(lines.as_bytes());
+    });
+    let done_at_kill = wait_for(
+        "the sender's first events committed",
+        Duration::from_secs(20),
+        || {
+            stream_marks(&marks)
+                .into_iter()
+                .filter(|(k, _)| !known.contains_key(k))
+                .map(|(_, next)| next)
+                .find(|next| *next > 0)
+        },
+    );
+
     managers[1].as_mut().unwrap().kill9();
     managers[1] = None;
+    assert!(
+        done_at_kill < FAILOVER_EVENTS as u64,
+        "the kill landed after the stream ({done_at_kill} done)"
+    );
+    let out = failover.wait_with_output().expect("sender");
+    assert!(
+        out.status.success(),
+        "the sender given m2 then m1 did not see every event acknowledged: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = counts(&states[0], bases[0]);
+    for (k, v) in &expected {
+        assert_eq!(got.get(k), Some(v), "{k} via m1: {got:?}");
+    }
     wait_for("m2's outbox taken over", Duration::from_secs(20), || {
         (outbox_entries(&outboxes, "m2") == 0).then_some(())
     });

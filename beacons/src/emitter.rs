@@ -30,7 +30,7 @@ pub enum SendError {
         "no manager answered at {endpoint}: {pending} event(s) not acknowledged within {secs:.1}s"
     )]
     NoManager {
-        /// The manager's ingest endpoint.
+        /// The managers' ingest endpoints (comma-separated when several).
         endpoint: String,
         /// Events not acknowledged.
         pending: u64,
@@ -78,9 +78,10 @@ impl Emitter {
         Emitter::with_config(cfg, host)
     }
 
-    /// Connect with a sender configured in full.
+    /// Connect with a sender configured in full (several managers of one cluster, tried in
+    /// turn: [`SenderConfig::with_managers`]).
     pub fn with_config(cfg: SenderConfig, host: &str) -> Result<Emitter, SendError> {
-        let endpoint = cfg.ingest.clone();
+        let endpoint = cfg.ingests();
         Ok(Emitter {
             sender: Sender::start(cfg)?,
             host: host.to_string(),

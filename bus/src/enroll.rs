@@ -428,7 +428,10 @@ impl Follow {
 }
 
 mod ask;
-pub use ask::{ask, wait_until_accepted, AskError, AskReply, AskRequest, ASK_EVERY, MAX_REQUEST};
+pub use ask::{
+    ask, wait_until_accepted, wait_until_accepted_at, AskError, AskReply, AskRequest, ASK_EVERY,
+    MAX_REQUEST,
+};
 
 #[cfg(test)]
 mod tests;

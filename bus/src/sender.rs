@@ -9,6 +9,21 @@
 //! acknowledgement came for [`SenderConfig::resend_after`] while it holds events, sends them
 //! all again from the oldest (the manager skips what it has done already).
 //!
+//! **Several managers** ([`SenderConfig::managers`], a cluster's): the sender talks to one at
+//! a time, the first at start. When the one it talks to has said nothing at all (no ack, not
+//! even the answer to a hello) for [`SenderConfig::resend_after`] or two heartbeats, whichever
+//! is longer, at the moment it would send again, it closes its sockets, connects to the next
+//! manager in the list (round the list), says hello there and sends everything it holds
+//! unacknowledged from the oldest. A manager that answers but is slow keeps the
+//! sender: resending to it is what one manager gets. In a cluster every manager forwards to
+//! the owner and acknowledges from the stream's mark, which all managers share, so what the old
+//! manager had done is skipped and acknowledged by the new one. Acks are only ever taken from
+//! the sockets of the manager talked to now: the old one's are closed (linger 0), so a late
+//! ack from it is never read; and an ack says only "done below `next`", true whichever member
+//! of one cluster says it. The managers of a list must be one cluster (one manager key, marks
+//! in one etcd): two independent managers each keep their own marks, and a stream moved
+//! between them would be taken again from where the hello says.
+//!
 //! What it holds lives in memory, and, with [`SenderConfig::spool`], on disk too
 //! ([`crate::spool`]: synced in groups on the sender's thread, before it is sent): a sender
 //! started again on the same spool resumes the same stream, numbers and held events included,
@@ -39,15 +54,47 @@ pub enum SenderError {
     /// The spool is in use by another sender or cannot be opened.
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// No manager given, or one whose endpoint cannot be used.
+    #[error(
+        "bad manager endpoint {0:?}: expected tcp://HOST:PORT (its acks door is 6 ports above)"
+    )]
+    Endpoint(String),
 }
 
-/// How a [`Sender`] reaches the manager and how much it holds.
-#[derive(Debug, Clone)]
-pub struct SenderConfig {
+impl SenderConfig {
+    /// The managers' ingest endpoints, comma-separated (for messages).
+    pub fn ingests(&self) -> String {
+        let all: Vec<&str> = self.managers.iter().map(|m| m.ingest.as_str()).collect();
+        all.join(",")
+    }
+}
+
+/// One manager a sender may talk to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagerEndpoints {
     /// The manager's ingest endpoint (PUSH connects here).
     pub ingest: String,
     /// The manager's acks door (DEALER connects here).
     pub acks: String,
+}
+
+impl ManagerEndpoints {
+    /// The manager whose ingest is `ingest`, its acks door 6 ports above
+    /// ([`crate::endpoints::acks_for`]); `None` when `ingest` ends in no port.
+    pub fn from_ingest(ingest: &str) -> Option<ManagerEndpoints> {
+        Some(ManagerEndpoints {
+            ingest: ingest.to_string(),
+            acks: crate::endpoints::acks_for(ingest)?,
+        })
+    }
+}
+
+/// How a [`Sender`] reaches the managers and how much it holds.
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    /// The managers, in the order they are tried: the first at start, the next when the one
+    /// talked to falls silent (see the module doc). One for a single control node.
+    pub managers: Vec<ManagerEndpoints>,
     /// CURVE (this host's key pair, the pinned manager key) or the explicit insecure mode.
     pub security: Security,
     /// Most events held unacknowledged; past it, [`Sender::send`] counts overflow.
@@ -72,9 +119,25 @@ impl SenderConfig {
     /// Defaults for a manager whose ingest is `ingest` (acks door 6 ports above): 100,000
     /// events held, resend after 1 s, hello every second.
     pub fn new(ingest: &str, security: &Security) -> SenderConfig {
+        SenderConfig::with_managers(&[ingest], security)
+    }
+
+    /// [`SenderConfig::new`] for the managers of one cluster, by their ingest endpoints, in
+    /// the order they are tried. An endpoint without a port gets an acks door [`Sender::start`]
+    /// refuses, naming it.
+    pub fn with_managers<S: AsRef<str>>(ingests: &[S], security: &Security) -> SenderConfig {
+        let managers = ingests
+            .iter()
+            .map(|i| {
+                let ingest = i.as_ref();
+                ManagerEndpoints::from_ingest(ingest).unwrap_or_else(|| ManagerEndpoints {
+                    ingest: ingest.to_string(),
+                    acks: String::new(),
+                })
+            })
+            .collect();
         SenderConfig {
-            ingest: ingest.to_string(),
-            acks: crate::endpoints::acks_for(ingest).unwrap_or_default(),
+            managers,
             security: security.clone(),
             retain: 100_000,
             resend_after: Duration::from_secs(1),
@@ -141,22 +204,28 @@ impl Sender {
         inbox.set_sndhwm(INBOX).map_err(err)?;
         inbox.set_linger(0).map_err(err)?;
         inbox.connect(&inproc).map_err(err)?;
-        let push = crate::secure::connect(zmq::PUSH, &cfg.ingest, &cfg.security)?;
-        let acks = crate::secure::connect(zmq::DEALER, &cfg.acks, &cfg.security)?;
-        for s in [&push, &acks] {
-            // What is not acknowledged is held (and resent) here, not in libzmq.
-            s.set_linger(0)
-                .map_err(|e| SocketError::new(&cfg.ingest, e))?;
+        if cfg.managers.is_empty() {
+            return Err(SenderError::Endpoint(String::new()));
         }
+        if let Some(bad) = cfg.managers.iter().find(|m| m.acks.is_empty()) {
+            return Err(SenderError::Endpoint(bad.ingest.clone()));
+        }
+        let (push, acks) = connect(&cfg.managers[0], &cfg.security)?;
         let counts = Arc::new(Counts::default());
         // Numbers are the stream's: what a spool held counts as queued, not acknowledged.
         let end = base + held.len() as u64;
         counts.queued.store(end, Ordering::Relaxed);
         counts.acked.store(base, Ordering::Relaxed);
+        let failover = Failover::new(
+            cfg.managers.len(),
+            cfg.resend_after.max(cfg.heartbeat * 2),
+            Instant::now(),
+        );
         let mut run = Run {
             pull,
             push,
             acks,
+            failover,
             stream: stream.clone(),
             held_bytes: held.iter().map(|f| f.len() as u64).sum(),
             held,
@@ -288,11 +357,77 @@ impl Drop for Sender {
     }
 }
 
+/// The PUSH to `m`'s ingest and the DEALER to its acks door, lingering 0: what is not
+/// acknowledged is held (and resent) by the sender, not by libzmq.
+fn connect(
+    m: &ManagerEndpoints,
+    security: &Security,
+) -> Result<(zmq::Socket, zmq::Socket), SocketError> {
+    let push = crate::secure::connect(zmq::PUSH, &m.ingest, security)?;
+    let acks = crate::secure::connect(zmq::DEALER, &m.acks, security)?;
+    for s in [&push, &acks] {
+        s.set_linger(0)
+            .map_err(|e| SocketError::new(&m.ingest, e))?;
+    }
+    Ok((push, acks))
+}
+
+/// Which of a sender's managers it talks to, and when it moves to the next: when, at the
+/// moment it would send again (no progress for `resend_after`), the manager talked to has
+/// said nothing at all for `silent_after`. A live manager answers every hello (each
+/// heartbeat), even while the stream does not move (its owner changing in a cluster), so a
+/// sender stays with a manager that is slow and leaves one that is gone or refuses it.
+#[derive(Debug, Clone)]
+pub(crate) struct Failover {
+    count: usize,
+    current: usize,
+    /// When the manager talked to last said anything, or when the sender turned to it.
+    heard: Instant,
+    silent_after: Duration,
+}
+
+impl Failover {
+    /// Talking to the first of `count` managers from `now`.
+    pub(crate) fn new(count: usize, silent_after: Duration, now: Instant) -> Failover {
+        Failover {
+            count: count.max(1),
+            current: 0,
+            heard: now,
+            silent_after,
+        }
+    }
+
+    /// The manager talked to now (an index into the list).
+    #[cfg(test)]
+    pub(crate) fn current(&self) -> usize {
+        self.current
+    }
+
+    /// The manager talked to said something (any ack of the stream) at `now`.
+    pub(crate) fn heard(&mut self, now: Instant) {
+        self.heard = self.heard.max(now);
+    }
+
+    /// The stream made no progress in time (the sender is about to send again) at `now`: the
+    /// manager to turn to, when the one talked to has been silent too long and there is
+    /// another. From then on, silence is counted from `now`.
+    pub(crate) fn stalled(&mut self, now: Instant) -> Option<usize> {
+        if self.count < 2 || now.saturating_duration_since(self.heard) < self.silent_after {
+            return None;
+        }
+        self.current = (self.current + 1) % self.count;
+        self.heard = now;
+        Some(self.current)
+    }
+}
+
 /// The sender's thread: its sockets and what it holds.
 struct Run {
     pull: zmq::Socket,
+    /// PUSH and DEALER to the manager talked to now ([`Failover::current`]).
     push: zmq::Socket,
     acks: zmq::Socket,
+    failover: Failover,
     stream: String,
     /// Events `base..base + held.len()` of the stream, oldest first.
     held: VecDeque<Vec<u8>>,
@@ -359,6 +494,12 @@ impl Run {
                 self.send_unsent();
             }
             if !self.held.is_empty() && last_progress.elapsed() >= self.cfg.resend_after {
+                if let Some(next) = self.failover.stalled(Instant::now()) {
+                    if self.turn_to(next) {
+                        // Say hello at once: the new manager learns where the stream stands.
+                        last_hello = None;
+                    }
+                }
                 let again = self.cursor.saturating_sub(self.base);
                 if again > 0 {
                     self.counts.resent.fetch_add(again, Ordering::Relaxed);
@@ -372,6 +513,28 @@ impl Run {
         // Closed: what the application queued is kept too, not only what was taken.
         if self.spool.is_some() {
             self.take_inbox();
+        }
+    }
+
+    /// Close the sockets to the manager talked to and connect to manager `next`: what the old
+    /// one still had queued is dropped (linger 0) and its late acks are never read. False
+    /// (the old sockets kept, the next stall tries the one after) when the new ones cannot be
+    /// made.
+    fn turn_to(&mut self, next: usize) -> bool {
+        let Some(to) = self.cfg.managers.get(next) else {
+            return false;
+        };
+        match connect(to, &self.cfg.security) {
+            Ok((push, acks)) => {
+                tracing::warn!(stream = %self.stream, to = %to.ingest, held = self.held.len(), "the manager talked to is silent: moving to the next one and sending what is held there");
+                self.push = push;
+                self.acks = acks;
+                true
+            }
+            Err(e) => {
+                tracing::error!(stream = %self.stream, "cannot connect to the next manager: {e}");
+                false
+            }
         }
     }
 
@@ -432,7 +595,12 @@ impl Run {
             let Ok(ack) = crate::decode::<Ack>(&frame) else {
                 continue;
             };
-            if ack.stream != self.stream || ack.next <= self.base {
+            if ack.stream != self.stream {
+                continue;
+            }
+            // The manager talked to is there (it answers), whether or not the stream moved.
+            self.failover.heard(Instant::now());
+            if ack.next <= self.base {
                 continue;
             }
             // Never past what was sent: an ack beyond it would be someone else's stream.
@@ -670,6 +838,78 @@ mod tests {
         assert!(err.to_string().contains("in use"), "{err}");
         drop(s);
         assert_eq!(aside(sub.path()), 1);
+    }
+
+    #[test]
+    fn failover_moves_on_only_from_a_silent_manager_and_goes_round_the_list() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let silent = Duration::from_millis(2_000);
+        // One manager: never anywhere else, however long it is silent.
+        let mut one = Failover::new(1, silent, t0);
+        assert_eq!(one.stalled(ms(60_000)), None);
+        assert_eq!(one.current(), 0);
+        let mut f = Failover::new(3, silent, t0);
+        // Silent, but not long enough yet: resend to the same one.
+        assert_eq!(f.stalled(ms(1_000)), None);
+        // It answers hellos while the stream does not move (a slow manager, an owner
+        // changing): stay.
+        f.heard(ms(1_500));
+        assert_eq!(f.stalled(ms(3_000)), None);
+        // Silent since 1.5 s: the next one, and silence counts from the turn.
+        assert_eq!(f.stalled(ms(3_500)), Some(1));
+        assert_eq!(f.stalled(ms(4_500)), None);
+        assert_eq!(f.stalled(ms(5_500)), Some(2));
+        // Round the list.
+        assert_eq!(f.stalled(ms(7_500)), Some(0));
+        assert_eq!(f.current(), 0);
+        // An ack read late, stamped before the turn, does not move the clock back.
+        f.heard(ms(7_000));
+        assert_eq!(f.stalled(ms(9_400)), None);
+        assert_eq!(f.stalled(ms(9_500)), Some(1));
+    }
+
+    #[test]
+    fn a_sender_moves_to_the_next_manager_when_the_first_is_gone() {
+        let gone = Sink::local().unwrap();
+        let first = gone.ingest.clone();
+        drop(gone);
+        let mut sink = Sink::local().unwrap();
+        let mut cfg =
+            SenderConfig::with_managers(&[first.as_str(), &sink.ingest], &Security::Insecure);
+        cfg.resend_after = Duration::from_millis(100);
+        cfg.heartbeat = Duration::from_millis(100);
+        let s = Sender::start(cfg).unwrap();
+        for i in 0..300 {
+            assert!(s.send(&Event::new("t/x", "h", json!(i))));
+        }
+        let got = sink.recv_n(300, Duration::from_secs(20));
+        assert_eq!(
+            numbers(&got),
+            (0..300).collect::<Vec<_>>(),
+            "in order, once"
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while s.pending() > 0 && Instant::now() < deadline {
+            sink.recv(Duration::from_millis(20));
+        }
+        assert_eq!((s.acked(), s.pending()), (300, 0));
+        assert!(
+            sink.recv(Duration::from_millis(300)).is_empty(),
+            "none twice"
+        );
+    }
+
+    #[test]
+    fn a_manager_endpoint_without_a_port_is_refused_by_name() {
+        let cfg = SenderConfig::with_managers(
+            &["tcp://127.0.0.1:9", "tcp://nowhere"],
+            &Security::Insecure,
+        );
+        let err = Sender::start(cfg).err().expect("refused");
+        assert!(err.to_string().contains("tcp://nowhere"), "{err}");
+        let none = SenderConfig::with_managers::<&str>(&[], &Security::Insecure);
+        assert!(Sender::start(none).is_err());
     }
 
     #[test]

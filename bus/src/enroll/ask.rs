@@ -114,9 +114,29 @@ pub fn wait_until_accepted(
     name: &str,
     stop: &std::sync::atomic::AtomicBool,
 ) -> bool {
+    wait_until_accepted_at(&[endpoint], sec, name, stop)
+}
+
+/// [`wait_until_accepted`] at the enroll doors of several managers (a cluster's): asked in
+/// turn, moving to the next whenever one does not answer, until one says accepted. The
+/// managers of a cluster each keep their enrollment store: a key must be accepted on every
+/// manager a host may fall over to (or `keys/enrolled/` copied to each).
+pub fn wait_until_accepted_at<S: AsRef<str>>(
+    endpoints: &[S],
+    sec: &Security,
+    name: &str,
+    stop: &std::sync::atomic::AtomicBool,
+) -> bool {
     use std::sync::atomic::Ordering;
     let mut told: Option<String> = None;
+    let mut at = 0;
     while !stop.load(Ordering::Relaxed) {
+        let Some(endpoint) = endpoints
+            .get(at % endpoints.len().max(1))
+            .map(AsRef::as_ref)
+        else {
+            return false;
+        };
         let (said, wait) = match ask(endpoint, sec, name, ASK_TIMEOUT) {
             Ok(AskReply::Known {
                 state: State::Accepted,
@@ -157,11 +177,20 @@ pub fn wait_until_accepted(
                 format!("the manager refused to enroll {name}: {error}"),
                 ASK_EVERY,
             ),
-            // No manager yet: the timeout was the wait.
-            Err(e) => (
-                format!("cannot ask the manager to enroll {name} yet: {e}"),
-                Duration::ZERO,
-            ),
+            // No manager yet: the timeout was the wait; the next door is asked at once.
+            Err(e) => {
+                at += 1;
+                let said = if endpoints.len() > 1 {
+                    let all: Vec<&str> = endpoints.iter().map(AsRef::as_ref).collect();
+                    format!(
+                        "cannot ask a manager to enroll {name} yet: no answer from {}",
+                        all.join(", ")
+                    )
+                } else {
+                    format!("cannot ask the manager to enroll {name} yet: {e}")
+                };
+                (said, Duration::ZERO)
+            }
         };
         if told.as_deref() != Some(said.as_str()) {
             tracing::warn!("{said}");
