@@ -350,16 +350,18 @@ pub struct ActorArgs {
     /// Groups this actor belongs to (its `group/<g>` targets); repeatable.
     #[arg(long = "group")]
     pub groups: Vec<String>,
-    /// Publisher endpoint (default: from --addr and --port-base).
-    #[arg(long)]
-    pub publisher: Option<String>,
+    /// Publisher endpoint; repeat it (or give a list in the config file) to follow every
+    /// publisher of a cluster (default: one, from --addr and --port-base).
+    #[arg(long = "publisher", value_name = "ENDPOINT")]
+    pub publishers: Vec<String>,
     /// Manager ingest endpoint results go to (default: from --addr and --port-base).
     #[arg(long)]
     pub manager: Option<String>,
     /// Publisher replay endpoint, asked for missed actions on each connection (default: the
-    /// port after --publisher's, else from --addr and --port-base).
-    #[arg(long)]
-    pub replay: Option<String>,
+    /// port after each --publisher's, else from --addr and --port-base); with several
+    /// publishers, one per --publisher, in the same order.
+    #[arg(long = "replay", value_name = "ENDPOINT")]
+    pub replays: Vec<String>,
     /// Take live actions only; never ask the publisher's log for missed ones.
     #[arg(long)]
     pub no_replay: bool,
@@ -412,6 +414,46 @@ fn next_port(endpoint: &str) -> Option<String> {
     bus::endpoints::port_plus(endpoint, 1)
 }
 
+/// The publishers an actor follows: each `--publisher` with its `--replay` (given in the same
+/// order, or the port after the publisher's), or the stack's one publisher.
+fn publishers(
+    a: &ActorArgs,
+    ep: &bus::endpoints::Endpoints,
+) -> anyhow::Result<Vec<actor::Publisher>> {
+    let publish = if a.publishers.is_empty() {
+        vec![ep.publish.clone()]
+    } else {
+        a.publishers.clone()
+    };
+    if !a.replays.is_empty() && a.replays.len() != publish.len() {
+        return Err(Exit::usage(format!(
+            "{} --replay for {} publishers: give one per --publisher, in the same order",
+            a.replays.len(),
+            publish.len()
+        )));
+    }
+    publish
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let replay = if a.no_replay {
+                None
+            } else if let Some(r) = a.replays.get(i) {
+                Some(r.clone())
+            } else if a.publishers.is_empty() {
+                Some(ep.replay.clone())
+            } else {
+                Some(next_port(&p).ok_or_else(|| {
+                    Exit::usage(format!(
+                        "cannot derive the replay endpoint from --publisher {p}: give --replay"
+                    ))
+                })?)
+            };
+            Ok(actor::Publisher { publish: p, replay })
+        })
+        .collect()
+}
+
 pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
     // A bad policy file stops the actor at start, naming its line and field.
     let policy = match &a.policy {
@@ -431,21 +473,11 @@ pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
     }
     a.stack.ensure_state()?;
     let security = security(&a.stack, Node::Host)?;
-    let replay = match (a.no_replay, a.replay, &a.publisher) {
-        (true, _, _) => None,
-        (false, Some(r), _) => Some(r),
-        (false, None, Some(p)) => Some(next_port(p).ok_or_else(|| {
-            crate::cli::Exit::usage(format!(
-                "cannot derive the replay endpoint from --publisher {p}: give --replay"
-            ))
-        })?),
-        (false, None, None) => Some(ep.replay.clone()),
-    };
+    let publishers = publishers(&a, &ep)?;
     let sign_key = sign_key(a.sign_key.as_deref(), &a.stack.state, &security)?;
     let cfg = actor::Config {
-        replay,
+        publishers,
         sign_key,
-        publish: a.publisher.unwrap_or(ep.publish),
         ingest: a.manager.unwrap_or(ep.ingest),
         name: a.name.unwrap_or_else(hostname),
         groups: a.groups,
@@ -462,5 +494,72 @@ pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
         // A name or group that can never match is bad usage, not a failure at run time.
         Err(e @ actor::ActorError::Config(_)) => Err(Exit::usage(e.to_string())),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actor_args(args: &[&str]) -> ActorArgs {
+        let argv = ["reflex", "actor"].iter().chain(args);
+        match <crate::cli::Cli as clap::Parser>::try_parse_from(argv).map(|c| c.cmd) {
+            Ok(crate::cli::Cmd::Actor(a)) => a,
+            _ => panic!("not an actor command: {args:?}"),
+        }
+    }
+
+    fn publishers_of(args: &[&str]) -> Result<Vec<(String, Option<String>)>, String> {
+        let a = actor_args(args);
+        publishers(&a, &a.stack.endpoints())
+            .map(|v| v.into_iter().map(|p| (p.publish, p.replay)).collect())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_actor_follows_each_publisher_given_with_its_replay_door() {
+        let one = publishers_of(&["--port-base", "4700"]).unwrap();
+        assert_eq!(
+            one,
+            [(
+                "tcp://127.0.0.1:4701".to_string(),
+                Some("tcp://127.0.0.1:4702".to_string())
+            )]
+        );
+        let two = publishers_of(&["--publisher", "tcp://a:10", "--publisher", "tcp://b:20"]);
+        assert_eq!(
+            two.unwrap(),
+            [
+                ("tcp://a:10".into(), Some("tcp://a:11".into())),
+                ("tcp://b:20".into(), Some("tcp://b:21".into()))
+            ]
+        );
+        let given = [
+            "--publisher",
+            "tcp://a:10",
+            "--replay",
+            "tcp://a:99",
+            "--publisher",
+            "tcp://b:20",
+            "--replay",
+            "tcp://b:98",
+        ];
+        assert_eq!(
+            publishers_of(&given).unwrap()[1].1.as_deref(),
+            Some("tcp://b:98")
+        );
+        let off = publishers_of(&["--publisher", "tcp://a:10", "--no-replay"]).unwrap();
+        assert_eq!(off[0].1, None);
+        let short = [
+            "--publisher",
+            "tcp://a:10",
+            "--publisher",
+            "tcp://b:20",
+            "--replay",
+            "tcp://a:11",
+        ];
+        assert!(publishers_of(&short)
+            .unwrap_err()
+            .contains("one per --publisher"));
     }
 }

@@ -50,32 +50,47 @@ impl Fake {
     /// Start an actor on `state` under `policy` (TOML text, written next to its state dir),
     /// pinning the signing key the fake publisher seals with.
     fn start_actor(&mut self, state: &Path, graphviz: &Path, policy: &str) -> Proc {
+        self.start_actor_with(state, graphviz, policy, &[])
+    }
+
+    /// [`Fake::start_actor`] with more arguments.
+    fn start_actor_with(
+        &mut self,
+        state: &Path,
+        graphviz: &Path,
+        policy: &str,
+        more: &[&str],
+    ) -> Proc {
         self.sign = sign::pin(state);
         let p = |x: &Path| x.display().to_string();
         let policy_file = state.with_file_name("policy.toml");
         std::fs::write(&policy_file, policy).expect("policy file");
-        let actor = Proc::start(
-            "actor",
-            &[
-                "actor",
-                "--name",
-                "t",
-                "--state",
-                &p(state),
-                "--publisher",
-                &format!("tcp://127.0.0.1:{}", self.base + 1),
-                "--manager",
-                &format!("tcp://127.0.0.1:{}", self.base),
-                "--converged-timeout",
-                "0.3",
-                "--graphviz",
-                &p(graphviz),
-                // This test plays a plain publisher and manager itself.
-                "--insecure",
-                "--policy",
-                &p(&policy_file),
-            ],
+        let (publisher, manager) = (
+            format!("tcp://127.0.0.1:{}", self.base + 1),
+            format!("tcp://127.0.0.1:{}", self.base),
         );
+        let (state, graphviz, policy_file) = (p(state), p(graphviz), p(&policy_file));
+        let mut args = vec![
+            "actor",
+            "--name",
+            "t",
+            "--state",
+            &state,
+            "--publisher",
+            &publisher,
+            "--manager",
+            &manager,
+            "--converged-timeout",
+            "0.3",
+            "--graphviz",
+            &graphviz,
+            // This test plays a plain publisher and manager itself.
+            "--insecure",
+            "--policy",
+            &policy_file,
+        ];
+        args.extend(more);
+        let actor = Proc::start("actor", &args);
         self.wait("actor/up", |e| e.tag == "actor/up");
         actor
     }
@@ -452,4 +467,83 @@ fn the_policy_file_is_checked_at_start_and_printed_on_request() {
     let (code, _, err) = run(&["actor", "--policy", &p(&bad), "--state", &state]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("bad.toml:3: field `file.paths`"), "{err}");
+}
+
+#[test]
+fn an_actor_follows_two_publishers_and_applies_an_action_both_deliver_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut fake = Fake::new();
+    // A second publisher, numbering in a sequence of its own (the cluster's case).
+    let second_at = format!("tcp://127.0.0.1:{}", fake.base + 3);
+    let second = bus::sockets::bind(zmq::PUB, &second_at).expect("second pub");
+    let _actor = fake.start_actor_with(
+        &tmp.path().join("state"),
+        &tmp.path().join("dots"),
+        &policy(tmp.path(), &[]),
+        &["--publisher", &second_at, "--no-replay"],
+    );
+    fake.wait("actor/up from the second publisher", |e| {
+        e.tag == "actor/up" && e.data["publisher"] == second_at.as_str()
+    });
+    let target = |name: &str| tmp.path().join(name);
+    // The first publisher is far ahead: x is its 10th, z its 11th.
+    fake.seq = 9;
+    let x = fake.action("x", json!([file(&target("x"), "x")]));
+    let z = fake.action("z", json!([file(&target("z"), "z")]));
+    let on_second = |a: &Action| {
+        second
+            .send_multipart([b"host/t/".as_slice(), &sign::sealed(&fake.sign, a)], 0)
+            .expect("publish on the second");
+    };
+    fake.send(&sign::sealed(&fake.sign, &x));
+    assert_eq!(fake.result(&x.id)["status"], "ok");
+    // The second sends x on under its own number (a dead manager's outbox), then y.
+    let x_again = Action {
+        seq: 5,
+        ..x.clone()
+    };
+    on_second(&x_again);
+    let y = Action {
+        id: bus::new_id(),
+        name: "y".into(),
+        seq: 6,
+        prev: 5,
+        graph: json!([file(&target("y"), "y")]),
+        ..x.clone()
+    };
+    on_second(&y);
+    // Every event is looked at for a second report of x, whatever is waited for.
+    let x_results = std::cell::Cell::new(0);
+    let result_of = |id: &str| {
+        fake.wait(&format!("actor/result for {id}"), |e| {
+            if e.tag == "actor/result" && e.data["action"] == x.id.as_str() {
+                x_results.set(x_results.get() + 1);
+            }
+            e.tag == "actor/result" && e.data["action"] == id
+        })
+        .data
+    };
+    assert_eq!(
+        result_of(&y.id)["status"],
+        "ok",
+        "a lower number from another publisher is not a replay"
+    );
+    fake.send(&sign::sealed(&fake.sign, &z));
+    assert_eq!(result_of(&z.id)["status"], "ok");
+    // Everything settled: x was reported once in all (a second apply would report again
+    // before the actor converged with its three graphs).
+    fake.wait("actor/converged with three graphs", |e| {
+        if e.tag == "actor/result" && e.data["action"] == x.id.as_str() {
+            x_results.set(x_results.get() + 1);
+        }
+        e.tag == "actor/converged" && e.data["graphs"] == 3
+    });
+    assert_eq!(
+        x_results.get(),
+        0,
+        "x applied again when the second publisher sent it"
+    );
+    for name in ["x", "y", "z"] {
+        assert_eq!(read(&target(name)).as_deref(), Some(name));
+    }
 }

@@ -14,11 +14,17 @@
 //! endpoint first, without reconnecting. The seq kept on disk never passes a gap not yet filled,
 //! so a crash then still fetches what was missed.
 //!
+//! **Several publishers.** An intake follows one publisher (its sequences are its own); the
+//! ids taken in are one [`Seen`] shared by every intake, so an action that a second publisher
+//! delivers under a number of its own (the leader sending on a dead manager's outbox) is a
+//! duplicate there too.
+//!
 //! Expiry is decided here too: a replayed action that expired while the actor was away is
 //! history and dropped quietly; a live one that expired before it arrived is reported.
 
 use bus::Action;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 
 /// Where an action came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,10 +53,46 @@ pub(crate) enum Admit {
     },
 }
 
-/// How many of the ids taken in are remembered to tell a duplicate from a replay.
-const RECENT_IDS: usize = 4096;
+/// How many of the ids taken in are remembered to tell a duplicate from a replay: far more
+/// than a publisher resends after a crash (what was in flight) or a catch-up holds.
+const SEEN_IDS: usize = 65_536;
 
-/// The actor's intake: the sequence high-water marks and the actions held during catch-ups.
+/// The ids of the latest actions taken in from any publisher, oldest first. Kept as 64-bit
+/// hashes under a key of this process's own (ids come signed by the control node, and a
+/// chance collision among 65,536 is about 2^-48): 17 bytes an id rather than a string's 60.
+#[derive(Default)]
+pub(crate) struct Seen {
+    order: VecDeque<u64>,
+    set: HashSet<u64>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Seen {
+    fn key(&self, id: &str) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    /// Whether `id` was taken in lately.
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.set.contains(&self.key(id))
+    }
+
+    /// Count `id` as taken in (a graph kept by a previous run, or one just admitted).
+    pub(crate) fn remember(&mut self, id: &str) {
+        let k = self.key(id);
+        if self.set.insert(k) {
+            self.order.push_back(k);
+            if self.order.len() > SEEN_IDS {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// One publisher's intake: the sequence high-water marks and the actions held during
+/// catch-ups.
 #[derive(Default)]
 pub(crate) struct Intake {
     /// Every action up to this seq, on every topic, was taken in or is known to be over (kept
@@ -67,9 +109,6 @@ pub(crate) struct Intake {
     /// Live actions received during a catch-up, in order of arrival. Bounded in practice by
     /// what the publisher sends in one replay's answer time.
     held: VecDeque<Action>,
-    /// The ids of the latest actions taken in, oldest first, and as a set.
-    recent: VecDeque<String>,
-    recent_set: std::collections::HashSet<String>,
 }
 
 impl Intake {
@@ -77,12 +116,6 @@ impl Intake {
     pub(crate) fn saw(&mut self, seq: u64) {
         self.floor = self.floor.max(seq);
         self.last_seq = self.last_seq.max(seq);
-    }
-
-    /// A graph kept by a previous run: the same action replayed is a duplicate. Its seq says
-    /// nothing of the others (one missed before it is still to be fetched).
-    pub(crate) fn restored(&mut self, action: &Action) {
-        self.remember(&action.id);
     }
 
     /// The seq it is safe to keep as "taken in up to": never past a gap not yet filled.
@@ -93,17 +126,6 @@ impl Intake {
 
     fn topic_last(&self, topic: &str) -> u64 {
         self.topics.get(topic).copied().unwrap_or(0).max(self.floor)
-    }
-
-    fn remember(&mut self, id: &str) {
-        if self.recent_set.insert(id.to_string()) {
-            self.recent.push_back(id.to_string());
-            if self.recent.len() > RECENT_IDS {
-                if let Some(old) = self.recent.pop_front() {
-                    self.recent_set.remove(&old);
-                }
-            }
-        }
     }
 
     /// Whether a catch-up is in flight (live actions are held).
@@ -168,22 +190,33 @@ impl Intake {
         None
     }
 
-    /// Decide on an action; `now_ms` is the wall clock its expiry is checked against.
-    pub(crate) fn admit(&mut self, action: Action, source: Source, now_ms: u64) -> Admit {
+    /// Decide on an action; `seen`: the ids taken in from every publisher; `now_ms` is the
+    /// wall clock its expiry is checked against.
+    pub(crate) fn admit(
+        &mut self,
+        seen: &mut Seen,
+        action: Action,
+        source: Source,
+        now_ms: u64,
+    ) -> Admit {
         let expired = action.expires.is_some_and(|t| t < now_ms);
         if expired && source == Source::Replayed {
             return Admit::Skip;
         }
         let topic = action.target.topic();
         let last = self.topic_last(&topic);
-        if action.seq > last && self.recent_set.contains(&action.id) {
-            // Taken in before under a lower seq: the publisher died between publishing it and
-            // keeping it, and numbered it again when the manager resent it.
+        if action.seq > last && seen.contains(&action.id) {
+            // Taken in before under another number: this publisher died between publishing it
+            // and keeping it and numbered it again when the manager resent it, or another
+            // publisher delivered it first. Its number is taken in all the same, so the next
+            // action here (its `prev`) shows no gap.
             tracing::debug!(seq = action.seq, id = %action.id, "action taken in before, renumbered: ignored");
+            self.topics.insert(topic, action.seq);
+            self.last_seq = self.last_seq.max(action.seq);
             return Admit::Skip;
         }
         if action.seq != 0 && action.seq <= last {
-            if self.recent_set.contains(&action.id) || source == Source::Replayed {
+            if seen.contains(&action.id) || source == Source::Replayed {
                 tracing::debug!(seq = action.seq, "duplicate action ignored");
                 return Admit::Skip;
             }
@@ -196,7 +229,7 @@ impl Intake {
             self.topics.insert(topic, action.seq);
         }
         self.last_seq = self.last_seq.max(action.seq);
-        self.remember(&action.id);
+        seen.remember(&action.id);
         if expired {
             Admit::Expired(action)
         } else {
@@ -225,10 +258,15 @@ mod tests {
     }
 
     /// Runs the intake as the serve loop does, returning the sequence numbers applied.
-    fn applied(intake: &mut Intake, actions: Vec<Action>, source: Source) -> Vec<u64> {
+    fn applied(
+        intake: &mut Intake,
+        seen: &mut Seen,
+        actions: Vec<Action>,
+        source: Source,
+    ) -> Vec<u64> {
         actions
             .into_iter()
-            .filter_map(|a| match intake.admit(a, source, 1_000) {
+            .filter_map(|a| match intake.admit(seen, a, source, 1_000) {
                 Admit::Apply(a) => Some(a.seq),
                 _ => None,
             })
@@ -238,6 +276,7 @@ mod tests {
     #[test]
     fn an_action_replayed_and_received_live_is_applied_once_in_order() {
         let mut intake = Intake::default();
+        let mut seen = Seen::default();
         intake.saw(2);
         let since = intake.begin_catch_up();
         assert_eq!(since, 2);
@@ -245,13 +284,16 @@ mod tests {
         assert_eq!(intake.hold(action(4, None)), None);
         assert_eq!(intake.hold(action(5, None)), None);
         let replayed = vec![action(2, None), action(3, None), action(4, None)];
-        assert_eq!(applied(&mut intake, replayed, Source::Replayed), [3, 4]);
+        assert_eq!(
+            applied(&mut intake, &mut seen, replayed, Source::Replayed),
+            [3, 4]
+        );
         let live = intake.end_catch_up(None);
-        assert_eq!(applied(&mut intake, live, Source::Live), [5]);
+        assert_eq!(applied(&mut intake, &mut seen, live, Source::Live), [5]);
         // Caught up: live actions go straight through again; seq 0 is never a duplicate.
         assert_eq!(intake.hold(action(0, None)), Some(action(0, None)));
         assert_eq!(
-            applied(&mut intake, vec![action(0, None)], Source::Live),
+            applied(&mut intake, &mut seen, vec![action(0, None)], Source::Live),
             [0]
         );
     }
@@ -270,19 +312,20 @@ mod tests {
     #[test]
     fn an_old_sequence_that_is_not_a_duplicate_is_a_replay() {
         let mut intake = Intake::default();
+        let mut seen = Seen::default();
         intake.saw(9);
         let mut old = action(4, None);
         old.id = "never-seen".into();
         assert_eq!(
-            intake.admit(old, Source::Live, 1_000),
+            intake.admit(&mut seen, old, Source::Live, 1_000),
             Admit::Replayed { seq: 4, last: 9 }
         );
         assert_eq!(
-            intake.admit(action(10, None), Source::Live, 1_000),
+            intake.admit(&mut seen, action(10, None), Source::Live, 1_000),
             Admit::Apply(action(10, None))
         );
         assert_eq!(
-            intake.admit(action(10, None), Source::Replayed, 1_000),
+            intake.admit(&mut seen, action(10, None), Source::Replayed, 1_000),
             Admit::Skip
         );
     }
@@ -290,21 +333,22 @@ mod tests {
     #[test]
     fn expired_replayed_is_history_expired_live_is_reported() {
         let mut intake = Intake::default();
+        let mut seen = Seen::default();
         assert_eq!(
-            intake.admit(action(3, Some(999)), Source::Replayed, 1_000),
+            intake.admit(&mut seen, action(3, Some(999)), Source::Replayed, 1_000),
             Admit::Skip
         );
         // The replayed one did not count as taken in; the live one does, and is reported.
         assert_eq!(
-            intake.admit(action(3, Some(999)), Source::Live, 1_000),
+            intake.admit(&mut seen, action(3, Some(999)), Source::Live, 1_000),
             Admit::Expired(action(3, Some(999)))
         );
         assert_eq!(
-            intake.admit(action(3, None), Source::Live, 1_000),
+            intake.admit(&mut seen, action(3, None), Source::Live, 1_000),
             Admit::Skip
         );
         assert_eq!(
-            intake.admit(action(4, Some(1_000)), Source::Live, 1_000),
+            intake.admit(&mut seen, action(4, Some(1_000)), Source::Live, 1_000),
             Admit::Apply(action(4, Some(1_000)))
         );
     }
@@ -319,6 +363,7 @@ mod tests {
     #[test]
     fn a_prev_never_taken_in_is_a_gap_filled_before_the_action_that_showed_it() {
         let mut intake = Intake::default();
+        let mut seen = Seen::default();
         intake.saw(10);
         assert_eq!(
             intake.gap(&on("host/web1", 11, 0)),
@@ -326,11 +371,16 @@ mod tests {
             "prev 0: not known"
         );
         assert_eq!(
-            applied(&mut intake, vec![on("host/web1", 11, 0)], Source::Live),
+            applied(
+                &mut intake,
+                &mut seen,
+                vec![on("host/web1", 11, 0)],
+                Source::Live
+            ),
             [11]
         );
         assert_eq!(
-            applied(&mut intake, vec![on("all", 12, 9)], Source::Live),
+            applied(&mut intake, &mut seen, vec![on("all", 12, 9)], Source::Live),
             [12]
         );
         // 13 on host/web1 was dropped by the PUB socket; 14 names it.
@@ -350,15 +400,18 @@ mod tests {
             on("host/web1", 13, 11),
             on("host/web1", 14, 13),
         ];
-        assert_eq!(applied(&mut intake, replayed, Source::Replayed), [13, 14]);
+        assert_eq!(
+            applied(&mut intake, &mut seen, replayed, Source::Replayed),
+            [13, 14]
+        );
         let live = intake.end_catch_up(Some(14));
-        assert_eq!(applied(&mut intake, live, Source::Live), [15]);
+        assert_eq!(applied(&mut intake, &mut seen, live, Source::Live), [15]);
         assert_eq!(intake.safe_seq(), 15);
         // An old seq on a topic, live and not taken in before: still a replay, refused.
         let mut old = on("host/web1", 13, 11);
         old.id = "never-seen".into();
         assert_eq!(
-            intake.admit(old, Source::Live, 1_000),
+            intake.admit(&mut seen, old, Source::Live, 1_000),
             Admit::Replayed { seq: 13, last: 14 }
         );
     }
@@ -366,13 +419,19 @@ mod tests {
     #[test]
     fn topics_keep_their_own_order() {
         let mut intake = Intake::default();
+        let mut seen = Seen::default();
         assert_eq!(
-            applied(&mut intake, vec![on("all", 5, 0)], Source::Live),
+            applied(&mut intake, &mut seen, vec![on("all", 5, 0)], Source::Live),
             [5]
         );
         // A lower seq on another topic is not a replay: that topic had not reached it.
         assert_eq!(
-            applied(&mut intake, vec![on("group/web", 4, 0)], Source::Replayed),
+            applied(
+                &mut intake,
+                &mut seen,
+                vec![on("group/web", 4, 0)],
+                Source::Replayed
+            ),
             [4]
         );
         assert_eq!(intake.gap(&on("group/web", 7, 6)), Some(4));
@@ -386,16 +445,75 @@ mod tests {
     #[test]
     fn an_action_renumbered_after_a_publisher_crash_is_taken_in_once() {
         let mut intake = Intake::default();
+        let mut seen = Seen::default();
         assert_eq!(
-            applied(&mut intake, vec![on("all", 100, 0)], Source::Live),
+            applied(
+                &mut intake,
+                &mut seen,
+                vec![on("all", 100, 0)],
+                Source::Live
+            ),
             [100]
         );
         let mut again = on("all", 4_197, 0);
         again.id = "a100".into();
-        assert_eq!(intake.admit(again, Source::Live, 1_000), Admit::Skip);
         assert_eq!(
-            applied(&mut intake, vec![on("all", 4_198, 0)], Source::Live),
+            intake.admit(&mut seen, again, Source::Live, 1_000),
+            Admit::Skip
+        );
+        assert_eq!(
+            applied(
+                &mut intake,
+                &mut seen,
+                vec![on("all", 4_198, 0)],
+                Source::Live
+            ),
             [4_198]
         );
+    }
+
+    #[test]
+    fn an_action_two_publishers_deliver_is_applied_once_and_their_numbers_stay_apart() {
+        let seen = &mut Seen::default();
+        let (mut a, mut b) = (Intake::default(), Intake::default());
+        a.saw(40);
+        // Publisher b is far behind a: its numbers are its own, not replays of a's.
+        assert_eq!(
+            applied(&mut b, seen, vec![on("all", 3, 0)], Source::Live),
+            [3]
+        );
+        assert_eq!(
+            applied(&mut a, seen, vec![on("all", 41, 40)], Source::Live),
+            [41]
+        );
+        // The leader's publisher (b) sends on an action a delivered, under its own number.
+        let mut again = on("all", 4, 3);
+        again.id = "a41".into();
+        assert_eq!(b.admit(seen, again, Source::Live, 1_000), Admit::Skip);
+        // Its number counts as taken in: the next one on b shows no gap.
+        assert_eq!(b.gap(&on("all", 5, 4)), None);
+        assert_eq!(b.safe_seq(), 4);
+        assert_eq!(
+            applied(&mut b, seen, vec![on("all", 5, 4)], Source::Live),
+            [5]
+        );
+        // Replayed from b's log later, the same id is still a duplicate.
+        let mut replayed = on("all", 4, 3);
+        replayed.id = "a41".into();
+        assert_eq!(
+            b.admit(seen, replayed, Source::Replayed, 1_000),
+            Admit::Skip
+        );
+    }
+
+    #[test]
+    fn the_seen_ids_are_bounded_oldest_first() {
+        let mut seen = Seen::default();
+        for i in 0..SEEN_IDS + 10 {
+            seen.remember(&format!("id{i}"));
+        }
+        assert!(!seen.contains("id0") && !seen.contains("id9"));
+        assert!(seen.contains("id10") && seen.contains(&format!("id{}", SEEN_IDS + 9)));
+        assert_eq!(seen.order.len(), SEEN_IDS);
     }
 }

@@ -1,6 +1,7 @@
 //! The reflex actor: the hands on a host.
 //!
-//! It subscribes to the publisher for `all/`, its host and its groups, runs every action it
+//! It subscribes to its publishers (one, or every publisher of a cluster) for `all/`, its host
+//! and its groups, runs every action it
 //! receives through the resource-graph engine ([`engine`]) and reports back to the manager as
 //! events: `actor/result` once an action's graph first converged (or failed), `actor/repaired`
 //! each time the engine repairs drift afterwards, `actor/error` when a later check fails, and
@@ -14,7 +15,13 @@
 //! their watches and state — or an empty graph removes it. Graphs in force are kept under the
 //! state dir and converge again after a restart, before any new action is taken.
 //!
-//! Threads: one owns the SUB socket (ZeroMQ sockets are not thread-safe), the result sender
+//! **Several publishers.** Each publisher numbers what it publishes in its own sequence, so
+//! the actor keeps one intake per publisher (the last seq taken in per topic, gaps, ticks and
+//! catch-ups from that publisher's replay door, its own last seq on disk), and one set of the
+//! action ids taken in across all of them: an action that two publishers deliver (a dead
+//! manager's outbox sent on by the leader's publisher) is applied once.
+//!
+//! Threads: one owns the SUB sockets (ZeroMQ sockets are not thread-safe), the result sender
 //! ([`bus::sender`]) owns the PUSH socket back to the manager and takes events from any task
 //! without blocking, and a tokio runtime runs the serve loop, the graphs and the replay
 //! requests.
@@ -30,7 +37,10 @@
 //! use std::time::Duration;
 //!
 //! let cfg = actor::Config {
-//!     publish: "tcp://127.0.0.1:4511".into(),
+//!     publishers: vec![actor::Publisher {
+//!         publish: "tcp://127.0.0.1:4511".into(),
+//!         replay: Some("tcp://127.0.0.1:4512".into()),
+//!     }],
 //!     ingest: "tcp://127.0.0.1:4510".into(),
 //!     name: "web1".into(),
 //!     groups: vec!["web".into()],
@@ -38,7 +48,6 @@
 //!     state: None,
 //!     graphviz: None,
 //!     converged_timeout: Duration::from_secs(5),
-//!     replay: Some("tcp://127.0.0.1:4512".into()),
 //!     security: bus::secure::Security::Insecure,
 //!     sign_key: None,
 //!     policy: actor::Policy::strict(),
@@ -98,8 +107,9 @@ pub enum ActorError {
 /// What an actor needs to run.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Publisher PUB endpoint to subscribe to.
-    pub publish: String,
+    /// The publishers to follow: one, or every publisher of a cluster. At least one; no
+    /// endpoint twice.
+    pub publishers: Vec<Publisher>,
     /// Manager ingest endpoint results go to.
     pub ingest: String,
     /// This actor's host name (its `host/<name>/` topic).
@@ -116,10 +126,6 @@ pub struct Config {
     pub graphviz: Option<PathBuf>,
     /// Idle time after which the actor reports `actor/converged`.
     pub converged_timeout: Duration,
-    /// Publisher replay endpoint: on each (re)connection the actor asks it for the actions in
-    /// force for its topics that it has not seen (it was down, or started late). `None`: live
-    /// actions only.
-    pub replay: Option<String>,
     /// CURVE (this host's key pair, the pinned manager key) or the explicit insecure mode, for
     /// every socket.
     pub security: bus::secure::Security,
@@ -131,6 +137,17 @@ pub struct Config {
     pub policy: Policy,
     /// Serve Prometheus metrics on this `host:port`; `None`: no HTTP.
     pub http: Option<String>,
+}
+
+/// One publisher an actor follows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publisher {
+    /// Its PUB endpoint, subscribed to.
+    pub publish: String,
+    /// Its replay endpoint: on each (re)connection the actor asks it for the actions in force
+    /// for its topics that it has not seen (it was down, or started late), and again on a
+    /// gap. `None`: live actions only.
+    pub replay: Option<String>,
 }
 
 /// Run an actor until `stop` is set.
@@ -174,7 +191,8 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
         })?;
     let receiver = sub::spawn(&cfg, &topics, in_tx, stop.clone())?;
 
-    tracing::info!(name = %cfg.name, groups = ?cfg.groups, publish = %cfg.publish, ingest = %cfg.ingest, "actor up");
+    let publishers: Vec<&str> = cfg.publishers.iter().map(|p| p.publish.as_str()).collect();
+    tracing::info!(name = %cfg.name, groups = ?cfg.groups, ?publishers, ingest = %cfg.ingest, "actor up");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Checks that block (a file's write and fsync, an http request) wait for one of these

@@ -2,13 +2,13 @@
 //! one graph task per name in force, and reports the actor's convergence as a whole.
 
 use crate::graph_task::{result_data, Cmd, Crossed, Ctx, InForce, Named};
-use crate::intake::{Admit, Intake, Source};
+use crate::intake::{Admit, Intake, Seen, Source};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::rejected::{self, Reason};
 use crate::replay::{catch_up, Fetched, Replay};
 use crate::store::{LastSeqs, Store};
-use crate::sub::Inbound;
+use crate::sub::{Inbound, Msg};
 use crate::verify::{Refused, Verify};
 use crate::{ActorError, Config};
 use bus::Action;
@@ -20,11 +20,21 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+/// One publisher followed: its own numbering, catch-ups and connection.
+struct Feed {
+    /// Its PUB endpoint (for the log and `actor/up`).
+    publish: String,
+    /// What the last seq taken in from it is kept under in the store.
+    key: String,
+    intake: Intake,
+    replay: Option<Replay>,
+    /// Since when the connection to it is lost, if it is.
+    lost_since: Option<Instant>,
+}
+
 /// The serve loop's state.
 pub(crate) struct Actor {
     name: String,
-    /// The publisher's PUB endpoint (for the log).
-    publish: String,
     groups: Vec<String>,
     engine: engine::Engine,
     store: Option<Store>,
@@ -38,21 +48,21 @@ pub(crate) struct Actor {
     serials: u64,
     /// Whether `actor/converged` (rather than `actor/diverged`) was the last one reported.
     converged_reported: bool,
-    intake: Intake,
+    /// The publishers followed, as in [`Config::publishers`].
+    feeds: Vec<Feed>,
+    /// The ids taken in lately, from any publisher.
+    seen: Seen,
     /// The envelope and target checks every frame goes through first.
     verify: Verify,
-    /// The last sequence applied per issuer, as kept in the store.
+    /// The last sequence applied per publisher (see [`Feed::key`]), as kept in the store.
     last_seqs: LastSeqs,
-    replay: Option<Replay>,
-    /// Catch-ups in flight, oldest first, and why each began; each ends with its replayed
-    /// frames.
-    catch_ups: VecDeque<(Why, JoinHandle<Fetched>)>,
+    /// Catch-ups in flight, oldest first: from which publisher, why each began; each ends with
+    /// its replayed frames.
+    catch_ups: VecDeque<CatchUp>,
     /// Graphs kept for a while ([`bus::Life::For`]): name -> (action id, release time, Unix ms).
     leases: HashMap<String, (String, u64)>,
     /// One-shot graphs ([`bus::Life::Once`]) converging now.
     once: tokio::task::JoinSet<()>,
-    /// Since when the connection to the publisher is lost, if it is.
-    lost_since: Option<Instant>,
     inbound: mpsc::Receiver<Inbound>,
     crossings: mpsc::UnboundedReceiver<Crossed>,
     stop: Arc<AtomicBool>,
@@ -60,11 +70,14 @@ pub(crate) struct Actor {
     trim: crate::trim::Trim,
 }
 
+/// A catch-up in flight: from which publisher, why it began, and its fetch.
+type CatchUp = (usize, Why, JoinHandle<Fetched>);
+
 /// What woke the serve loop.
 enum Wake {
     Inbound(Inbound),
     Crossed(Crossed),
-    CaughtUp(Why, Fetched),
+    CaughtUp(usize, Why, Fetched),
     Tick,
     Stop,
 }
@@ -99,8 +112,34 @@ impl Actor {
         };
         let store = cfg.state.as_deref().map(|s| Store::new(s, &cfg.name));
         let last_seqs = store.as_ref().map(Store::last_seqs).unwrap_or_default();
-        let mut intake = Intake::default();
-        intake.saw(last_seqs.get(&verify.issuer()).copied().unwrap_or(0));
+        let one = cfg.publishers.len() == 1;
+        let feeds = cfg
+            .publishers
+            .into_iter()
+            .map(|p| {
+                // One publisher keeps its seq under the issuer alone, as before there could be
+                // several; each of several under the issuer and its endpoint.
+                let key = if one {
+                    verify.issuer()
+                } else {
+                    format!("{} {}", verify.issuer(), p.publish)
+                };
+                let mut intake = Intake::default();
+                intake.saw(last_seqs.get(&key).copied().unwrap_or(0));
+                Feed {
+                    replay: p.replay.map(|endpoint| Replay {
+                        endpoint,
+                        topics: topics.clone(),
+                        max_frame: cfg.max_frame,
+                        security: cfg.security.clone(),
+                    }),
+                    publish: p.publish,
+                    key,
+                    intake,
+                    lost_since: None,
+                }
+            })
+            .collect();
         let mut engine = engine::Engine::new()?;
         engine.observe_checks(metrics.observer());
         Ok(Actor {
@@ -115,25 +154,18 @@ impl Actor {
                 idle: cfg.converged_timeout,
                 graphviz: cfg.graphviz,
             }),
-            replay: cfg.replay.map(|endpoint| Replay {
-                endpoint,
-                topics,
-                max_frame: cfg.max_frame,
-                security: cfg.security.clone(),
-            }),
-            publish: cfg.publish,
             name: cfg.name,
             groups: cfg.groups,
             graphs: HashMap::new(),
             serials: 0,
             converged_reported: true,
-            intake,
+            feeds,
+            seen: Seen::default(),
             verify,
             last_seqs,
             catch_ups: VecDeque::new(),
             leases: HashMap::new(),
             once: tokio::task::JoinSet::new(),
-            lost_since: None,
             inbound,
             crossings,
             stop,
@@ -147,14 +179,16 @@ impl Actor {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             match self.next(&mut tick).await {
-                Wake::Inbound(Inbound::Connected) => self.connected(),
-                Wake::Inbound(Inbound::Lost) => self.lost(),
-                Wake::Inbound(Inbound::Tick { topic, last }) => self.ticked(&topic, last),
-                Wake::Inbound(Inbound::Frame(f)) => match self.verify.check(&f) {
-                    Ok(a) => self.take_live(a).await,
-                    Err(refused) => self.reject(&refused),
+                Wake::Inbound(Inbound { from, msg }) => match msg {
+                    Msg::Connected => self.connected(from),
+                    Msg::Lost => self.lost(from),
+                    Msg::Tick { topic, last } => self.ticked(from, &topic, last),
+                    Msg::Frame(f) => match self.verify.check(&f) {
+                        Ok(a) => self.take_live(from, a).await,
+                        Err(refused) => self.reject(&refused),
+                    },
                 },
-                Wake::CaughtUp(why, fetched) => self.caught_up(why, fetched).await,
+                Wake::CaughtUp(from, why, fetched) => self.caught_up(from, why, fetched).await,
                 Wake::Crossed(c) => self.crossed(c),
                 Wake::Tick => {
                     self.release_leases().await;
@@ -167,7 +201,7 @@ impl Actor {
                 Wake::Stop => break,
             }
         }
-        for (_, handle) in self.catch_ups.drain(..) {
+        for (_, _, handle) in self.catch_ups.drain(..) {
             handle.abort();
         }
         self.once.shutdown().await;
@@ -183,7 +217,7 @@ impl Actor {
             tokio::select! {
                 m = self.inbound.recv() => return m.map_or(Wake::Stop, Wake::Inbound),
                 Some(c) = self.crossings.recv() => return Wake::Crossed(c),
-                (why, fetched) = next_catch_up(&mut self.catch_ups) => return Wake::CaughtUp(why, fetched),
+                (from, why, fetched) = next_catch_up(&mut self.catch_ups) => return Wake::CaughtUp(from, why, fetched),
                 Some(_) = self.once.join_next() => {}
                 _ = tick.tick() => return if self.stop.load(Ordering::Relaxed) {
                     Wake::Stop
@@ -209,7 +243,9 @@ impl Actor {
                 }
                 Ok(g) if !g.is_empty() && self.refused(&action, &g) => store.remove(&action.name),
                 Ok(g) if !g.is_empty() => {
-                    self.intake.restored(&action);
+                    // The same action replayed (by any publisher) is a duplicate. Its seq
+                    // says nothing of the others (one missed before it is still to be fetched).
+                    self.seen.remember(&action.id);
                     let running = self.engine.run(g, self.run_options(&action.name));
                     restored.push((action, running));
                 }
@@ -228,100 +264,113 @@ impl Actor {
         }
     }
 
-    /// The subscription reached a publisher: catch up on what we have not seen. Live actions
-    /// are held from now until it ends.
-    fn connected(&mut self) {
-        match self.lost_since.take() {
+    /// Start catching up from publisher `from` since `since`.
+    fn catch_up(&mut self, from: usize, why: Why, since: u64) {
+        let replay = self.feeds[from].replay.clone();
+        self.catch_ups
+            .push_back((from, why, catch_up(replay, since)));
+    }
+
+    /// The subscription reached publisher `from`: catch up on what we have not seen from it.
+    /// Its live actions are held from now until that ends.
+    fn connected(&mut self, from: usize) {
+        let feed = &mut self.feeds[from];
+        match feed.lost_since.take() {
             Some(t) => tracing::info!(
-                publisher = %self.publish,
+                publisher = %feed.publish,
                 after_s = t.elapsed().as_secs_f64(),
                 "publisher reached again"
             ),
-            None => tracing::info!(publisher = %self.publish, "publisher reached"),
+            None => tracing::info!(publisher = %feed.publish, "publisher reached"),
         }
-        let since = self.intake.begin_catch_up();
-        self.catch_ups
-            .push_back((Why::Connected, catch_up(self.replay.clone(), since)));
+        let since = feed.intake.begin_catch_up();
+        self.catch_up(from, Why::Connected, since);
     }
 
-    /// The connection to the publisher is gone (it stopped, or its heartbeats did): actions
-    /// cannot reach us until the subscription reconnects and catches up.
-    fn lost(&mut self) {
-        if self.lost_since.is_none() {
-            self.lost_since = Some(Instant::now());
-            tracing::warn!(publisher = %self.publish, "publisher connection lost; reconnecting");
+    /// The connection to publisher `from` is gone (it stopped, or its heartbeats did): its
+    /// actions cannot reach us until the subscription reconnects and catches up.
+    fn lost(&mut self, from: usize) {
+        let feed = &mut self.feeds[from];
+        if feed.lost_since.is_none() {
+            feed.lost_since = Some(Instant::now());
+            tracing::warn!(publisher = %feed.publish, "publisher connection lost; reconnecting");
         }
     }
 
-    /// The publisher's last seq on `topic`: behind it, the tail of a burst was dropped for us.
-    fn ticked(&mut self, topic: &str, last: u64) {
-        if self.intake.catching_up() || self.replay.is_none() {
+    /// Publisher `from`'s last seq on `topic`: behind it, the tail of a burst was dropped for
+    /// us.
+    fn ticked(&mut self, from: usize, topic: &str, last: u64) {
+        let feed = &mut self.feeds[from];
+        if feed.intake.catching_up() || feed.replay.is_none() {
             return;
         }
-        if let Some(since) = self.intake.behind(topic, last) {
-            tracing::warn!(topic, last, since, "missed actions (the publisher's tick is ahead): fetching them from the replay endpoint");
-            self.intake.begin_gap(since, None);
-            self.catch_ups
-                .push_back((Why::Gap, catch_up(self.replay.clone(), since)));
+        if let Some(since) = feed.intake.behind(topic, last) {
+            tracing::warn!(publisher = %feed.publish, topic, last, since, "missed actions (the publisher's tick is ahead): fetching them from the replay endpoint");
+            feed.intake.begin_gap(since, None);
+            self.catch_up(from, Why::Gap, since);
         }
     }
 
-    /// A live action: taken in now, held behind a catch-up in flight, or, when it shows that
-    /// actions before it were missed, held while they are fetched.
-    async fn take_live(&mut self, action: Action) {
-        if self.intake.catching_up() {
-            self.intake.hold(action);
+    /// A live action from publisher `from`: taken in now, held behind a catch-up from it in
+    /// flight, or, when it shows that actions before it were missed, held while they are
+    /// fetched.
+    async fn take_live(&mut self, from: usize, action: Action) {
+        let feed = &mut self.feeds[from];
+        if feed.intake.catching_up() {
+            feed.intake.hold(action);
             return;
         }
-        if let Some(since) = self.intake.gap(&action) {
+        if let Some(since) = feed.intake.gap(&action) {
             tracing::warn!(
+                publisher = %feed.publish,
                 topic = %action.target.topic(),
                 prev = action.prev,
                 last = since,
                 seq = action.seq,
                 "missed actions (dropped by the publisher for a slow subscriber): fetching them from the replay endpoint"
             );
-            if self.replay.is_some() {
-                self.intake.begin_gap(since, Some(action));
-                self.catch_ups
-                    .push_back((Why::Gap, catch_up(self.replay.clone(), since)));
+            if feed.replay.is_some() {
+                feed.intake.begin_gap(since, Some(action));
+                self.catch_up(from, Why::Gap, since);
                 return;
             }
         }
-        self.take(action, Source::Live).await;
+        self.take(from, action, Source::Live).await;
     }
 
-    /// A catch-up ended: what was published while we were away (or missed) comes first, then,
-    /// after a connection, the announcement that actions reach us, then what arrived live
-    /// meanwhile.
-    async fn caught_up(&mut self, why: Why, fetched: Fetched) {
+    /// A catch-up from publisher `from` ended: what it published while we were away (or
+    /// missed) comes first, then, after a connection, the announcement that actions reach us,
+    /// then what arrived live from it meanwhile.
+    async fn caught_up(&mut self, from: usize, why: Why, fetched: Fetched) {
         for f in fetched.frames {
             match self.verify.check(&f) {
-                Ok(a) => self.take(a, Source::Replayed).await,
+                Ok(a) => self.take(from, a, Source::Replayed).await,
                 Err(refused) => self.reject(&refused),
             }
         }
         if why == Why::Connected {
             self.ctx.emit(
                 "actor/up",
-                json!({"name": self.name, "groups": self.groups, "version": env!("CARGO_PKG_VERSION"), "graphs": self.graphs.len()}),
+                json!({"name": self.name, "groups": self.groups, "version": env!("CARGO_PKG_VERSION"), "graphs": self.graphs.len(), "publisher": self.feeds[from].publish}),
             );
         }
-        for a in self.intake.end_catch_up(fetched.covered) {
-            self.take_live(a).await;
+        for a in self.feeds[from].intake.end_catch_up(fetched.covered) {
+            self.take_live(from, a).await;
         }
-        self.applied_seq();
+        self.applied_seq(from);
     }
 
-    /// Take one verified action in: apply it, unless it is a duplicate, a replay or expired.
-    async fn take(&mut self, action: Action, source: Source) {
+    /// Take one verified action from publisher `from` in: apply it, unless it is a duplicate
+    /// (from any publisher), a replay or expired.
+    async fn take(&mut self, from: usize, action: Action, source: Source) {
         let claim = |a: &Action, reason| Refused {
             name: Some(a.name.clone()),
             seq: Some(a.seq),
             id: Some(a.id.clone()),
             reason,
         };
-        match self.intake.admit(action, source, bus::now_ms()) {
+        let intake = &mut self.feeds[from].intake;
+        match intake.admit(&mut self.seen, action, source, bus::now_ms()) {
             Admit::Apply(action) => {
                 self.trim.action();
                 // The graph is queued for the store (inside apply) before its sequence is, so
@@ -329,7 +378,7 @@ impl Actor {
                 // the sequence would say "applied" of an action never stored, and it would be
                 // lost.
                 self.apply(action).await;
-                self.applied_seq();
+                self.applied_seq(from);
             }
             Admit::Expired(action) => self.reject(&claim(&action, Reason::Expired)),
             Admit::Replayed { seq, last } => {
@@ -346,15 +395,15 @@ impl Actor {
         }
     }
 
-    /// Keep the last sequence applied from the pinned issuer, queued after its graph (durable
+    /// Keep the last sequence applied from publisher `from`, queued after its graph (durable
     /// in the same group commit or a later one: a crash resumes from the durable sequence),
     /// never past a gap still being filled.
-    fn applied_seq(&mut self) {
+    fn applied_seq(&mut self, from: usize) {
         let Some(store) = &self.store else { return };
-        let seq = self.intake.safe_seq();
-        let issuer = self.verify.issuer();
-        if seq > self.last_seqs.get(&issuer).copied().unwrap_or(0) {
-            self.last_seqs.insert(issuer, seq);
+        let feed = &self.feeds[from];
+        let seq = feed.intake.safe_seq();
+        if seq > self.last_seqs.get(&feed.key).copied().unwrap_or(0) {
+            self.last_seqs.insert(feed.key.clone(), seq);
             store.save_last_seqs(&self.last_seqs);
         }
     }
@@ -593,17 +642,30 @@ impl Actor {
     }
 }
 
-/// The replayed actions of the oldest catch-up in flight, once it ends; never, with none.
-/// Cancel-safe: the catch-up stays queued until it has ended.
-async fn next_catch_up(queue: &mut VecDeque<(Why, JoinHandle<Fetched>)>) -> (Why, Fetched) {
-    let Some((why, oldest)) = queue.front_mut() else {
-        return std::future::pending().await;
-    };
-    let why = *why;
-    // A catch-up that panicked or was aborted only costs the replay.
-    let fetched = oldest.await.unwrap_or_default();
-    queue.pop_front();
-    (why, fetched)
+/// The replayed actions of a catch-up that ended, the oldest in flight from its publisher
+/// (one publisher's catch-ups are taken in the order they began; a slow one does not hold up
+/// another publisher's); never, with none. Cancel-safe: a catch-up stays queued until the
+/// poll that returns it.
+async fn next_catch_up(queue: &mut VecDeque<CatchUp>) -> (usize, Why, Fetched) {
+    use std::future::Future;
+    std::future::poll_fn(|cx| {
+        let mut polled: Vec<usize> = Vec::new();
+        for i in 0..queue.len() {
+            let from = queue[i].0;
+            if polled.contains(&from) {
+                continue;
+            }
+            polled.push(from);
+            if let std::task::Poll::Ready(r) = std::pin::Pin::new(&mut queue[i].2).poll(cx) {
+                let why = queue[i].1;
+                queue.remove(i);
+                // A catch-up that panicked or was aborted only costs the replay.
+                return std::task::Poll::Ready((from, why, r.unwrap_or_default()));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -630,7 +692,10 @@ mod tests {
         let (out, _events) = std::sync::mpsc::channel();
         let out = crate::graph_task::out_to(out);
         let cfg = Config {
-            publish: String::new(),
+            publishers: vec![crate::Publisher {
+                publish: "tcp://127.0.0.1:1".into(),
+                replay: None,
+            }],
             ingest: String::new(),
             name: "web1".into(),
             groups: Vec::new(),
@@ -638,7 +703,6 @@ mod tests {
             state: None,
             graphviz: None,
             converged_timeout: Duration::from_secs(3600),
-            replay: None,
             security: bus::secure::Security::Insecure,
             sign_key: None,
             policy: Policy::strict(),

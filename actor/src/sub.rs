@@ -1,5 +1,7 @@
-//! The SUB thread: it owns the subscription socket (ZeroMQ sockets are not thread-safe) and
-//! hands the sealed frames the publisher sends to the serve loop, which verifies them. It never blocks on anything but the
+//! The SUB thread: it owns the subscription sockets, one per publisher (ZeroMQ sockets are not
+//! thread-safe), and hands the sealed frames the publishers send to the serve loop, which
+//! verifies them, each tagged with the publisher it came from (its index in
+//! [`Config::publishers`]): sequences are per publisher. It never blocks on anything but the
 //! channel to the serve loop, so live actions keep being taken in while a replay is in flight.
 
 use crate::{ActorError, Config};
@@ -9,8 +11,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// What the SUB thread hands the serve loop.
-pub(crate) enum Inbound {
+/// What the SUB thread hands the serve loop: what came from which publisher.
+pub(crate) struct Inbound {
+    /// The publisher's index in [`Config::publishers`].
+    pub(crate) from: usize,
+    pub(crate) msg: Msg,
+}
+
+/// What a publisher's subscription delivered.
+pub(crate) enum Msg {
     /// A sealed action frame received live, not verified yet.
     Frame(Vec<u8>),
     /// The subscription reached a publisher (first connect or reconnect): time to catch up.
@@ -34,8 +43,19 @@ const HEARTBEAT_MS: i32 = 1_000;
 const HEARTBEAT_TIMEOUT_MS: i32 = 5_000;
 
 /// The topics this actor subscribes to, in the one order the SUB socket and the replay request
-/// both use. A name or group that would never match (one with a slash, say) is a bad config.
+/// both use. A name or group that would never match (one with a slash, say) is a bad config,
+/// and so are no publisher at all and one endpoint given twice.
 pub(crate) fn subscriptions(cfg: &Config) -> Result<Vec<String>, ActorError> {
+    if cfg.publishers.is_empty() {
+        return Err(ActorError::Config("no publisher to follow".into()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(p) = cfg.publishers.iter().find(|p| !seen.insert(&p.publish)) {
+        return Err(ActorError::Config(format!(
+            "publisher {} given twice",
+            p.publish
+        )));
+    }
     let topics = Target::subscriptions(&cfg.name, &cfg.groups);
     if let Some(t) = topics
         .iter()
@@ -48,111 +68,139 @@ pub(crate) fn subscriptions(cfg: &Config) -> Result<Vec<String>, ActorError> {
     Ok(topics)
 }
 
-/// Subscribe to `topics` on `cfg.publish` and start the thread that receives from it until
-/// `stop` is set or the serve loop is gone.
+/// One publisher's subscription and the watch on its handshakes.
+struct Feed {
+    sub: zmq::Socket,
+    watch: bus::sockets::HandshakeWatch,
+}
+
+/// Subscribe to `topics` on every publisher and start the thread that receives from them
+/// until `stop` is set or the serve loop is gone.
 pub(crate) fn spawn(
     cfg: &Config,
     topics: &[String],
     tx: mpsc::Sender<Inbound>,
     stop: Arc<AtomicBool>,
 ) -> Result<std::thread::JoinHandle<()>, ActorError> {
-    let (sub, watch) = bus::secure::connect_watched_losses(zmq::SUB, &cfg.publish, &cfg.security)?;
-    sub.set_heartbeat_ivl(HEARTBEAT_MS)?;
-    sub.set_heartbeat_timeout(HEARTBEAT_TIMEOUT_MS)?;
-    for topic in topics {
-        sub.set_subscribe(topic.as_bytes())?;
+    let mut feeds = Vec::with_capacity(cfg.publishers.len());
+    for p in &cfg.publishers {
+        let (sub, watch) =
+            bus::secure::connect_watched_losses(zmq::SUB, &p.publish, &cfg.security)?;
+        sub.set_heartbeat_ivl(HEARTBEAT_MS)?;
+        sub.set_heartbeat_timeout(HEARTBEAT_TIMEOUT_MS)?;
+        for topic in topics {
+            sub.set_subscribe(topic.as_bytes())?;
+        }
+        feeds.push(Feed { sub, watch });
     }
     let max_frame = cfg.max_frame;
     let thread = std::thread::Builder::new()
         .name("actor-sub".into())
-        .spawn(move || sub_loop(sub, watch, tx, max_frame, &stop))?;
+        .spawn(move || sub_loop(feeds, tx, max_frame, &stop))?;
     Ok(thread)
 }
 
-fn sub_loop(
-    mut sub: zmq::Socket,
-    watch: bus::sockets::HandshakeWatch,
-    tx: mpsc::Sender<Inbound>,
-    max_frame: usize,
-    stop: &AtomicBool,
-) {
-    receive(&sub, &watch, &tx, max_frame, stop);
-    // Before the socket closes (see `HandshakeWatch::unwatch`).
-    watch.unwatch(&mut sub);
+fn sub_loop(feeds: Vec<Feed>, tx: mpsc::Sender<Inbound>, max_frame: usize, stop: &AtomicBool) {
+    receive(&feeds, &tx, max_frame, stop);
+    // Before the sockets close (see `HandshakeWatch::unwatch`).
+    for Feed { mut sub, watch } in feeds {
+        watch.unwatch(&mut sub);
+    }
 }
 
-/// Hand what the subscription receives to the serve loop until `stop` or the loop is gone.
-fn receive(
-    sub: &zmq::Socket,
-    watch: &bus::sockets::HandshakeWatch,
-    tx: &mpsc::Sender<Inbound>,
-    max_frame: usize,
-    stop: &AtomicBool,
-) {
+/// Hand what the subscriptions receive to the serve loop until `stop` or the loop is gone.
+fn receive(feeds: &[Feed], tx: &mpsc::Sender<Inbound>, max_frame: usize, stop: &AtomicBool) {
     let mut bad = BadFrames::new("action frame");
+    let mut ready = vec![(false, false); feeds.len()];
     while !stop.load(Ordering::Relaxed) {
-        let (data, shake) = {
-            let mut items = [
-                sub.as_poll_item(zmq::POLLIN),
-                watch.socket().as_poll_item(zmq::POLLIN),
-            ];
+        {
+            let mut items: Vec<zmq::PollItem> = feeds
+                .iter()
+                .flat_map(|f| {
+                    [
+                        f.sub.as_poll_item(zmq::POLLIN),
+                        f.watch.socket().as_poll_item(zmq::POLLIN),
+                    ]
+                })
+                .collect();
             if bus::sockets::poll(&mut items, 100).is_err() {
                 continue;
             }
-            (items[0].is_readable(), items[1].is_readable())
-        };
-        // Told before any action received after it, so the serve loop holds those back until
-        // it has caught up.
-        if shake {
-            let (shook, lost) = watch.drain_both();
-            if lost && tx.blocking_send(Inbound::Lost).is_err() {
-                return;
-            }
-            if shook && tx.blocking_send(Inbound::Connected).is_err() {
-                return;
+            for (r, pair) in ready.iter_mut().zip(items.chunks(2)) {
+                *r = (pair[0].is_readable(), pair[1].is_readable());
             }
         }
-        if !data {
-            continue;
-        }
-        while let Ok(parts) = sub.recv_multipart(zmq::DONTWAIT) {
-            let mut parts = parts;
-            if let Some(tick) = tick(&parts) {
-                if tx.blocking_send(tick).is_err() {
-                    return;
-                }
-                continue;
-            }
-            let frame = match parts.len() {
-                2 if parts[1].len() > max_frame => {
-                    let why = format!("{} bytes over the {max_frame}-byte limit", parts[1].len());
-                    bad.count(MalformedKind::Oversize, &why);
-                    None
-                }
-                2 => parts.pop(),
-                _ => {
-                    let why = format!("expected 2 frames, got {}", parts.len());
-                    bad.count(MalformedKind::Malformed, &why);
-                    None
-                }
-            };
-            if let Some(f) = frame {
-                if tx.blocking_send(Inbound::Frame(f)).is_err() {
-                    return;
-                }
+        for (from, (feed, &(data, shake))) in feeds.iter().zip(&ready).enumerate() {
+            if !take(feed, from, data, shake, tx, max_frame, &mut bad) {
+                return;
             }
         }
     }
 }
 
+/// Hand what one subscription has ready to the serve loop; false once the loop is gone.
+fn take(
+    feed: &Feed,
+    from: usize,
+    data: bool,
+    shake: bool,
+    tx: &mpsc::Sender<Inbound>,
+    max_frame: usize,
+    bad: &mut BadFrames,
+) -> bool {
+    let send = |msg| tx.blocking_send(Inbound { from, msg }).is_ok();
+    // Told before any action received after it, so the serve loop holds those back until
+    // it has caught up.
+    if shake {
+        let (shook, lost) = feed.watch.drain_both();
+        if lost && !send(Msg::Lost) {
+            return false;
+        }
+        if shook && !send(Msg::Connected) {
+            return false;
+        }
+    }
+    if !data {
+        return true;
+    }
+    while let Ok(parts) = feed.sub.recv_multipart(zmq::DONTWAIT) {
+        let mut parts = parts;
+        if let Some(tick) = tick(&parts) {
+            if !send(tick) {
+                return false;
+            }
+            continue;
+        }
+        let frame = match parts.len() {
+            2 if parts[1].len() > max_frame => {
+                let why = format!("{} bytes over the {max_frame}-byte limit", parts[1].len());
+                bad.count(MalformedKind::Oversize, &why);
+                None
+            }
+            2 => parts.pop(),
+            _ => {
+                let why = format!("expected 2 frames, got {}", parts.len());
+                bad.count(MalformedKind::Malformed, &why);
+                None
+            }
+        };
+        if let Some(f) = frame {
+            if !send(Msg::Frame(f)) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// A tick, checked: three frames, a topic we can read, `tick`, 8 bytes of seq.
-fn tick(parts: &[Vec<u8>]) -> Option<Inbound> {
+fn tick(parts: &[Vec<u8>]) -> Option<Msg> {
     let [topic, mid, seq] = parts else {
         return None;
     };
     let topic = std::str::from_utf8(topic).ok()?;
     let seq: [u8; 8] = seq.as_slice().try_into().ok()?;
-    (mid == TICK).then(|| Inbound::Tick {
+    (mid == TICK).then(|| Msg::Tick {
         topic: topic.to_string(),
         last: u64::from_be_bytes(seq),
     })
@@ -164,7 +212,10 @@ mod tests {
 
     fn config(name: &str, groups: &[&str]) -> Config {
         Config {
-            publish: String::new(),
+            publishers: vec![crate::Publisher {
+                publish: "tcp://127.0.0.1:1".into(),
+                replay: None,
+            }],
             ingest: String::new(),
             name: name.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
@@ -172,7 +223,6 @@ mod tests {
             state: None,
             graphviz: None,
             converged_timeout: std::time::Duration::from_secs(1),
-            replay: None,
             security: bus::secure::Security::Insecure,
             sign_key: None,
             policy: crate::Policy::strict(),
@@ -186,7 +236,11 @@ mod tests {
             subscriptions(&config("web1", &["db"])).unwrap(),
             ["all/", "host/web1/", "group/db/"]
         );
-        for bad in [config("web/1", &[]), config("web1", &["a/b"])] {
+        let mut none = config("web1", &[]);
+        none.publishers.clear();
+        let mut twice = config("web1", &[]);
+        twice.publishers.push(twice.publishers[0].clone());
+        for bad in [config("web/1", &[]), config("web1", &["a/b"]), none, twice] {
             assert!(matches!(subscriptions(&bad), Err(ActorError::Config(_))));
         }
     }
