@@ -354,9 +354,10 @@ pub struct ActorArgs {
     /// publisher of a cluster (default: one, from --addr and --port-base).
     #[arg(long = "publisher", value_name = "ENDPOINT")]
     pub publishers: Vec<String>,
-    /// Manager ingest endpoint results go to (default: from --addr and --port-base).
-    #[arg(long)]
-    pub manager: Option<String>,
+    /// Manager ingest endpoint results go to (default: from --addr and --port-base); repeat
+    /// it or give a comma-separated list for the managers of a cluster, tried in order.
+    #[arg(long = "manager", value_name = "ENDPOINT", value_delimiter = ',')]
+    pub managers: Vec<String>,
     /// Publisher replay endpoint, asked for missed actions on each connection (default: the
     /// port after each --publisher's, else from --addr and --port-base); with several
     /// publishers, one per --publisher, in the same order.
@@ -478,7 +479,7 @@ pub fn actor(a: ActorArgs) -> anyhow::Result<ExitCode> {
     let cfg = actor::Config {
         publishers,
         sign_key,
-        ingest: a.manager.unwrap_or(ep.ingest),
+        managers: crate::send::managers(&a.managers, &a.stack)?,
         name: a.name.unwrap_or_else(hostname),
         groups: a.groups,
         max_frame: bus::MAX_FRAME,

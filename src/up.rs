@@ -209,6 +209,53 @@ fn announce_when_ready(
     let _ = ready_rx.recv_timeout(Duration::from_secs(10));
 }
 
+/// The actor's own arguments: its name, groups and policy (the operator's copy in the state
+/// dir: written once from the shipped default, then theirs to edit).
+pub(crate) fn actor_args(a: &UpArgs, name: &str) -> anyhow::Result<Vec<String>> {
+    let policy = a.stack.state.join("policy.toml");
+    if !policy.exists() {
+        std::fs::write(&policy, actor::UP_POLICY)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", policy.display()))?;
+    }
+    let mut v = vec![
+        "--name".to_string(),
+        name.to_string(),
+        "--policy".into(),
+        policy.display().to_string(),
+    ];
+    for g in &a.groups {
+        v.extend(["--group".to_string(), g.clone()]);
+    }
+    Ok(v)
+}
+
+/// The beacon's own arguments: its host, its config (`--beacons`, else `./beacons.toml`, else
+/// the shipped defaults; checked here, so a bad file stops `up` at once, naming its line,
+/// instead of a beacon child that keeps dying) and its interval.
+pub(crate) fn beacon_args(a: &UpArgs, name: &str) -> anyhow::Result<Vec<String>> {
+    let mut v = vec!["--host".to_string(), name.to_string()];
+    let beacon_config = a.beacons.clone().or_else(|| {
+        let local = PathBuf::from("beacons.toml");
+        local.is_file().then_some(local)
+    });
+    match &beacon_config {
+        Some(path) => {
+            beacons::Config::load(path).map_err(|e| crate::cli::Exit::usage(e.to_string()))?;
+            v.extend(["--config".to_string(), path.display().to_string()]);
+        }
+        None => v.push("--defaults".to_string()),
+    }
+    if let Some(secs) = a.beacon_interval {
+        if !(secs.is_finite() && secs > 0.0) {
+            return Err(crate::cli::Exit::usage(format!(
+                "--beacon-interval must be a positive number of seconds, not {secs}"
+            )));
+        }
+        v.extend(["--interval".to_string(), secs.to_string()]);
+    }
+    Ok(v)
+}
+
 pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = a.cluster {
         return clustered::run(a, log, n);
@@ -253,17 +300,7 @@ pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         v
     };
     let mut actor = common("actor");
-    actor.extend(["--name".to_string(), name.clone()]);
-    // The operator's copy: written once from the shipped default, then theirs to edit.
-    let policy = a.stack.state.join("policy.toml");
-    if !policy.exists() {
-        std::fs::write(&policy, actor::UP_POLICY)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", policy.display()))?;
-    }
-    actor.extend(["--policy".to_string(), policy.display().to_string()]);
-    for g in &a.groups {
-        actor.extend(["--group".to_string(), g.clone()]);
-    }
+    actor.extend(actor_args(&a, &name)?);
     let mut manager = common("manager");
     manager.extend(["--rules".to_string(), rules.display().to_string()]);
     let mut publisher = common("publisher");
@@ -294,28 +331,7 @@ pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let mut beacon = common("beacon");
-    beacon.extend(["--host".to_string(), name.clone()]);
-    let beacon_config = a.beacons.clone().or_else(|| {
-        let local = PathBuf::from("beacons.toml");
-        local.is_file().then_some(local)
-    });
-    match &beacon_config {
-        // Checked here, so a bad file stops `up` at once (naming its line) instead of a
-        // beacon child that keeps dying.
-        Some(path) => {
-            beacons::Config::load(path).map_err(|e| crate::cli::Exit::usage(e.to_string()))?;
-            beacon.extend(["--config".to_string(), path.display().to_string()]);
-        }
-        None => beacon.push("--defaults".to_string()),
-    }
-    if let Some(secs) = a.beacon_interval {
-        if !(secs.is_finite() && secs > 0.0) {
-            return Err(crate::cli::Exit::usage(format!(
-                "--beacon-interval must be a positive number of seconds, not {secs}"
-            )));
-        }
-        beacon.extend(["--interval".to_string(), secs.to_string()]);
-    }
+    beacon.extend(beacon_args(&a, &name)?);
     let part = |name: &str, args| Part {
         name: name.to_string(),
         program: None,

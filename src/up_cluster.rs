@@ -6,12 +6,12 @@
 //! of `up`), with `--max-txn-ops` [`MAX_TXN_OPS`] so the managers' groups can be large; then N
 //! manager+publisher pairs, pair `i` in `<state>/node<i>` on port base `--port-base + 10·(i-1)`,
 //! all sharing the state dir's `keys/` (one trust domain: one manager key, one admin key, one
-//! signing key). Each one's addresses are printed once every manager has joined. Every child is
-//! supervised as in `reflex up` (restarted with back-off, stopped on Ctrl-C: managers first,
-//! then publishers, etcd last; they die with `up`).
-//!
-//! No actor or beacon is started: an actor follows one publisher until it can follow several
-//! (the README's clustered mode says what it will do).
+//! signing key). Each one's addresses are printed once every manager has joined. Then, as in
+//! `reflex up`, this host's actor, following every publisher and reporting to every manager
+//! (tried in order), and its beacons, sending to every manager likewise, both from the state
+//! dir itself. Every child is supervised as in `reflex up` (restarted with back-off, stopped
+//! on Ctrl-C: beacon and actor first, then managers, publishers, etcd last; they die with
+//! `up`).
 
 use super::{Part, UpArgs};
 use crate::cli::{stop_flag, LogArgs};
@@ -86,6 +86,14 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Pair `i`'s addresses (1-based): its state dir and port base.
+fn pair_endpoints(a: &UpArgs, state: &Path, i: usize) -> bus::Endpoints {
+    let mut stack = a.stack.clone();
+    stack.port_base = a.stack.port_base + STRIDE * (i as u16 - 1);
+    stack.state = state.join(format!("node{i}"));
+    stack.endpoints()
+}
+
 pub fn run(a: UpArgs, log: &LogArgs, n: usize) -> anyhow::Result<ExitCode> {
     if !(1..=9).contains(&n) {
         return Err(crate::cli::Exit::usage("--cluster takes 1 to 9 pairs"));
@@ -96,6 +104,7 @@ pub fn run(a: UpArgs, log: &LogArgs, n: usize) -> anyhow::Result<ExitCode> {
         ));
     }
     a.stack.ensure_state()?;
+    let name = a.name.clone().unwrap_or_else(crate::cli::hostname);
     if u32::from(a.stack.port_base) + u32::from(STRIDE) * n as u32 > 65_535 {
         return Err(crate::cli::Exit::usage(
             "--port-base too high for that many pairs",
@@ -108,6 +117,9 @@ pub fn run(a: UpArgs, log: &LogArgs, n: usize) -> anyhow::Result<ExitCode> {
     let security = crate::security::security(&a.stack, crate::security::Node::Control)?;
     if security.is_secure() {
         crate::security::security(&a.stack, crate::security::Node::Client)?;
+        // This host's actor and beacons are in at once, at every manager (the keys are
+        // copied below).
+        crate::security::enroll_local_host(&state, &name, &a.groups)?;
     }
     bus::envelope::SignKey::load_or_create(&state)?;
     let keys = bus::keys::key_dir(&state);
@@ -197,10 +209,7 @@ pub fn run(a: UpArgs, log: &LogArgs, n: usize) -> anyhow::Result<ExitCode> {
         ]);
         managers.push(part(format!("manager {id}"), None, m));
         publishers.push(part(format!("publisher {id}"), None, common("publisher")));
-        let mut stack = a.stack.clone();
-        stack.port_base = base;
-        stack.state = dir.clone();
-        let ep = stack.endpoints();
+        let ep = pair_endpoints(&a, &state, i);
         lines.push(format!(
             "  {id}: ingest {} | publisher {} | replay {} | monitor {} | state {}",
             ep.ingest,
@@ -210,6 +219,40 @@ pub fn run(a: UpArgs, log: &LogArgs, n: usize) -> anyhow::Result<ExitCode> {
             dir.display()
         ));
     }
+    // This host's actor and beacons, from the state dir itself, with every pair's doors.
+    let host_common = |sub: &str| -> Vec<String> {
+        let mut v = vec![
+            s(sub),
+            s("--state"),
+            state.display().to_string(),
+            s("--addr"),
+            a.stack.addr.clone(),
+            s("--log-format"),
+            log.log_format.as_str().into(),
+            s("--log-level"),
+            log.log_level.clone(),
+        ];
+        if a.stack.insecure {
+            v.push(s("--insecure"));
+        }
+        v
+    };
+    let ingests: Vec<String> = (1..=n)
+        .map(|i| pair_endpoints(&a, &state, i).ingest)
+        .collect();
+    let mut actor = host_common("actor");
+    for i in 1..=n {
+        actor.extend([s("--publisher"), pair_endpoints(&a, &state, i).publish]);
+    }
+    actor.extend([s("--manager"), ingests.join(",")]);
+    actor.extend(super::actor_args(&a, &name)?);
+    let mut beacon = host_common("beacon");
+    beacon.extend([s("--to"), ingests.join(",")]);
+    beacon.extend(super::beacon_args(&a, &name)?);
+    let mut host = [
+        part(s("actor"), None, actor),
+        part(s("beacon"), None, beacon),
+    ];
     etcd.spawn(&exe);
     // The managers need etcd up: wait for it to answer (its first start makes its data dir).
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -225,13 +268,17 @@ pub fn run(a: UpArgs, log: &LogArgs, n: usize) -> anyhow::Result<ExitCode> {
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     };
-    for p in publishers.iter_mut().chain(managers.iter_mut()) {
+    for p in publishers
+        .iter_mut()
+        .chain(managers.iter_mut())
+        .chain(host.iter_mut())
+    {
         p.spawn(&exe);
     }
     let announced = {
         let stop = stop.clone();
         let summary = format!(
-            "reflex cluster is up: {n} managers | {} | etcd {url} (data {}) | rules {}\n{}",
+            "reflex cluster is up: {n} managers | {} | etcd {url} (data {}) | rules {} | actor {name}\n{}",
             crate::security::describe(&security),
             etcd_dir.display(),
             rules.display(),
@@ -254,12 +301,17 @@ pub fn run(a: UpArgs, log: &LogArgs, n: usize) -> anyhow::Result<ExitCode> {
         for p in std::iter::once(&mut etcd)
             .chain(publishers.iter_mut())
             .chain(managers.iter_mut())
+            .chain(host.iter_mut())
         {
             p.supervise(&exe, &stop);
         }
     }
     tracing::info!("stopping");
-    for p in managers.iter_mut().chain(publishers.iter_mut()) {
+    for p in host
+        .iter_mut()
+        .chain(managers.iter_mut())
+        .chain(publishers.iter_mut())
+    {
         p.stop();
     }
     etcd.stop();

@@ -1,7 +1,8 @@
-//! `reflex up --cluster 2` as an operator would run it: a local etcd and two manager+publisher
-//! pairs, events sent through both managers counted in one shared register, then SIGTERM: `up`
-//! exits 0 and none of its children (etcd, managers, publishers) is left running. Counts only.
-//! Skipped (printed) where etcd is missing.
+//! `reflex up --cluster 2` as an operator would run it: a local etcd, two manager+publisher
+//! pairs, this host's actor and beacon; events sent through both managers counted in one shared
+//! register, each one's action applied by the actor (which follows both publishers), then
+//! SIGTERM: `up` exits 0 and none of its children is left running. Counts only. Skipped
+//! (printed) where etcd is missing.
 
 mod common;
 #[path = "support/etcd.rs"]
@@ -50,6 +51,17 @@ fn up_cluster_2_counts_through_both_managers_and_leaves_nothing_running() {
         "10-count.rhai",
         "const MATCH = \"try/*\";\nfn react(event) { registers::incr(\"count/all\", 1); }\n",
     );
+    // Each event's action: a file of its own on this host (under /tmp/, as up's policy allows).
+    let files = tmp.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    write_rule(
+        &rules,
+        "20-act.rhai",
+        &format!(
+            "const MATCH = \"try/*\";\nfn react(event) {{ let i = event.data.i; act(\"host/t\", [#{{ kind: \"file\", name: `{}/f${{i}}`, content: `${{i}}` }}], #{{ name: `f${{i}}` }}); }}\n",
+            files.display()
+        ),
+    );
     // Two pairs: port bases base and base + 10, all free.
     let base = loop {
         let b = free_port_base();
@@ -69,6 +81,8 @@ fn up_cluster_2_counts_through_both_managers_and_leaves_nothing_running() {
             &base.to_string(),
             "--rules",
             &rules.display().to_string(),
+            "--name",
+            "t",
         ],
     );
     let lines = up.wait_line("node2: ingest", Duration::from_secs(60));
@@ -79,14 +93,21 @@ fn up_cluster_2_counts_through_both_managers_and_leaves_nothing_running() {
         "{text}"
     );
     let kids = children(up.pid());
-    assert_eq!(kids.len(), 5, "etcd and two pairs: {kids:?}");
+    assert_eq!(
+        kids.len(),
+        7,
+        "etcd, two pairs, the actor and the beacon: {kids:?}"
+    );
 
     let nodes = [
         (state.join("node1"), base),
         (state.join("node2"), base + 10),
     ];
-    send(&nodes[0].0, nodes[0].1, 0, 60);
-    send(&nodes[1].0, nodes[1].1, 60, 40);
+    // Four streams (each owned by one manager, whichever the rendezvous says).
+    send(&nodes[0].0, nodes[0].1, 0, 30);
+    send(&nodes[1].0, nodes[1].1, 30, 20);
+    send(&nodes[0].0, nodes[0].1, 50, 30);
+    send(&nodes[1].0, nodes[1].1, 80, 20);
     for (dir, b) in &nodes {
         let mut a = vec!["registers".to_string(), "get".into(), "count/all".into()];
         a.extend(stack_args(dir, *b));
@@ -94,6 +115,18 @@ fn up_cluster_2_counts_through_both_managers_and_leaves_nothing_running() {
         assert_eq!(code, 0, "registers get: {err}");
         assert_eq!(out.trim(), "100", "count via {b}");
     }
+    // Every action reached the actor, from whichever publisher its manager has.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let missing = loop {
+        let missing: Vec<usize> = (0..100)
+            .filter(|i| read(&files.join(format!("f{i}"))).as_deref() != Some(&i.to_string()))
+            .collect();
+        if missing.is_empty() || std::time::Instant::now() > deadline {
+            break missing;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(missing.is_empty(), "files not written: {missing:?}");
 
     assert_eq!(up.terminate(Duration::from_secs(30)), Some(0), "up exits 0");
     let left: Vec<i32> = kids.into_iter().filter(|p| alive(*p)).collect();

@@ -41,7 +41,7 @@
 //!         publish: "tcp://127.0.0.1:4511".into(),
 //!         replay: Some("tcp://127.0.0.1:4512".into()),
 //!     }],
-//!     ingest: "tcp://127.0.0.1:4510".into(),
+//!     managers: vec!["tcp://127.0.0.1:4510".into()],
 //!     name: "web1".into(),
 //!     groups: vec!["web".into()],
 //!     max_frame: bus::MAX_FRAME,
@@ -110,8 +110,9 @@ pub struct Config {
     /// The publishers to follow: one, or every publisher of a cluster. At least one; no
     /// endpoint twice.
     pub publishers: Vec<Publisher>,
-    /// Manager ingest endpoint results go to.
-    pub ingest: String,
+    /// The ingest endpoints of the managers results go to, in the order they are tried: one,
+    /// or the managers of a cluster (the sender moves to the next when one stops answering).
+    pub managers: Vec<String>,
     /// This actor's host name (its `host/<name>/` topic).
     pub name: String,
     /// The groups it belongs to (their `group/<name>/` topics).
@@ -154,13 +155,18 @@ pub struct Publisher {
 pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
     // Validated before anything starts: a group with a slash would silently never match.
     let topics = sub::subscriptions(&cfg)?;
-    // Secure, it first asks the manager's enroll door (next to ingest) until its key is
-    // accepted, and only then connects (see `bus::enroll::wait_until_accepted`).
-    if let Some(door) = bus::endpoints::enroll_for(&cfg.ingest).filter(|_| cfg.security.is_secure())
+    // Secure, it first asks the managers' enroll doors (next to ingest) until its key is
+    // accepted at one, and only then connects (see `bus::enroll::wait_until_accepted_at`).
+    let doors: Vec<String> = cfg
+        .managers
+        .iter()
+        .filter_map(|m| bus::endpoints::enroll_for(m))
+        .collect();
+    if cfg.security.is_secure()
+        && !doors.is_empty()
+        && !bus::enroll::wait_until_accepted_at(&doors, &cfg.security, &cfg.name, &stop)
     {
-        if !bus::enroll::wait_until_accepted(&door, &cfg.security, &cfg.name, &stop) {
-            return Ok(());
-        }
+        return Ok(());
     }
     let (metrics, registry) = metrics::Metrics::new();
     let _http = match &cfg.http {
@@ -172,10 +178,9 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
     // Results are kept until the manager acknowledges them (bus::sender); every task hands its
     // events to it directly (it never blocks: an overflow, the manager away for long, is
     // counted and logged by the sender).
-    let push = Arc::new(bus::sender::Sender::start(bus::sender::SenderConfig::new(
-        &cfg.ingest,
-        &cfg.security,
-    ))?);
+    let push = Arc::new(bus::sender::Sender::start(
+        bus::sender::SenderConfig::with_managers(&cfg.managers, &cfg.security),
+    )?);
     let out: graph_task::Out = {
         let (push, metrics) = (Arc::clone(&push), metrics.clone());
         Arc::new(move |ev: Event| {
@@ -192,7 +197,7 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
     let receiver = sub::spawn(&cfg, &topics, in_tx, stop.clone())?;
 
     let publishers: Vec<&str> = cfg.publishers.iter().map(|p| p.publish.as_str()).collect();
-    tracing::info!(name = %cfg.name, groups = ?cfg.groups, ?publishers, ingest = %cfg.ingest, "actor up");
+    tracing::info!(name = %cfg.name, groups = ?cfg.groups, ?publishers, managers = ?cfg.managers, "actor up");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // Checks that block (a file's write and fsync, an http request) wait for one of these

@@ -696,7 +696,7 @@ mod tests {
                 publish: "tcp://127.0.0.1:1".into(),
                 replay: None,
             }],
-            ingest: String::new(),
+            managers: Vec::new(),
             name: "web1".into(),
             groups: Vec::new(),
             max_frame: 1024,

@@ -216,7 +216,7 @@ mod tests {
                 publish: "tcp://127.0.0.1:1".into(),
                 replay: None,
             }],
-            ingest: String::new(),
+            managers: Vec::new(),
             name: name.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
             max_frame: 1024,
