@@ -9,7 +9,7 @@
 //! is a fencing token: singleton writes can carry a compare on it, so a leader that lost its
 //! lease while paused cannot write after its successor was elected.
 
-use crate::{connection::retry, Cluster, ClusterError, Membership};
+use crate::{check_id, connection::retry, Cluster, ClusterError, Membership, MEMBERS};
 use etcd_client::{
     Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
@@ -22,6 +22,9 @@ use std::time::Duration;
 pub struct Leadership {
     cluster: Cluster,
     key: String,
+    /// The member campaigning, and its lease (claims live on it).
+    id: String,
+    lease: i64,
     elected: Arc<AtomicBool>,
     /// The leader key's create revision while this member holds it.
     token: Arc<AtomicI64>,
@@ -47,6 +50,8 @@ impl Leadership {
         Leadership {
             cluster: cluster.clone(),
             key,
+            id: member.id().to_string(),
+            lease: member.lease(),
             elected,
             token,
             alive: Box::new(move || state.alive()),
@@ -62,6 +67,102 @@ impl Leadership {
     /// The fencing token while this member leads (the leader key's create revision).
     pub fn token(&self) -> Option<i64> {
         self.is_leader().then(|| self.token.load(Ordering::Acquire))
+    }
+
+    /// Delete `keys` (full etcd keys, each with the `mod_revision` it was read at) in one
+    /// transaction, only while this member leads (the leader key still has its token as
+    /// create revision: a leader paused past its lease cannot delete after its successor was
+    /// elected) and none of them changed since it was read: true when done, false when not
+    /// leading or one of them moved (nothing deleted then).
+    pub fn delete_unchanged(&self, keys: &[(Vec<u8>, i64)]) -> Result<bool, ClusterError> {
+        let Some(token) = self.token() else {
+            return Ok(false);
+        };
+        let mut when = vec![Compare::create_revision(
+            self.key.as_str(),
+            CompareOp::Equal,
+            token,
+        )];
+        when.extend(
+            keys.iter()
+                .map(|(k, rev)| Compare::mod_revision(k.clone(), CompareOp::Equal, *rev)),
+        );
+        let txn = Txn::new().when(when).and_then(
+            keys.iter()
+                .map(|(k, _)| TxnOp::delete(k.clone(), None))
+                .collect::<Vec<_>>(),
+        );
+        self.txn(txn)
+    }
+
+    /// Claim member `id`'s outbox, to send it on: one transaction that puts
+    /// `<prefix>/takeover/<id>` (this member's id, on its lease) only while this member leads
+    /// and `id` is not live (its key under `members/` absent). True: the outbox is this
+    /// leader's to send and to delete from ([`Leadership::delete_claimed`]) until it releases
+    /// the claim ([`Leadership::release_claim`]) or its lease ends; a member that joins again
+    /// under `id` waits for that ([`wait_unclaimed`]) before it sends its outbox itself, so the
+    /// two never send it at once. False: not leading, or `id` is live.
+    pub fn claim(&self, id: &str) -> Result<bool, ClusterError> {
+        check_id(id)?;
+        let Some(token) = self.token() else {
+            return Ok(false);
+        };
+        let member = self.cluster.key(&format!("{MEMBERS}/{id}"));
+        let claim = self.cluster.key(&format!("{TAKEOVER}/{id}"));
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(self.key.as_str(), CompareOp::Equal, token),
+                Compare::create_revision(member.as_str(), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(
+                claim.as_str(),
+                self.id.as_str(),
+                Some(PutOptions::new().with_lease(self.lease)),
+            )]);
+        self.txn(txn)
+    }
+
+    /// Delete `keys` (full etcd keys of member `id`'s outbox) in one transaction, only while
+    /// this member holds the claim on `id`'s outbox: true when done.
+    pub fn delete_claimed(&self, id: &str, keys: &[Vec<u8>]) -> Result<bool, ClusterError> {
+        check_id(id)?;
+        let claim = self.cluster.key(&format!("{TAKEOVER}/{id}"));
+        let txn = Txn::new()
+            .when([Compare::value(
+                claim.as_str(),
+                CompareOp::Equal,
+                self.id.as_str(),
+            )])
+            .and_then(
+                keys.iter()
+                    .map(|k| TxnOp::delete(k.clone(), None))
+                    .collect::<Vec<_>>(),
+            );
+        self.txn(txn)
+    }
+
+    /// Give up the claim on `id`'s outbox, if this member holds it (a successor's is left).
+    pub fn release_claim(&self, id: &str) -> Result<(), ClusterError> {
+        check_id(id)?;
+        let claim = self.cluster.key(&format!("{TAKEOVER}/{id}"));
+        let txn = Txn::new()
+            .when([Compare::value(
+                claim.as_str(),
+                CompareOp::Equal,
+                self.id.as_str(),
+            )])
+            .and_then([TxnOp::delete(claim.as_str(), None)]);
+        self.txn(txn).map(|_| ())
+    }
+
+    fn txn(&self, txn: Txn) -> Result<bool, ClusterError> {
+        let client = self.cluster.client();
+        let resp = self.cluster.block_on(retry(|| {
+            let mut c = client.clone();
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        }))?;
+        Ok(resp.succeeded())
     }
 
     /// Who leads now, asking etcd (one round trip).
@@ -94,6 +195,42 @@ impl Leadership {
 impl Drop for Leadership {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Where a leader claims a dead member's outbox: `<prefix>/takeover/<id>`, on its lease.
+pub const TAKEOVER: &str = "takeover";
+
+/// As member `id`, joined (so no new claim on its outbox can be made): wait until no leader
+/// holds a claim on its outbox ([`Leadership::claim`]), polling, at most `timeout`. True when
+/// there is none (or it went); false after `timeout` with one still there.
+pub fn wait_unclaimed(
+    cluster: &Cluster,
+    id: &str,
+    timeout: Duration,
+) -> Result<bool, ClusterError> {
+    check_id(id)?;
+    let claim = cluster.key(&format!("{TAKEOVER}/{id}"));
+    let deadline = std::time::Instant::now() + timeout;
+    let mut told = false;
+    loop {
+        let client = cluster.client();
+        let resp = cluster.block_on(retry(|| {
+            let mut c = client.clone();
+            let k = claim.clone();
+            async move { c.get(k, None).await }
+        }))?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(true);
+        };
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        if !told {
+            tracing::info!(%id, leader = %String::from_utf8_lossy(kv.value()), "the leader is sending this member's outbox: waiting until it hands it back");
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -10,6 +10,7 @@
 //! | `<prefix>/members/<id>` | a live manager, its value what it announces (endpoints) | its lease |
 //! | `<prefix>/publishers/<id>` | a live publisher, its value its endpoints (JSON: `publish`, `replay`) | its lease |
 //! | `<prefix>/leader` | the id of the member that does singleton work | the leader's lease |
+//! | `<prefix>/takeover/<id>` | the leader's claim on dead member `id`'s outbox, while it sends it | the leader's lease |
 //! | `<prefix>/r/{v,w,m,t}/<key>` | registers: values, windows, marks, throttles (sled's bytes) | no lease: expiry stored |
 //! | `<prefix>/r/xHH/<key>` | the manager's side data in side space `HH` (`x80`: stream marks; `x81`/`x82`: each member's outbox, `<id>/…`) | no lease |
 //!
@@ -61,7 +62,7 @@ pub mod partition;
 pub mod registers;
 
 pub use connection::{retry, transient, txn_rate, Cluster, CALL_TIMEOUT, RETRY_FOR};
-pub use leader::{current_leader, Leadership};
+pub use leader::{current_leader, wait_unclaimed, Leadership, TAKEOVER};
 pub use membership::{
     announced, check_id, delete_while_gone, Membership, DEFAULT_TTL, MEMBERS, PUBLISHERS,
 };

@@ -1,6 +1,7 @@
 //! The cluster against a real 3-member etcd on loopback: membership and the host partition
 //! agree across clients and move when a member leaves or its process is killed; the cluster
-//! carries on when an etcd member is killed; a killed leader is followed by a new one.
+//! carries on when an etcd member is killed; a killed leader is followed by a new one; the
+//! leader's guarded writes (a dead member's outbox claimed, old stream marks deleted).
 //!
 //! Managers "killed" here are real processes: this test binary run again as a member
 //! (`member_process`, ignored in a normal run) and sent SIGKILL.
@@ -293,4 +294,70 @@ fn leadership_in_process_one_leader_and_resign_hands_over() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(current_leader(&c).unwrap().as_deref(), Some(who));
+    leader_only_writes(&c, &other);
+}
+
+/// `leader` leads: it claims only a member that is not live, deletes under its claim only, a
+/// member back under its id waits until the claim is released, and the leader deletes a key
+/// only while it is as it was read.
+fn leader_only_writes(c: &Cluster, leader: &Leadership) {
+    let client = c.client();
+    let put = |k: &str, v: &str| {
+        let mut cl = client.clone();
+        let resp = c
+            .block_on(async move { cl.put(k, v, None).await })
+            .expect("put");
+        resp.header().map_or(0, |h| h.revision())
+    };
+    let exists = |k: &str| {
+        let mut cl = client.clone();
+        let resp = c
+            .block_on(async move { cl.get(k, None).await })
+            .expect("get");
+        !resp.kvs().is_empty()
+    };
+    // A live member's outbox cannot be claimed; once it left, it can.
+    let m = Membership::join(c, "c", b"", TTL).unwrap();
+    assert!(
+        !leader.claim("c").unwrap(),
+        "claimed a live member's outbox"
+    );
+    m.leave().unwrap();
+    assert!(leader.claim("c").unwrap());
+    let entry = c.key("r/x81/c/1");
+    put(&entry, "x");
+    assert!(leader
+        .delete_claimed("c", &[entry.as_bytes().to_vec()])
+        .unwrap());
+    assert!(!exists(&entry));
+    // Back under its id, the member waits for the claim; the leader can no longer claim it,
+    // and hands it back.
+    let m = Membership::join(c, "c", b"", TTL).unwrap();
+    assert!(!cluster::wait_unclaimed(c, "c", Duration::from_millis(300)).unwrap());
+    assert!(!leader.claim("c").unwrap());
+    leader.release_claim("c").unwrap();
+    assert!(cluster::wait_unclaimed(c, "c", PATIENCE).unwrap());
+    put(&entry, "y");
+    assert!(
+        !leader
+            .delete_claimed("c", &[entry.as_bytes().to_vec()])
+            .unwrap(),
+        "deleted from an outbox without a claim"
+    );
+    assert!(exists(&entry));
+    drop(m);
+    // A key is deleted only as it was read.
+    let old = c.key("r/x80/old");
+    let rev = put(&old, "1");
+    assert!(leader
+        .delete_unchanged(&[(old.as_bytes().to_vec(), rev)])
+        .unwrap());
+    assert!(!exists(&old));
+    let moved = c.key("r/x80/moved");
+    let rev = put(&moved, "1");
+    put(&moved, "2");
+    assert!(!leader
+        .delete_unchanged(&[(moved.as_bytes().to_vec(), rev)])
+        .unwrap());
+    assert!(exists(&moved));
 }
