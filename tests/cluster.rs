@@ -307,6 +307,20 @@ fn the_leader_publishes_a_dead_managers_outbox_once() {
         "20-count.rhai",
         "const MATCH = \"tick/*\";\nfn react(event) { registers::incr(`count/${event.host}`, 1); }\n",
     );
+    // Two stream marks from before: one idle 8 days (the leader forgets it), one idle 6 days
+    // (kept: inside the window).
+    let seed = cluster::Cluster::connect(&url, PREFIX).expect("etcd");
+    let day = 24 * 3600 * 1000;
+    let stale = format!("{PREFIX}/r/x80/admin\0stale");
+    let kept = format!("{PREFIX}/r/x80/admin\0kept");
+    for (k, idle) in [(&stale, 8 * day), (&kept, 6 * day)] {
+        let mut v = 5u64.to_be_bytes().to_vec();
+        v.extend_from_slice(&(bus::now_ms() - idle).to_be_bytes());
+        let mut c = seed.client();
+        let k = k.clone();
+        seed.block_on(async move { c.put(k, v, None).await })
+            .expect("put a mark");
+    }
     let states = shared_states(tmp.path(), 2);
     let bases: Vec<u16> = (0..2).map(|_| free_port_base()).collect();
     let ids = ["m1", "m2"];
@@ -436,6 +450,17 @@ fn the_leader_publishes_a_dead_managers_outbox_once() {
     for (k, v) in &expected {
         assert_eq!(got.get(k), Some(v), "{k} via m1: {got:?}");
     }
+    // The leader forgot the mark idle past the window, and only that one.
+    let marks_now = stream_marks(&marks);
+    let rel = |k: &str| k.as_bytes()[format!("{PREFIX}/r/x80/").len()..].to_vec();
+    assert!(
+        !marks_now.contains_key(&rel(&stale)),
+        "a mark idle 8 days is kept"
+    );
+    assert!(
+        marks_now.contains_key(&rel(&kept)),
+        "a mark idle 6 days is forgotten"
+    );
     wait_for("m2's outbox taken over", Duration::from_secs(20), || {
         (outbox_entries(&outboxes, "m2") == 0).then_some(())
     });

@@ -92,6 +92,9 @@ pub(crate) struct Forwarded {
     pub(crate) user: String,
     /// The batch frame.
     pub(crate) frame: Vec<u8>,
+    /// Where the batch's stream goes on when it has no mark (its sender's hello, heard by the
+    /// forwarding manager).
+    pub(crate) hint: Option<u64>,
 }
 
 /// A manager's membership of the cluster and what goes with it.
@@ -203,6 +206,11 @@ impl Node {
                 Err(e) => return Err(e.into()),
             }
         };
+        // Joined: no leader can claim this member's outbox any more. One that is sending it
+        // (this member was dead) hands it back first: never both at once.
+        if !cluster::wait_unclaimed(&etcd, &cfg.id, cfg.ttl * 2 + Duration::from_secs(5))? {
+            tracing::warn!(id = %cfg.id, "the leader still holds this member's outbox: going on (an action may be published twice; actors skip it by id)");
+        }
         let members = Members::watch(&etcd)?;
         let leader = Leadership::campaign(&etcd, &member);
         let store = EtcdStore::open(&etcd)?;
@@ -243,9 +251,16 @@ impl Node {
         self.members.owner(pk).filter(|o| o != self.member.id())
     }
 
-    /// Push `frame` from `user` to `owner`'s peer door; false when it could not go (the
-    /// sender sends it again).
-    pub(crate) fn forward(&mut self, owner: &str, user: Option<&str>, frame: &[u8]) -> bool {
+    /// Push `frame` from `user` to `owner`'s peer door, with where its stream goes on when it
+    /// has no mark (`hint`: the sender's hello, a third part of 8 bytes, big-endian); false
+    /// when it could not go (the sender sends it again).
+    pub(crate) fn forward(
+        &mut self,
+        owner: &str,
+        user: Option<&str>,
+        frame: &[u8],
+        hint: Option<u64>,
+    ) -> bool {
         let Some(endpoint) = self.peer_endpoint(owner) else {
             self.warn(|| format!("member {owner} announced no usable peer door"));
             return false;
@@ -284,8 +299,23 @@ impl Node {
         };
         peer.used = Instant::now();
         let user = user.unwrap_or_default().as_bytes();
-        let sent = peer.socket.send(user, zmq::SNDMORE | zmq::DONTWAIT).is_ok()
-            && peer.socket.send(frame, zmq::DONTWAIT).is_ok();
+        let sent = match hint {
+            None => {
+                peer.socket.send(user, zmq::SNDMORE | zmq::DONTWAIT).is_ok()
+                    && peer.socket.send(frame, zmq::DONTWAIT).is_ok()
+            }
+            Some(from) => {
+                peer.socket.send(user, zmq::SNDMORE | zmq::DONTWAIT).is_ok()
+                    && peer
+                        .socket
+                        .send(frame, zmq::SNDMORE | zmq::DONTWAIT)
+                        .is_ok()
+                    && peer
+                        .socket
+                        .send(&from.to_be_bytes()[..], zmq::DONTWAIT)
+                        .is_ok()
+            }
+        };
         if sent {
             self.forwarded += 1;
         }
@@ -327,10 +357,19 @@ impl Node {
         let mut frame = zmq::Message::new();
         self.door.recv(&mut frame, zmq::DONTWAIT)?;
         let mut extra = frame.get_more();
+        let mut hint = None;
+        let mut part = 0;
         while extra {
             let mut rest = zmq::Message::new();
             self.door.recv(&mut rest, zmq::DONTWAIT)?;
             extra = rest.get_more();
+            if part == 0 {
+                hint = <[u8; 8]>::try_from(&rest[..])
+                    .ok()
+                    .map(u64::from_be_bytes)
+                    .filter(|n| *n > 0);
+            }
+            part += 1;
         }
         let Ok(name) = std::str::from_utf8(&user) else {
             return Ok(Some(None));
@@ -342,6 +381,7 @@ impl Node {
             peer,
             user: name.to_string(),
             frame: frame.to_vec(),
+            hint,
         })))
     }
 

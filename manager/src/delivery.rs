@@ -34,6 +34,65 @@ pub const MAX_ROUTES: usize = 100_000;
 /// Most streams remembered for one sender name: past it, that sender's stream idle longest is
 /// forgotten, so a host minting stream ids forgets only its own.
 pub const MAX_STREAMS_PER_SENDER: usize = 1_024;
+/// Clustered: a mark forgotten for the bounds ([`MAX_STREAMS`], [`MAX_STREAMS_PER_SENDER`])
+/// has been idle at least this long (1 hour): a sender still talking is acknowledged within a
+/// heartbeat of each commit, so it holds nothing below its stream's mark by then.
+pub const MIN_IDLE_TO_FORGET_MS: u64 = 3600 * 1000;
+/// Most marks forgotten in one pass.
+pub const MAX_FORGET_PER_PASS: usize = 1_000;
+
+/// Clustered (the leader's job): which of the committed `marks` (stream key, when an event of
+/// it was last done) to forget at `now`, by their index: those idle more than
+/// [`FORGET_AFTER_MS`], then, past [`MAX_STREAMS_PER_SENDER`] for one sender or
+/// [`MAX_STREAMS`] in all, the idle longest among those idle at least
+/// [`MIN_IDLE_TO_FORGET_MS`]; at most [`MAX_FORGET_PER_PASS`].
+pub fn to_forget(marks: &[(&str, u64)], now: u64) -> Vec<usize> {
+    let idle = |i: usize| now.saturating_sub(marks[i].1);
+    let mut gone = vec![false; marks.len()];
+    let mut out = Vec::new();
+    let take = |i: usize, gone: &mut Vec<bool>, out: &mut Vec<usize>| {
+        if !gone[i] && out.len() < MAX_FORGET_PER_PASS {
+            gone[i] = true;
+            out.push(i);
+        }
+    };
+    for i in 0..marks.len() {
+        if idle(i) > FORGET_AFTER_MS {
+            take(i, &mut gone, &mut out);
+        }
+    }
+    // Per sender, then in all: the idle longest first, never one idle less than the floor.
+    let mut by_sender: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, (k, _)) in marks.iter().enumerate() {
+        let user = k.split_once('\0').map_or(*k, |(u, _)| u);
+        by_sender.entry(user).or_default().push(i);
+    }
+    for mut mine in by_sender.into_values() {
+        mine.retain(|&i| !gone[i]);
+        if mine.len() <= MAX_STREAMS_PER_SENDER {
+            continue;
+        }
+        let over = mine.len() - MAX_STREAMS_PER_SENDER;
+        mine.sort_unstable_by_key(|&i| marks[i].1);
+        for &i in mine.iter().take(over) {
+            if idle(i) >= MIN_IDLE_TO_FORGET_MS {
+                take(i, &mut gone, &mut out);
+            }
+        }
+    }
+    let left: Vec<usize> = (0..marks.len()).filter(|&i| !gone[i]).collect();
+    if left.len() > MAX_STREAMS {
+        let mut left = left;
+        let over = left.len() - MAX_STREAMS;
+        left.sort_unstable_by_key(|&i| marks[i].1);
+        for &i in left.iter().take(over) {
+            if idle(i) >= MIN_IDLE_TO_FORGET_MS {
+                take(i, &mut gone, &mut out);
+            }
+        }
+    }
+    out
+}
 
 /// What the manager does with a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +130,9 @@ pub struct Streams {
     shared: Option<Registers>,
     /// Clustered: streams this manager forwarded to their owner, and the mark last relayed.
     fronted: HashMap<String, u64>,
+    /// Clustered: where a stream without a mark in etcd goes on, as its sender's hello said
+    /// (everything below was acknowledged); forwarded with its batches to the owner.
+    hints: HashMap<String, u64>,
 }
 
 /// The key of `stream` from `user` (`""` without CURVE).
@@ -113,6 +175,7 @@ impl Streams {
             gaps: 0,
             shared: shared.then(|| registers.clone()),
             fronted: HashMap::new(),
+            hints: HashMap::new(),
         })
     }
 
@@ -139,6 +202,25 @@ impl Streams {
             }
             self.fronted.insert(key.to_string(), 0);
         }
+    }
+
+    /// Clustered: where stream `key`, without a mark in etcd, goes on (its sender's hello).
+    pub fn hint(&self, key: &str) -> Option<u64> {
+        self.hints.get(key).copied()
+    }
+
+    /// Clustered: stream `key` goes on at `from` if it has no mark (a hello heard here, or
+    /// one another manager forwarded with the stream's batch).
+    pub fn set_hint(&mut self, key: &str, from: u64) {
+        if from == 0 {
+            self.hints.remove(key);
+            return;
+        }
+        if self.hints.len() >= MAX_ROUTES && !self.hints.contains_key(key) {
+            // Only a cache: a sender says it again at its next hello.
+            self.hints.clear();
+        }
+        self.hints.insert(key.to_string(), from);
     }
 
     /// Clustered: ack the senders of forwarded streams whose shared mark moved.
@@ -188,6 +270,7 @@ impl Streams {
                 match reg.side_get(SPACE, key.as_bytes()) {
                     Ok(Some(v)) => match decode(&v) {
                         Some(s) => {
+                            self.hints.remove(key);
                             self.streams.insert(key.to_string(), s);
                         }
                         None => {
@@ -195,9 +278,23 @@ impl Streams {
                             self.streams.remove(key);
                         }
                     },
-                    Ok(None) => {
-                        self.streams.remove(key);
-                    }
+                    Ok(None) => match self.hints.get(key) {
+                        // No mark (new, or forgotten by the leader): where the sender's hello
+                        // says, everything below having been acknowledged. The group's
+                        // transaction compares the mark's absence.
+                        Some(&from) => {
+                            self.streams.insert(
+                                key.to_string(),
+                                Stream {
+                                    next: from,
+                                    seen: bus::now_ms(),
+                                },
+                            );
+                        }
+                        None => {
+                            self.streams.remove(key);
+                        }
+                    },
                     Err(e) => {
                         // Not taken: the sender sends it again.
                         tracing::warn!(error = %e, "cannot read a stream mark");
@@ -425,8 +522,17 @@ impl Streams {
                 continue;
             }
             let k = key(&user, &hello.stream);
-            // Clustered, marks are never forgotten: a stream without one is new.
-            if hello.from > 0 && self.shared.is_none() && !self.streams.contains_key(&k) {
+            if self.shared.is_some() {
+                // Clustered: a stream without a mark in etcd goes on where the hello says
+                // (taken by the owner, this manager or the one it forwards to).
+                match self.shared_next(&k) {
+                    Some(0) if hello.from > 0 => self.set_hint(&k, hello.from),
+                    Some(_) => {
+                        self.hints.remove(&k);
+                    }
+                    None => {}
+                }
+            } else if hello.from > 0 && !self.streams.contains_key(&k) {
                 // Everything below `from` was acknowledged (by this manager before it lost the
                 // mark, or before it forgot the stream): the stream goes on from there.
                 self.done(&k, hello.from - 1);
@@ -506,6 +612,34 @@ mod tests {
         let writes = s.side_writes();
         assert_eq!(writes.len(), 1);
         assert_eq!(writes[0].key, k.as_bytes());
+    }
+
+    #[test]
+    fn the_clustered_window_forgets_what_sled_forgets_but_nothing_recent() {
+        let now = 30 * 24 * 3600 * 1000;
+        let day = 24 * 3600 * 1000;
+        // Idle 8 days: gone; idle 6 days: kept.
+        let a = key("web1", "old");
+        let b = key("web1", "recent");
+        assert_eq!(
+            to_forget(&[(&a, now - 8 * day), (&b, now - 6 * day)], now),
+            [0]
+        );
+        // One sender past its bound: its idle longest go, but only those idle an hour.
+        let keys: Vec<String> = (0..MAX_STREAMS_PER_SENDER + 3)
+            .map(|i| key("web2", &format!("s{i}")))
+            .collect();
+        let mut marks: Vec<(&str, u64)> = keys.iter().map(|k| (k.as_str(), now)).collect();
+        marks[5].1 = now - 2 * 3600 * 1000;
+        marks[7].1 = now - 3 * 3600 * 1000;
+        marks[9].1 = now - 60 * 1000;
+        let mut gone = to_forget(&marks, now);
+        gone.sort_unstable();
+        assert_eq!(gone, [5, 7], "the third oldest is idle a minute only: kept");
+        // Another sender's streams are not counted against this one.
+        let other = key("web3", "s");
+        marks.push((&other, now - 2 * 3600 * 1000));
+        assert_eq!(to_forget(&marks, now).len(), 2);
     }
 
     #[test]

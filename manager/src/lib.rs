@@ -22,6 +22,7 @@ pub mod delivery;
 pub mod glob;
 pub mod history;
 pub mod lint;
+mod marks;
 pub mod metrics;
 pub mod outbox;
 pub mod page;
@@ -192,6 +193,8 @@ pub struct Stats {
     /// Clustered: entries of dead members' outboxes this manager, as the leader, sent to its
     /// publisher and deleted once acknowledged.
     pub taken_over: u64,
+    /// Clustered: stream marks this manager, as the leader, forgot (idle past the window).
+    pub marks_forgotten: u64,
 }
 
 /// The head of an event: what the manager reads before knowing whether any rule wants it.
@@ -248,6 +251,8 @@ pub struct Manager {
     node: Option<clustered::Node>,
     /// Clustered: the leader's takeover of dead members' outboxes.
     takeover: Option<takeover::Takeover>,
+    /// Clustered: the leader's forgetting of old stream marks.
+    marks: Option<marks::Forget>,
 }
 
 /// How a frame's handling ended.
@@ -272,9 +277,10 @@ const PURGE_EVERY: Duration = Duration::from_secs(5);
 impl Manager {
     /// Open the register store, load the rules and bind the sockets.
     pub fn new(cfg: Config) -> Result<Manager, ManagerError> {
-        let (registers, node, takeover) = match &cfg.cluster {
+        let (registers, node, takeover, marks) = match &cfg.cluster {
             None => (
                 Registers::open(&cfg.state_dir.join("registers"))?,
+                None,
                 None,
                 None,
             ),
@@ -282,7 +288,13 @@ impl Manager {
                 let (node, store) = clustered::Node::join(c, &cfg.endpoints.ingest, &cfg.security)?;
                 let takeover =
                     takeover::Takeover::new(&cfg.endpoints, store.clone(), node.max_txn_ops)?;
-                (Registers::shared(store), Some(node), Some(takeover))
+                let marks = marks::Forget::new(store.clone(), node.max_txn_ops);
+                (
+                    Registers::shared(store),
+                    Some(node),
+                    Some(takeover),
+                    Some(marks),
+                )
             }
         };
         let mut rules = Rules::new(registers.clone(), &cfg.limits);
@@ -380,6 +392,7 @@ impl Manager {
             http,
             node,
             takeover,
+            marks,
         };
         m.internal.push_back(Event::new(
             "manager/up",
@@ -553,6 +566,9 @@ impl Manager {
             if let (Some(t), Some(n)) = (&mut self.takeover, &self.node) {
                 t.turn(n)?;
             }
+            if let (Some(f), Some(n)) = (&mut self.marks, &self.node) {
+                f.turn(n)?;
+            }
             // After the commit: the history tells what was decided, never what was not.
             if let Some(h) = &mut self.history {
                 h.flush();
@@ -707,6 +723,14 @@ impl Manager {
                         continue;
                     }
                     let sender = secure.then_some(f.user.as_str());
+                    if let Some(from) = f.hint {
+                        // Where the stream goes on without a mark: the hello the forwarding
+                        // manager heard.
+                        if let Ok(b) = bus::delivery::Batch::decode(&f.frame, self.cfg.max_frame) {
+                            let key = delivery::key(sender.unwrap_or_default(), b.stream);
+                            self.streams.set_hint(&key, from);
+                        }
+                    }
                     self.take_input(&f.frame, sender, true)?;
                 }
             }
@@ -848,7 +872,7 @@ impl Manager {
                     // Not ours either (the members seen differently for a moment): the
                     // sender, unacknowledged, sends it again.
                     node.misrouted += 1;
-                } else if node.forward(&owner, sender, frame) {
+                } else if node.forward(&owner, sender, frame, self.streams.hint(&key)) {
                     self.streams.front(&key);
                 }
                 return Ok(Handled::Done);
@@ -1056,6 +1080,9 @@ impl Manager {
         }
         if let Some(t) = &self.takeover {
             self.stats.taken_over = t.taken_over;
+        }
+        if let Some(f) = &self.marks {
+            self.stats.marks_forgotten = f.forgotten;
         }
         if let Some(h) = &self.history {
             self.stats.history_bytes = h.bytes();
