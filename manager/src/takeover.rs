@@ -6,9 +6,22 @@
 //! and numbers), to its *own* publisher, once a second from the oldest, each frame saying that
 //! everything below the oldest was logged already ([`bus::delivery::Linked::after`]): the
 //! publisher takes them in order, recognises the numbers it has (a resend), and acknowledges
-//! them under the dead outbox's id. The leader deletes the acknowledged entries, in etcd
-//! transactions guarded by the member's absence ([`cluster::delete_while_gone`]): a member that
-//! came back under its id in the meantime keeps its outbox and sends it itself.
+//! them under the dead outbox's id.
+//!
+//! **One sender at a time.** Before it sends a dead member's outbox, the leader *claims* it
+//! ([`cluster::Leadership::claim`]: one transaction that puts `takeover/<id>` on the leader's
+//! lease only while it leads and the member's key is absent, checked by etcd, not by this
+//! manager's view of the members). It deletes acknowledged entries only under its claim
+//! ([`cluster::Leadership::delete_claimed`]). A member that joins again under its id waits,
+//! once joined (so no new claim can be made), until no claim is left
+//! ([`cluster::wait_unclaimed`]) before it opens its outbox. The leader, seeing it live, stops
+//! sending, and releases the claim once its publisher acknowledged everything it had sent
+//! (those entries deleted: the member does not send them again), or [`RELEASE_AFTER`] after
+//! it saw the member live, closing its link first so nothing it queued goes out later. A
+//! leader that dies takes its claim with its lease. So the leader and the member never send
+//! the same outbox at once; what can still go out twice is an entry the leader's publisher
+//! logs after the release (its acknowledgement later than [`RELEASE_AFTER`]), and, as below,
+//! what the dead member's publisher had in flight.
 //!
 //! An entry the dead member's publisher had logged but not yet acknowledged when the member
 //! died (at most what was in flight) is published once more, by this publisher, under a
@@ -27,16 +40,37 @@ use std::time::{Duration, Instant};
 pub const SCAN_EVERY: Duration = Duration::from_secs(1);
 /// Most entries sent per dead member per scan.
 const MAX_SEND: usize = 4_096;
+/// How long after it saw a member live again the leader waits for its publisher to
+/// acknowledge what it sent of that member's outbox before it hands the outbox back anyway.
+pub const RELEASE_AFTER: Duration = Duration::from_secs(3);
+/// How often the claims held are looked at.
+const HAND_BACK_EVERY: Duration = Duration::from_millis(100);
+
+/// A dead member's outbox this leader has claimed.
+#[derive(Debug, Default)]
+struct Claim {
+    /// The highest number sent to this publisher.
+    sent: u64,
+    /// The highest number the publisher acknowledged.
+    acked: u64,
+    /// When the member was first seen live again (the leader stops sending then).
+    live_since: Option<Instant>,
+}
 
 /// The leader's takeover of dead members' outboxes (see the module doc).
 pub(crate) struct Takeover {
     /// A PUSH of its own on this manager's link to its publisher.
     link: zmq::Socket,
+    /// The link's endpoint, to dial it again (dropping what is queued).
+    link_endpoint: String,
+    /// The outboxes claimed, by member.
+    claims: HashMap<String, Claim>,
     /// A SUB of its own on the publisher's acks, subscribed to each dead outbox's id.
     acks: zmq::Socket,
     /// Outbox id → the member it belonged to, for the outboxes subscribed to.
     outboxes: HashMap<String, String>,
     last_scan: Instant,
+    last_hand_back: Instant,
     store: Arc<EtcdStore>,
     /// Most deletes in one transaction.
     max_ops: usize,
@@ -58,9 +92,12 @@ impl Takeover {
         let acks = bus::sockets::connect(zmq::SUB, &endpoints.link_acks)?;
         Ok(Takeover {
             link,
+            link_endpoint: endpoints.link.clone(),
+            claims: HashMap::new(),
             acks,
             outboxes: HashMap::new(),
             last_scan: Instant::now(),
+            last_hand_back: Instant::now(),
             store,
             max_ops: max_txn_ops.saturating_sub(1).max(1),
             forgotten: HashMap::new(),
@@ -85,13 +122,85 @@ impl Takeover {
             }
         }
         for (member, upto) in acked {
+            if let Some(c) = self.claims.get_mut(&member) {
+                c.acked = c.acked.max(upto);
+            }
             self.forget(node, &member, upto)?;
         }
+        self.hand_back(node)?;
         if node.leader.is_leader() && self.last_scan.elapsed() >= SCAN_EVERY {
             self.last_scan = Instant::now();
             self.send(node)?;
         }
         Ok(())
+    }
+
+    /// Release the claims this manager should no longer hold: all of them when it no longer
+    /// leads; a member's once it is live again and what was sent of its outbox is acknowledged
+    /// (or [`RELEASE_AFTER`] passed); a member's whose outbox is empty and acknowledged.
+    fn hand_back(&mut self, node: &crate::clustered::Node) -> Result<(), ManagerError> {
+        if self.claims.is_empty() {
+            return Ok(());
+        }
+        if self.last_hand_back.elapsed() < HAND_BACK_EVERY {
+            return Ok(());
+        }
+        self.last_hand_back = Instant::now();
+        let leading = node.leader.is_leader();
+        let live: HashSet<String> = node.members.ids().into_iter().collect();
+        let mut release = Vec::new();
+        let mut empty = Vec::new();
+        let mut redial = false;
+        for (member, c) in self.claims.iter_mut() {
+            let done = c.acked >= c.sent;
+            if !leading {
+                release.push(member.clone());
+                redial |= !done;
+                continue;
+            }
+            if live.contains(member) {
+                let since = *c.live_since.get_or_insert_with(Instant::now);
+                if done || since.elapsed() >= RELEASE_AFTER {
+                    if !done {
+                        tracing::warn!(%member, sent = c.sent, acked = c.acked, "member back: handing its outbox back before this publisher acknowledged all that was sent (an action may be published twice; actors skip it by id)");
+                    }
+                    release.push(member.clone());
+                    redial |= !done;
+                }
+            } else if done {
+                empty.push(member.clone());
+            }
+        }
+        // Sent, acknowledged and deleted: nothing left to claim.
+        release.extend(empty.into_iter().filter(|m| self.entries_of(m).is_none()));
+        if redial {
+            // What is still queued for the publisher must not go out after the release.
+            self.link = bus::sockets::connect(zmq::PUSH, &self.link_endpoint)?;
+        }
+        for member in release {
+            self.claims.remove(&member);
+            self.forgotten.remove(&member);
+            node.leader.release_claim(&member)?;
+            tracing::info!(%member, "a dead member's outbox released");
+        }
+        Ok(())
+    }
+
+    /// The outbox entries of `member` (number, stored frame), oldest first; None when empty.
+    fn entries_of(&self, member: &str) -> Option<Vec<(u64, Vec<u8>)>> {
+        let mut root = self.store.etcd_key(&[SPACE]);
+        root.extend_from_slice(member.as_bytes());
+        root.push(b'/');
+        let mut out: Vec<(u64, Vec<u8>)> = self.store.mirror().read(|snap| {
+            snap.scan(&root)
+                .filter_map(|(k, v)| {
+                    let n = <[u8; 8]>::try_from(&k[root.len()..]).ok()?;
+                    Some((u64::from_be_bytes(n), v.to_vec()))
+                })
+                .collect()
+        });
+        out.sort_unstable_by_key(|(n, _)| *n);
+        (!out.is_empty()).then_some(out)
     }
 
     /// The outbox entries of members not live now: member → (number, stored frame), oldest
@@ -132,8 +241,22 @@ impl Takeover {
             let Some(&(oldest, _)) = entries.first() else {
                 continue;
             };
+            match self.claims.get(&member) {
+                // Live again (the watch says): not sent any more, handed back.
+                Some(c) if c.live_since.is_some() => continue,
+                Some(_) => {}
+                None => {
+                    // etcd decides, not this manager's view of the members.
+                    if !node.leader.claim(&member)? {
+                        tracing::debug!(%member, "not claimed: the member is live or this manager no longer leads");
+                        continue;
+                    }
+                    self.claims.insert(member.clone(), Claim::default());
+                }
+            }
             let mut sent = 0;
-            for (_, frame) in entries.iter().take(MAX_SEND) {
+            let mut highest = 0;
+            for (n, frame) in entries.iter().take(MAX_SEND) {
                 let Ok(mut l) = bus::decode::<Linked>(frame) else {
                     tracing::warn!(%member, "a dead member's outbox entry does not decode: left");
                     continue;
@@ -148,21 +271,28 @@ impl Takeover {
                     break;
                 }
                 sent += 1;
+                highest = *n;
+            }
+            if let Some(c) = self.claims.get_mut(&member) {
+                c.sent = c.sent.max(highest);
             }
             tracing::debug!(%member, sent, "a dead member's outbox sent to this publisher");
         }
         Ok(())
     }
 
-    /// Delete `member`'s entries up to `upto` (acknowledged by the publisher), while it is not
-    /// live.
+    /// Delete `member`'s entries up to `upto` (acknowledged by the publisher), while this
+    /// manager holds the claim on its outbox.
     fn forget(
         &mut self,
         node: &crate::clustered::Node,
         member: &str,
         upto: u64,
     ) -> Result<(), ManagerError> {
-        let Some(entries) = self.dead_entries(node).remove(member) else {
+        if !self.claims.contains_key(member) {
+            return Ok(());
+        }
+        let Some(entries) = self.entries_of(member) else {
             return Ok(());
         };
         let done = self.forgotten.get(member).copied().unwrap_or(0);
@@ -178,11 +308,12 @@ impl Takeover {
             })
             .collect();
         for chunk in keys.chunks(self.max_ops) {
-            if cluster::delete_while_gone(&node.etcd, member, chunk)? {
+            if node.leader.delete_claimed(member, chunk)? {
                 self.taken_over += chunk.len() as u64;
                 self.forgotten.insert(member.to_string(), upto);
             } else {
-                tracing::info!(%member, "member came back: its outbox is its own again");
+                tracing::info!(%member, "the claim on its outbox is gone: its outbox is not this manager's any more");
+                self.claims.remove(member);
                 break;
             }
         }
