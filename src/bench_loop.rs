@@ -108,7 +108,11 @@ impl FileLoop {
         std::fs::read_dir(self.out.path())
             .map(|d| {
                 d.flatten()
-                    .filter(|e| !e.file_name().to_string_lossy().contains(".reflex-tmp-"))
+                    .filter(|e| {
+                        !e.file_name()
+                            .to_string_lossy()
+                            .contains(engine::os::TEMP_MARK)
+                    })
                     .count() as u64
             })
             .unwrap_or(0)

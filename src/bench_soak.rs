@@ -13,7 +13,7 @@
 //! never landed. Exit status 1 when a part is not flat or anything was lost.
 
 use crate::bench_loop::FileLoop;
-use crate::bench_util::rss_fds;
+use crate::bench_util::{fds_split, rss_fds};
 use crate::cli::Exit;
 use clap::Args;
 use std::process::ExitCode;
@@ -33,6 +33,10 @@ pub struct SoakArgs {
     /// Seconds between samples.
     #[arg(long, default_value_t = 10.0)]
     pub every: f64,
+    /// Where the files are written (a new directory under it); a tmpfs such as /dev/shm takes
+    /// the file system's own cost out.
+    #[arg(long, default_value = "/tmp")]
+    pub dir: std::path::PathBuf,
 }
 
 const ACTOR: &str = "soak-actor";
@@ -40,10 +44,11 @@ const PARTS: [&str; 3] = ["manager", "publisher", "actor"];
 /// How far a sample may stray from the first one after warm-up.
 const FLAT: f64 = 0.10;
 
-/// One sample: seconds since the start, and (RSS bytes, fds) per part.
+/// One sample: seconds since the start, and (RSS bytes, fds held, temp files being written)
+/// per part.
 struct Sample {
     at: f64,
-    parts: Vec<(u64, u64)>,
+    parts: Vec<(u64, u64, u64)>,
 }
 
 /// min, max, first, last of a series, and whether it stayed within ±[`FLAT`] of its first.
@@ -75,7 +80,7 @@ pub fn run(a: SoakArgs) -> anyhow::Result<ExitCode> {
             (warm + 2.0 * a.every) / 60.0
         )));
     }
-    let l = FileLoop::start("soak/event", ACTOR)?;
+    let l = FileLoop::start_in("soak/event", ACTOR, &a.dir)?;
     let pids: Vec<u32> = PARTS
         .iter()
         .map(|p| {
@@ -95,7 +100,7 @@ pub fn run(a: SoakArgs) -> anyhow::Result<ExitCode> {
         "pending",
         PARTS
             .iter()
-            .map(|p| format!("{p:>9} MB/fds"))
+            .map(|p| format!("{p:>9} MB/fds+writing"))
             .collect::<Vec<_>>()
             .join("  ")
     );
@@ -117,14 +122,21 @@ pub fn run(a: SoakArgs) -> anyhow::Result<ExitCode> {
             let parts = pids
                 .iter()
                 .zip(PARTS)
-                .map(|(&pid, p)| rss_fds(pid).map_err(|e| anyhow::anyhow!("the {p}: {e}")))
+                .map(|(&pid, p)| {
+                    let sample = || -> anyhow::Result<(u64, u64, u64)> {
+                        let (rss, _) = rss_fds(pid)?;
+                        let (held, writing) = fds_split(pid)?;
+                        Ok((rss, held, writing))
+                    };
+                    sample().map_err(|e| anyhow::anyhow!("the {p}: {e}"))
+                })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             eprintln!(
                 "{now:>7.0} {sent:>10} {:>9}  {}",
                 l.sender.pending(),
                 parts
                     .iter()
-                    .map(|(r, f)| format!("{:>9.1} / {f:<4}", mb(*r)))
+                    .map(|(r, f, w)| format!("{:>9.1} / {f:<3}+{w:<3}", mb(*r)))
                     .collect::<Vec<_>>()
                     .join("  ")
             );
@@ -161,28 +173,41 @@ pub fn run(a: SoakArgs) -> anyhow::Result<ExitCode> {
 
     let after: Vec<&Sample> = samples.iter().filter(|s| s.at >= warm).collect();
     println!(
-        "reflex bench soak: {} min at {:.0} events/s ({achieved:.0}/s sent) through {} files on a CURVE stack, {} samples every {} s after a {warm:.0} s warm-up; flat = every sample within ±{:.0} % of the first after warm-up",
+        "reflex bench soak: {} min at {:.0} events/s ({achieved:.0}/s sent) through {} files under {} on a CURVE stack, {} samples every {} s after a {warm:.0} s warm-up; flat = every sample within ±{:.0} % of the first after warm-up; fds = those held (sockets, stores, watches), not the file resource's temp files being written (work in flight: their most is shown)",
         a.minutes,
         a.rate,
         a.files,
+        a.dir.display(),
         after.len(),
         a.every,
         FLAT * 100.0
     );
     println!(
-        "{:<10} {:>9} {:>9} {:>9} {:>9} {:>5}   {:>5} {:>5} {:>5} {:>5} {:>5}",
-        "part", "RSS min", "max", "first", "last", "flat", "fds", "max", "first", "last", "flat"
+        "{:<10} {:>9} {:>9} {:>9} {:>9} {:>5}   {:>5} {:>5} {:>5} {:>5} {:>5}   {:>7}",
+        "part",
+        "RSS min",
+        "max",
+        "first",
+        "last",
+        "flat",
+        "fds",
+        "max",
+        "first",
+        "last",
+        "flat",
+        "writing"
     );
     let mut all_flat = true;
     for (i, p) in PARTS.iter().enumerate() {
         let rss: Vec<u64> = after.iter().map(|s| s.parts[i].0).collect();
         let fds: Vec<u64> = after.iter().map(|s| s.parts[i].1).collect();
+        let writing = after.iter().map(|s| s.parts[i].2).max().unwrap_or(0);
         let (r0, r1, rf, rl, rok) = flat(&rss);
         let (f0, f1, ff, fl, fok) = flat(&fds);
         all_flat &= rok && fok;
         let yes = |ok: bool| if ok { "yes" } else { "NO" };
         println!(
-            "{p:<10} {:>7.1}MB {:>7.1}MB {:>7.1}MB {:>7.1}MB {:>5}   {f0:>5} {f1:>5} {ff:>5} {fl:>5} {:>5}",
+            "{p:<10} {:>7.1}MB {:>7.1}MB {:>7.1}MB {:>7.1}MB {:>5}   {f0:>5} {f1:>5} {ff:>5} {fl:>5} {:>5}   {writing:>7}",
             mb(r0),
             mb(r1),
             mb(rf),

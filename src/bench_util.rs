@@ -327,6 +327,25 @@ pub fn rss_fds(pid: u32) -> anyhow::Result<(u64, u64)> {
     Ok((rss * 1024, fds))
 }
 
+/// A process's open file descriptors: those it holds (sockets, its store, inotify, pipes) and
+/// the file resource's temp files being written now (work in flight, not held: their number
+/// follows the write rate and the disk's fsync time).
+pub fn fds_split(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let (mut held, mut writing) = (0, 0);
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))?.flatten() {
+        // A descriptor closed between the listing and the look is neither.
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        if target.to_string_lossy().contains(engine::os::TEMP_MARK) {
+            writing += 1;
+        } else {
+            held += 1;
+        }
+    }
+    Ok((held, writing))
+}
+
 /// The `p` quantile (0..=1) of sorted samples; NaN when there are none.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -33,6 +33,10 @@ pub fn atomic_write_unsynced(path: &Path, content: &[u8]) -> std::io::Result<()>
     write_and_rename(path, content, None, false)
 }
 
+/// What every temp file of an atomic write has in its name (`.<name>.reflex-tmp-<pid>-<n>`,
+/// next to the file it replaces): listings and benchmarks leave such files out.
+pub const TEMP_MARK: &str = ".reflex-tmp-";
+
 fn write_and_rename(
     path: &Path,
     content: &[u8],
@@ -44,7 +48,7 @@ fn write_and_rename(
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     // The pid once: glibc does not cache getpid, and this runs for every file written.
     static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let suffix = format!(".reflex-tmp-{}-{n}", PID.get_or_init(std::process::id));
+    let suffix = format!("{TEMP_MARK}{}-{n}", PID.get_or_init(std::process::id));
     let mut name = OsString::from(".");
     match path.file_name() {
         // Stay under NAME_MAX (255) even for long names.

@@ -190,7 +190,7 @@ fn mirror(src: &Path, dst: &Path, spec: &FileSpec, diff: &mut Diff) -> Result<()
         let mut names: Vec<OsString> = fs::read_dir(dir)
             .map_err(|e| ResourceError::io(format!("list {}", dir.display()), e))?
             .filter_map(|e| e.ok().map(|e| e.file_name()))
-            .filter(|n| !n.to_string_lossy().starts_with(".reflex-tmp"))
+            .filter(|n| !n.to_string_lossy().contains(crate::os::TEMP_MARK))
             .collect();
         names.sort();
         Ok(names)
