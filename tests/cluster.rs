@@ -464,6 +464,19 @@ fn the_leader_publishes_a_dead_managers_outbox_once() {
     wait_for("m2's outbox taken over", Duration::from_secs(20), || {
         (outbox_entries(&outboxes, "m2") == 0).then_some(())
     });
+    // Sent, acknowledged and deleted: the leader's claim on it is released, so m2, started
+    // again, would not wait for it.
+    let claim = view.key(&format!("{}/m2", cluster::TAKEOVER));
+    wait_for(
+        "the claim on m2's outbox released",
+        Duration::from_secs(20),
+        || {
+            let mut c = view.client();
+            let k = claim.clone();
+            let resp = view.block_on(async move { c.get(k, None).await }).ok()?;
+            resp.kvs().is_empty().then_some(())
+        },
+    );
     let names = logged_names(&states[0], bases[0], "host/x/");
     let mut counted: BTreeMap<String, usize> = BTreeMap::new();
     for n in &names {

@@ -179,7 +179,6 @@ impl Takeover {
         }
         for member in release {
             self.claims.remove(&member);
-            self.forgotten.remove(&member);
             node.leader.release_claim(&member)?;
             tracing::info!(%member, "a dead member's outbox released");
         }
@@ -237,7 +236,10 @@ impl Takeover {
     }
 
     fn send(&mut self, node: &crate::clustered::Node) -> Result<(), ManagerError> {
-        for (member, entries) in self.dead_entries(node) {
+        for (member, mut entries) in self.dead_entries(node) {
+            // Deleted already (the mirror learns it a moment later): not sent, not claimed for.
+            let deleted = self.forgotten.get(&member).copied().unwrap_or(0);
+            entries.retain(|(n, _)| *n > deleted);
             let Some(&(oldest, _)) = entries.first() else {
                 continue;
             };
