@@ -238,6 +238,52 @@ fn a_manager_killed_mid_burst_loses_nothing_and_counts_nothing_twice() {
     drop(managers);
 }
 
+/// A spooled sender's stream owned by m1 (of m1 and m2), sent through the manager at `base`:
+/// 10 events acknowledged, its mark deleted from etcd, 10 more from the same spool.
+fn resumes_after_its_mark_is_forgotten(
+    view: &cluster::Cluster,
+    state: &Path,
+    base: u16,
+    spool: &Path,
+) {
+    let stream = (0..256)
+        .map(|i| format!("resume-{i}"))
+        .find(|s| {
+            cluster::partition::owner(&format!("admin\0{s}"), ["m1", "m2"]).as_deref() == Some("m1")
+        })
+        .expect("a stream m1 owns");
+    let sec = admin_security(state);
+    let send = |from: u64| {
+        let mut cfg = bus::sender::SenderConfig::new(&format!("tcp://127.0.0.1:{base}"), &sec);
+        cfg.stream = Some(stream.clone());
+        cfg.spool = Some(spool.to_path_buf());
+        let s = bus::sender::Sender::start(cfg).expect("sender");
+        assert_eq!(s.acked(), from, "the spool's stream resumed");
+        for i in from..from + 10 {
+            assert!(s.send(&bus::Event::new(
+                "tick/n",
+                "r0",
+                serde_json::json!({ "i": i })
+            )));
+        }
+        assert!(
+            s.wait_acked(Duration::from_secs(30)),
+            "events {from}.. of a stream whose mark was forgotten never acknowledged ({} of {})",
+            s.acked(),
+            from + 10
+        );
+    };
+    send(0);
+    let mark = view.key(&format!("r/x80/admin\0{stream}"));
+    let mut c = view.client();
+    let deleted = view
+        .block_on(async move { c.delete(mark, None).await })
+        .expect("delete the mark");
+    assert_eq!(deleted.deleted(), 1, "the stream had a mark");
+    send(10);
+    assert_eq!(counts(state, base).get("count/r0"), Some(&20));
+}
+
 /// Events of the failover sender (m2 then m1) in the takeover test.
 const FAILOVER_EVENTS: usize = 450;
 
@@ -385,6 +431,12 @@ fn the_leader_publishes_a_dead_managers_outbox_once() {
     }
     let waiting = outbox_entries(&outboxes, "m2");
     assert!(waiting > 0, "m2 owned none of 12 streams");
+
+    // A stream whose mark was forgotten (the leader's job, done here by hand) goes on where
+    // its sender's hello says: a spooled sender acknowledged up to 10 starts again on its
+    // spool and sends 10 more through m2, which forwards them, with the hello's word, to m1,
+    // the stream's owner. Each of the 20 is counted once.
+    resumes_after_its_mark_is_forgotten(&view, &states[1], bases[1], &tmp.path().join("spool"));
 
     // Sender failover: one `reflex send --stdin` given both managers, m2 first. Once some of
     // its events are committed, m2 is killed mid-stream: the sender moves to m1 and sends
