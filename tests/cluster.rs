@@ -248,9 +248,7 @@ fn resumes_after_its_mark_is_forgotten(
 ) {
     let stream = (0..256)
         .map(|i| format!("resume-{i}"))
-        .find(|s| {
-            cluster::partition::owner(&format!("admin\0{s}"), ["m1", "m2"]).as_deref() == Some("m1")
-        })
+        .find(|s| cluster::partition::owner(&format!("admin\0{s}"), ["m1", "m2"]) == Some("m1"))
         .expect("a stream m1 owns");
     let sec = admin_security(state);
     let send = |from: u64| {
