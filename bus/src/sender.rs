@@ -424,7 +424,7 @@ impl Failover {
 /// The sender's thread: its sockets and what it holds.
 struct Run {
     pull: zmq::Socket,
-    /// PUSH and DEALER to the manager talked to now ([`Failover::current`]).
+    /// PUSH and DEALER to the manager talked to now (the failover's current one).
     push: zmq::Socket,
     acks: zmq::Socket,
     failover: Failover,
