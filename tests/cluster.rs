@@ -46,6 +46,25 @@ fn manager(state: &Path, base: u16, rules: &Path, url: &str, id: &str) -> Proc {
     Proc::start(id, &args_ref(&a))
 }
 
+fn publisher_proc(state: &Path, base: u16, url: &str, id: &str) -> Proc {
+    let mut a = vec!["publisher".to_string()];
+    a.extend(stack_args(state, base));
+    a.extend(
+        [
+            "--cluster",
+            url,
+            "--cluster-prefix",
+            PREFIX,
+            "--cluster-id",
+            id,
+            "--cluster-ttl",
+            "2",
+        ]
+        .map(String::from),
+    );
+    Proc::start(id, &args_ref(&a))
+}
+
 /// The registers under `count/` as the manager at `base` reads them.
 fn counts(state: &Path, base: u16) -> BTreeMap<String, i64> {
     let mut a = vec!["registers".to_string(), "list".into(), "count/".into()];
@@ -330,7 +349,9 @@ fn logged_names(state: &Path, base: u16, topic: &str) -> Vec<String> {
 /// Two managers; only m1 has a publisher (announced in etcd). Events sent through m2 make one
 /// action each; those of the streams m2 owns wait in m2's outbox, which nothing acknowledges.
 /// m2 is killed with SIGKILL: the leader (m1) sends m2's outbox to its publisher and deletes it
-/// once acknowledged. Every action is logged by the publisher exactly once. A `reflex send
+/// once acknowledged. m2 comes back (with a publisher of its own) while the leader's publisher
+/// is stopped, the leader holding m2's outbox: it waits until the leader hands it back. Every
+/// action is logged exactly once, by the leader's publisher. A `reflex send
 /// --stdin` given both managers (m2 first) is mid-stream when m2 dies: it moves to m1, sends
 /// there what m2 left unacknowledged, and every one of its events is counted exactly once.
 #[test]
@@ -371,22 +392,7 @@ fn the_leader_publishes_a_dead_managers_outbox_once() {
     let mut managers: Vec<Option<Proc>> = (0..2)
         .map(|i| Some(manager(&states[i], bases[i], &rules, &url, ids[i])))
         .collect();
-    let mut a = vec!["publisher".to_string()];
-    a.extend(stack_args(&states[0], bases[0]));
-    a.extend(
-        [
-            "--cluster",
-            &url,
-            "--cluster-prefix",
-            PREFIX,
-            "--cluster-id",
-            "p1",
-            "--cluster-ttl",
-            "2",
-        ]
-        .map(String::from),
-    );
-    let mut publisher = Proc::start("p1", &args_ref(&a));
+    let mut publisher = publisher_proc(&states[0], bases[0], &url, "p1");
 
     let view = cluster::Cluster::connect(&url, PREFIX).expect("etcd");
     let members = cluster::Members::watch(&view).expect("members");
@@ -484,12 +490,39 @@ fn the_leader_publishes_a_dead_managers_outbox_once() {
         },
     );
 
+    // m2 back while the leader sends its outbox: the leader's publisher is stopped (SIGSTOP)
+    // before m2 dies, so the leader claims m2's outbox and sends it there unacknowledged; m2
+    // comes back under its id with a publisher of its own (p2). It must wait for the claim
+    // (without it both would send the same entries, one through each publisher): once p1
+    // goes on, the leader deletes what p1 acknowledged and hands the outbox back empty.
+    publisher.signal(libc::SIGSTOP);
     managers[1].as_mut().unwrap().kill9();
     managers[1] = None;
     assert!(
         done_at_kill < FAILOVER_EVENTS as u64,
         "the kill landed after the stream ({done_at_kill} done)"
     );
+    let claim = view.key(&format!("{}/m2", cluster::TAKEOVER));
+    let claimed = || {
+        let mut c = view.client();
+        let k = claim.clone();
+        view.block_on(async move { c.get(k, None).await })
+            .ok()
+            .map(|r| !r.kvs().is_empty())
+    };
+    wait_for(
+        "the leader's claim on m2's outbox",
+        Duration::from_secs(20),
+        || claimed().filter(|c| *c).map(|_| ()),
+    );
+    managers[1] = Some(manager(&states[1], bases[1], &rules, &url, "m2"));
+    let mut p2 = publisher_proc(&states[1], bases[1], &url, "p2");
+    assert!(
+        members.wait_for(Duration::from_secs(30), |ids| ids.len() == 2),
+        "m2 back: {:?}",
+        members.ids()
+    );
+    publisher.signal(libc::SIGCONT);
     let out = failover.wait_with_output().expect("sender");
     assert!(
         out.status.success(),
@@ -514,18 +547,17 @@ fn the_leader_publishes_a_dead_managers_outbox_once() {
     wait_for("m2's outbox taken over", Duration::from_secs(20), || {
         (outbox_entries(&outboxes, "m2") == 0).then_some(())
     });
-    // Sent, acknowledged and deleted: the leader's claim on it is released, so m2, started
-    // again, would not wait for it.
-    let claim = view.key(&format!("{}/m2", cluster::TAKEOVER));
+    // Sent, acknowledged and deleted: the leader's claim on it is released.
     wait_for(
         "the claim on m2's outbox released",
         Duration::from_secs(20),
-        || {
-            let mut c = view.client();
-            let k = claim.clone();
-            let resp = view.block_on(async move { c.get(k, None).await }).ok()?;
-            resp.kvs().is_empty().then_some(())
-        },
+        || claimed().filter(|c| !*c).map(|_| ()),
+    );
+    // Each action once across both publishers: all through p1, none through p2.
+    let through_p2 = logged_names(&states[1], bases[1], "host/x/");
+    assert!(
+        through_p2.is_empty(),
+        "m2 sent again what the leader sent: {through_p2:?}"
     );
     let names = logged_names(&states[0], bases[0], "host/x/");
     let mut counted: BTreeMap<String, usize> = BTreeMap::new();
@@ -549,6 +581,7 @@ fn the_leader_publishes_a_dead_managers_outbox_once() {
 
     // A publisher stopped leaves the cluster at once.
     publisher.terminate(Duration::from_secs(10));
+    p2.terminate(Duration::from_secs(10));
     assert_eq!(
         cluster::announced(&view, cluster::PUBLISHERS)
             .map(|a| a.len())

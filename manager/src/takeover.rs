@@ -42,7 +42,7 @@ pub const SCAN_EVERY: Duration = Duration::from_secs(1);
 const MAX_SEND: usize = 4_096;
 /// How long after it saw a member live again the leader waits for its publisher to
 /// acknowledge what it sent of that member's outbox before it hands the outbox back anyway.
-pub const RELEASE_AFTER: Duration = Duration::from_secs(3);
+pub const RELEASE_AFTER: Duration = Duration::from_secs(5);
 /// How often the claims held are looked at.
 const HAND_BACK_EVERY: Duration = Duration::from_millis(100);
 
