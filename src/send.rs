@@ -259,6 +259,33 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn to_takes_several_managers_and_defaults_to_the_stack() {
+        let stack = StackArgs {
+            state: ".reflex".into(),
+            port_base: 4600,
+            addr: "10.0.0.1".into(),
+            insecure: true,
+            manager_key: None,
+        };
+        assert_eq!(
+            managers(&[], &stack).unwrap(),
+            ["tcp://10.0.0.1:4600".to_string()]
+        );
+        // clap splits commas; blanks left by a trailing comma are left out.
+        let given = [
+            "tcp://a:4510".to_string(),
+            " tcp://b:4510".into(),
+            "".into(),
+        ];
+        assert_eq!(
+            managers(&given, &stack).unwrap(),
+            ["tcp://a:4510".to_string(), "tcp://b:4510".into()]
+        );
+        let err = managers(&["tcp://a".to_string()], &stack).unwrap_err();
+        assert!(err.to_string().contains("tcp://a"), "{err}");
+    }
+
+    #[test]
     fn fields_are_typed_and_merged() {
         let v = build_data(
             Some(r#"{"a": 1, "b": "x"}"#),
