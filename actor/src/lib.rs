@@ -140,6 +140,9 @@ pub struct Config {
     pub http: Option<String>,
 }
 
+/// The least time between two batches of results (see [`bus::sender::SenderConfig::gather`]).
+const RESULTS_GATHER: Duration = Duration::from_millis(2);
+
 /// One publisher an actor follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publisher {
@@ -178,9 +181,11 @@ pub fn run(cfg: Config, stop: Arc<AtomicBool>) -> Result<(), ActorError> {
     // Results are kept until the manager acknowledges them (bus::sender); every task hands its
     // events to it directly (it never blocks: an overflow, the manager away for long, is
     // counted and logged by the sender).
-    let push = Arc::new(bus::sender::Sender::start(
-        bus::sender::SenderConfig::with_managers(&cfg.managers, &cfg.security),
-    )?);
+    // Results of a burst go in batches (a wake-up of the sender per 2 ms, not per result).
+    let push = Arc::new(bus::sender::Sender::start(bus::sender::SenderConfig {
+        gather: RESULTS_GATHER,
+        ..bus::sender::SenderConfig::with_managers(&cfg.managers, &cfg.security)
+    })?);
     let out: graph_task::Out = {
         let (push, metrics) = (Arc::clone(&push), metrics.clone());
         Arc::new(move |ev: Event| {

@@ -7,8 +7,8 @@
 //! never writes it: [`Store::save`], [`Store::remove`] and [`Store::save_last_seqs`] queue the
 //! change for the store's own thread and return at once, so the next action may start. That
 //! thread takes everything queued, writes it as ONE checksummed frame (many graphs' records
-//! and the last sequences as of the last of them), fsyncs once, and starts over; the more
-//! actions arrive while it syncs, the bigger the next group.
+//! and the last sequences as of the last of them), fsyncs once, and starts over, at most once
+//! every 5 ms; the more actions arrive meanwhile, the bigger the next group.
 //!
 //! **Crash safety.** A frame counts whole or not at all (checksum and length; a torn tail is
 //! cut off when the store is opened), and the serve loop queues a graph before its sequence, so
@@ -44,6 +44,10 @@ pub(crate) type LastSeqs = std::collections::BTreeMap<String, u64>;
 const COMPACT_MIN: u64 = 4 << 20;
 /// The most bytes of records one group commit takes; the rest waits for the next one.
 const MAX_GROUP: usize = 4 << 20;
+/// The least time between two group commits. The store is off the critical path (the
+/// publisher's log is what the actor resumes from), so waiting costs nothing but a few
+/// milliseconds more to replay after a crash.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 /// Frame size in a snapshot.
 const SNAPSHOT_CHUNK: usize = 1 << 20;
 
@@ -324,8 +328,13 @@ struct Writer {
 impl Writer {
     fn run(mut self, ops: mpsc::Receiver<Op>) {
         let mut frame = Vec::new();
+        let mut last = std::time::Instant::now() - GATHER;
         // Blocks until something is queued; ends once the Store is dropped and all is done.
         while let Ok(first) = ops.recv() {
+            // At most one commit per GATHER: a burst of actions makes a few big groups rather
+            // than a wake-up, a write and an fsync for each action.
+            std::thread::sleep(GATHER.saturating_sub(last.elapsed()));
+            last = std::time::Instant::now();
             let mut group = vec![first];
             let mut size = 0;
             while size < MAX_GROUP {

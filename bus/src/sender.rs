@@ -113,6 +113,11 @@ pub struct SenderConfig {
     pub spool: Option<PathBuf>,
     /// With a spool, most bytes of events held; past it (or past `retain`), overflow.
     pub spool_bytes: u64,
+    /// The least time between two takings of what the application queued: a busy sender
+    /// then wakes once per `gather` and sends what came meanwhile together, rather than once
+    /// per event. Zero (the default): each event goes at once. The actor's results use a
+    /// couple of milliseconds.
+    pub gather: Duration,
 }
 
 impl SenderConfig {
@@ -146,6 +151,7 @@ impl SenderConfig {
             max_event: crate::MAX_FRAME - 4_096,
             spool: None,
             spool_bytes: 64 << 20,
+            gather: Duration::ZERO,
         }
     }
 }
@@ -449,6 +455,7 @@ impl Run {
     fn run(&mut self) {
         let mut last_progress = Instant::now();
         let mut last_hello: Option<Instant> = None;
+        let mut last_take = Instant::now() - self.cfg.gather;
         while !self.counts.stop.load(Ordering::Relaxed) {
             if last_hello.is_none_or(|t| t.elapsed() >= self.cfg.heartbeat) {
                 let hello = crate::encode(&Hello {
@@ -488,6 +495,8 @@ impl Run {
                 last_progress = Instant::now();
             }
             if inbox {
+                std::thread::sleep(self.cfg.gather.saturating_sub(last_take.elapsed()));
+                last_take = Instant::now();
                 self.take_inbox();
             }
             if inbox || writable || acks {

@@ -22,6 +22,9 @@ use crate::error::ResourceError;
 use crate::hub::FileHub;
 use crate::resource::{ApplyCtx, Outcome, Poke, Resource, WatchCtx, WatchGuard};
 
+/// The largest content a check reads on the engine's own thread (see `check_apply`).
+const INLINE_MAX: usize = 16 << 10;
+
 /// A managed file.
 pub struct File {
     // Shared with the blocking thread each check runs on.
@@ -81,6 +84,18 @@ impl Resource for File {
             }
             None => Arc::clone(&self.spec),
         };
+        // A small file with its content given is looked at here first, read-only: most checks
+        // find it right (the poke our own write's rename causes, a repair's second look), and
+        // then a blocking thread's round trip (two wake-ups) would cost more than the stat and
+        // the read of a few KiB from the page cache. Anything to fix, or to read at length, goes
+        // to a blocking thread.
+        if spec.source.is_none()
+            && !spec.dir
+            && spec.content.as_ref().is_some_and(|c| c.len() <= INLINE_MAX)
+            && matches!(check::check_apply(&spec, false), Ok(Outcome::Converged))
+        {
+            return Ok(Outcome::Converged);
+        }
         let outcome = tokio::task::spawn_blocking(move || check::check_apply(&spec, apply))
             .await
             .map_err(|e| ResourceError::Failed(format!("file check panicked: {e}")))??;
