@@ -133,7 +133,7 @@ pub fn managers(to: &[String], stack: &StackArgs) -> anyhow::Result<Vec<String>>
     for t in &given {
         if bus::endpoints::acks_for(t).is_none() {
             return Err(Exit::usage(format!(
-                "--to {t:?}: expected a manager's ingest endpoint, tcp://HOST:PORT"
+                "{t:?}: expected a manager's ingest endpoint, tcp://HOST:PORT"
             )));
         }
     }

@@ -63,9 +63,7 @@ pub mod registers;
 
 pub use connection::{retry, transient, txn_rate, Cluster, CALL_TIMEOUT, RETRY_FOR};
 pub use leader::{current_leader, wait_unclaimed, Leadership, TAKEOVER};
-pub use membership::{
-    announced, check_id, delete_while_gone, Membership, DEFAULT_TTL, MEMBERS, PUBLISHERS,
-};
+pub use membership::{announced, check_id, Membership, DEFAULT_TTL, MEMBERS, PUBLISHERS};
 pub use mirror::{Entry, Mirror, Snapshot};
 pub use partition::Members;
 pub use registers::EtcdStore;

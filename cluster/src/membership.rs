@@ -48,36 +48,6 @@ pub fn announced(cluster: &Cluster, dir: &str) -> Result<Vec<(String, Vec<u8>)>,
         .collect())
 }
 
-/// Delete `keys` (full etcd keys) in one transaction, only while member `id` is not live (its
-/// key under [`MEMBERS`] absent): true when done. A clustered leader forgets a dead member's
-/// outbox entries this way, so a member that came back keeps what is its own again.
-pub fn delete_while_gone(
-    cluster: &Cluster,
-    id: &str,
-    keys: &[Vec<u8>],
-) -> Result<bool, ClusterError> {
-    check_id(id)?;
-    let member = cluster.key(&format!("{MEMBERS}/{id}"));
-    let txn = Txn::new()
-        .when([Compare::create_revision(
-            member.as_str(),
-            CompareOp::Equal,
-            0,
-        )])
-        .and_then(
-            keys.iter()
-                .map(|k| TxnOp::delete(k.clone(), None))
-                .collect::<Vec<_>>(),
-        );
-    let client = cluster.client();
-    let resp = cluster.block_on(retry(|| {
-        let mut c = client.clone();
-        let txn = txn.clone();
-        async move { c.txn(txn).await }
-    }))?;
-    Ok(resp.succeeded())
-}
-
 /// This process's membership of the cluster; leaves (revokes its lease) on drop.
 pub struct Membership {
     cluster: Cluster,
