@@ -86,6 +86,25 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A child's first arguments: its subcommand, state dir, address, logging and security.
+fn child_args(sub: &str, state: &Path, a: &UpArgs, log: &LogArgs) -> Vec<String> {
+    let mut v = vec![
+        sub.to_string(),
+        "--state".into(),
+        state.display().to_string(),
+        "--addr".into(),
+        a.stack.addr.clone(),
+        "--log-format".into(),
+        log.log_format.as_str().into(),
+        "--log-level".into(),
+        log.log_level.clone(),
+    ];
+    if a.stack.insecure {
+        v.push("--insecure".into());
+    }
+    v
+}
+
 /// Pair `i`'s addresses (1-based): its state dir and port base.
 fn pair_endpoints(a: &UpArgs, state: &Path, i: usize) -> bus::Endpoints {
     let mut stack = a.stack.clone();
@@ -176,28 +195,17 @@ pub fn run(a: UpArgs, log: &LogArgs, n: usize) -> anyhow::Result<ExitCode> {
         let base = a.stack.port_base + STRIDE * (i as u16 - 1);
         let id = format!("node{i}");
         let common = |sub: &str| -> Vec<String> {
-            let mut v = vec![
-                s(sub),
-                s("--state"),
-                dir.display().to_string(),
+            let mut v = child_args(sub, &dir, &a, log);
+            v.extend([
                 s("--port-base"),
                 base.to_string(),
-                s("--addr"),
-                a.stack.addr.clone(),
-                s("--log-format"),
-                log.log_format.as_str().into(),
-                s("--log-level"),
-                log.log_level.clone(),
                 s("--cluster"),
                 url.clone(),
                 s("--cluster-prefix"),
                 s(PREFIX),
                 s("--cluster-id"),
                 id.clone(),
-            ];
-            if a.stack.insecure {
-                v.push(s("--insecure"));
-            }
+            ]);
             v
         };
         let mut m = common("manager");
@@ -220,23 +228,7 @@ pub fn run(a: UpArgs, log: &LogArgs, n: usize) -> anyhow::Result<ExitCode> {
         ));
     }
     // This host's actor and beacons, from the state dir itself, with every pair's doors.
-    let host_common = |sub: &str| -> Vec<String> {
-        let mut v = vec![
-            s(sub),
-            s("--state"),
-            state.display().to_string(),
-            s("--addr"),
-            a.stack.addr.clone(),
-            s("--log-format"),
-            log.log_format.as_str().into(),
-            s("--log-level"),
-            log.log_level.clone(),
-        ];
-        if a.stack.insecure {
-            v.push(s("--insecure"));
-        }
-        v
-    };
+    let host_common = |sub: &str| child_args(sub, &state, &a, log);
     let ingests: Vec<String> = (1..=n)
         .map(|i| pair_endpoints(&a, &state, i).ingest)
         .collect();
