@@ -183,10 +183,14 @@ impl Actor {
                     Msg::Connected => self.connected(from),
                     Msg::Lost => self.lost(from),
                     Msg::Tick { topic, last } => self.ticked(from, &topic, last),
-                    Msg::Frame(f) => match self.verify.check(&f) {
-                        Ok(a) => self.take_live(from, a).await,
-                        Err(refused) => self.reject(&refused),
-                    },
+                    Msg::Frames(frames) => {
+                        for checked in self.verify.check_all(&frames) {
+                            match checked {
+                                Ok(a) => self.take_live(from, a).await,
+                                Err(refused) => self.reject(&refused),
+                            }
+                        }
+                    }
                 },
                 Wake::CaughtUp(from, why, fetched) => self.caught_up(from, why, fetched).await,
                 Wake::Crossed(c) => self.crossed(c),
@@ -342,10 +346,12 @@ impl Actor {
     /// missed) comes first, then, after a connection, the announcement that actions reach us,
     /// then what arrived live from it meanwhile.
     async fn caught_up(&mut self, from: usize, why: Why, fetched: Fetched) {
-        for f in fetched.frames {
-            match self.verify.check(&f) {
-                Ok(a) => self.take(from, a, Source::Replayed).await,
-                Err(refused) => self.reject(&refused),
+        for chunk in fetched.frames.chunks(crate::sub::BATCH) {
+            for checked in self.verify.check_all(chunk) {
+                match checked {
+                    Ok(a) => self.take(from, a, Source::Replayed).await,
+                    Err(refused) => self.reject(&refused),
+                }
             }
         }
         if why == Why::Connected {

@@ -20,8 +20,10 @@ pub(crate) struct Inbound {
 
 /// What a publisher's subscription delivered.
 pub(crate) enum Msg {
-    /// A sealed action frame received live, not verified yet.
-    Frame(Vec<u8>),
+    /// Sealed action frames received live, in order, not verified yet: what the socket had
+    /// ready, up to [`BATCH`], so a burst is verified as a batch and crosses to the serve loop
+    /// in one hand-over rather than one each.
+    Frames(Vec<Vec<u8>>),
     /// The subscription reached a publisher (first connect or reconnect): time to catch up.
     Connected,
     /// The connection to the publisher was lost (closed, or its heartbeats timed out).
@@ -35,6 +37,9 @@ pub(crate) enum Msg {
         last: u64,
     },
 }
+
+/// The most frames handed over at once.
+pub(crate) const BATCH: usize = 64;
 
 /// How often the subscription pings the publisher (ZMTP heartbeats), and how long without any
 /// traffic it waits before taking the connection for lost and reconnecting: a link cut without
@@ -163,10 +168,14 @@ fn take(
     if !data {
         return true;
     }
+    let mut frames = Vec::new();
+    // A tick is handed over after the frames received before it, never ahead of them.
+    let flush =
+        |frames: &mut Vec<Vec<u8>>| frames.is_empty() || send(Msg::Frames(std::mem::take(frames)));
     while let Ok(parts) = feed.sub.recv_multipart(zmq::DONTWAIT) {
         let mut parts = parts;
         if let Some(tick) = tick(&parts) {
-            if !send(tick) {
+            if !flush(&mut frames) || !send(tick) {
                 return false;
             }
             continue;
@@ -184,13 +193,12 @@ fn take(
                 None
             }
         };
-        if let Some(f) = frame {
-            if !send(Msg::Frame(f)) {
-                return false;
-            }
+        frames.extend(frame);
+        if frames.len() >= BATCH && !flush(&mut frames) {
+            return false;
         }
     }
-    true
+    flush(&mut frames)
 }
 
 /// A tick, checked: three frames, a topic we can read, `tick`, 8 bytes of seq.

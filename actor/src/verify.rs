@@ -41,6 +41,28 @@ impl Verify {
             Some(k) => envelope::open(frame, k, self.max_frame),
             None => envelope::open_unverified(frame, self.max_frame),
         };
+        self.mine(frame, opened)
+    }
+
+    /// Open `frames` as [`Verify::check`] opens each, their signatures checked as a batch:
+    /// the results in the frames' order.
+    pub(crate) fn check_all(&self, frames: &[Vec<u8>]) -> Vec<Result<Action, Box<Refused>>> {
+        match &self.key {
+            Some(k) if frames.len() > 1 => envelope::open_all(frames, k, self.max_frame)
+                .into_iter()
+                .zip(frames)
+                .map(|(opened, frame)| self.mine(frame, opened))
+                .collect(),
+            _ => frames.iter().map(|f| self.check(f)).collect(),
+        }
+    }
+
+    /// The action of an opened frame, if it is for this actor.
+    fn mine(
+        &self,
+        frame: &[u8],
+        opened: Result<envelope::Opened, envelope::EnvelopeError>,
+    ) -> Result<Action, Box<Refused>> {
         let opened = opened.map_err(|e| {
             let claim = envelope::peek(frame, self.max_frame).ok();
             Box::new(Refused {
