@@ -5,6 +5,13 @@
 //! non-recursive watch per parent directory (ref-counted across subscribers), and dispatches
 //! each event by exact path to the pokes subscribed to it. Watching the parent rather than
 //! the file itself is what lets us see a file being created, deleted or replaced by rename.
+//!
+//! A check that fixes a file renames its temp file over it, and that rename is an event like
+//! any other: the node that wrote would be poked to look again at what it just wrote (a
+//! wake-up, a stat and a read per fix). So a write tells the hub its temp file first
+//! ([`FileHub::own_rename`]), and the rename's events (inotify pairs `MOVED_FROM` of the temp
+//! and `MOVED_TO` of the target by a cookie) poke every subscriber but the writer. Nothing
+//! else is held back: any later change to the file is an event of its own.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -12,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::error::{EngineError, ResourceError};
@@ -21,12 +28,27 @@ use crate::resource::{Poke, WatchGuard};
 /// Subscribers by parent directory, then by file name.
 type Subscribers = HashMap<PathBuf, HashMap<OsString, Vec<(u64, Poke)>>>;
 
+/// What the inotify thread routes by: the subscribers, and the renames our own checks make.
+#[derive(Default)]
+struct Routes {
+    subs: Subscribers,
+    /// Temp files about to be renamed over a watched file, with the poke of the node that
+    /// wrote them (see [`Poke::key`]).
+    own: HashMap<PathBuf, usize>,
+    /// The rename of one of those in flight: its cookie and the writer's poke.
+    moving: Option<(usize, usize)>,
+}
+
+/// The most own renames announced and not seen yet: past it they are forgotten (a watch
+/// ended before its rename's event came), which costs only a needless re-check.
+const OWN_MAX: usize = 4096;
+
 /// The shared watcher. Obtain it from [`crate::WatchCtx::files`].
 pub struct FileHub {
     // Two locks on purpose: the inotify thread takes only `subs` to dispatch, while
     // (un)subscribing holds `watches` across a blocking round trip to that same thread.
     // Holding both at once could deadlock, so no code path does.
-    subs: Arc<Mutex<Subscribers>>,
+    routes: Arc<Mutex<Routes>>,
     watches: Mutex<Watches>,
     next_id: AtomicU64,
 }
@@ -39,11 +61,11 @@ struct Watches {
 
 impl FileHub {
     pub(crate) fn new() -> Result<FileHub, EngineError> {
-        let subs: Arc<Mutex<Subscribers>> = Arc::default();
-        let for_thread = Arc::clone(&subs);
+        let routes: Arc<Mutex<Routes>> = Arc::default();
+        let for_thread = Arc::clone(&routes);
         let watcher = notify::recommended_watcher(move |res| dispatch(&for_thread, res))?;
         Ok(FileHub {
-            subs,
+            routes,
             watches: Mutex::new(Watches {
                 watcher,
                 dirs: HashMap::new(),
@@ -107,7 +129,8 @@ impl FileHub {
             watches.dirs.insert(dir.clone(), count + 1);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&self.subs)
+        lock(&self.routes)
+            .subs
             .entry(dir.clone())
             .or_default()
             .entry(name.clone())
@@ -119,6 +142,28 @@ impl FileHub {
             name,
             id,
         }))
+    }
+
+    /// A check is about to rename `tmp` over `target`, which `poke`'s node watches: that
+    /// rename must not poke it (it is the node's own fix), though it pokes anyone else.
+    /// Without such a watch nothing is noted, since no event would come to consume it.
+    pub fn own_rename(&self, tmp: &Path, target: &Path, poke: &Poke) {
+        let mut routes = lock(&self.routes);
+        let watched = (target.parent().zip(target.file_name()))
+            .and_then(|(dir, name)| routes.subs.get(dir)?.get(name))
+            .is_some_and(|list| list.iter().any(|(_, p)| p.key() == poke.key()));
+        if !watched {
+            return;
+        }
+        if routes.own.len() >= OWN_MAX {
+            routes.own.clear();
+        }
+        routes.own.insert(tmp.to_path_buf(), poke.key());
+    }
+
+    /// The rename announced with [`FileHub::own_rename`] did not happen.
+    pub fn own_rename_failed(&self, tmp: &Path) {
+        lock(&self.routes).own.remove(tmp);
     }
 
     /// Number of directories currently watched (one inotify watch each).
@@ -139,7 +184,8 @@ struct Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         {
-            let mut subs = lock(&self.hub.subs);
+            let mut routes = lock(&self.hub.routes);
+            let subs = &mut routes.subs;
             if let Some(files) = subs.get_mut(&self.dir) {
                 if let Some(list) = files.get_mut(&self.name) {
                     list.retain(|(id, _)| *id != self.id);
@@ -169,7 +215,7 @@ impl Drop for Subscription {
 }
 
 /// Runs on the notify thread: route one event to the pokes subscribed to its paths.
-fn dispatch(subs: &Mutex<Subscribers>, res: notify::Result<Event>) {
+fn dispatch(routes: &Mutex<Routes>, res: notify::Result<Event>) {
     let event = match res {
         Ok(event) => event,
         Err(e) => {
@@ -177,10 +223,14 @@ fn dispatch(subs: &Mutex<Subscribers>, res: notify::Result<Event>) {
             return;
         }
     };
-    let subs = lock(subs);
+    let mut routes = lock(routes);
     if event.need_rescan() {
         // The kernel queue overflowed: events were lost, so everyone re-checks.
-        subs.values()
+        routes.own.clear();
+        routes.moving = None;
+        routes
+            .subs
+            .values()
             .flat_map(|files| files.values())
             .flatten()
             .for_each(|(_, poke)| poke.poke());
@@ -189,16 +239,23 @@ fn dispatch(subs: &Mutex<Subscribers>, res: notify::Result<Event>) {
     if !relevant(&event.kind) {
         return;
     }
+    let skip = own_rename(&mut routes, &event);
     let dir_gone = matches!(
         event.kind,
         EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
     );
+    let subs = &routes.subs;
+    let poke = |(_, poke): &(u64, Poke)| {
+        if Some(poke.key()) != skip {
+            poke.poke();
+        }
+    };
     for path in &event.paths {
         if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
             if let Some(files) = subs.get(dir) {
                 for key in [name, OsStr::new("")] {
                     if let Some(list) = files.get(key) {
-                        list.iter().for_each(|(_, poke)| poke.poke());
+                        list.iter().for_each(poke);
                     }
                 }
             }
@@ -206,9 +263,29 @@ fn dispatch(subs: &Mutex<Subscribers>, res: notify::Result<Event>) {
         // A watched directory itself was deleted or moved: all files in it are affected.
         if dir_gone {
             if let Some(files) = subs.get(path.as_path()) {
-                files.values().flatten().for_each(|(_, poke)| poke.poke());
+                files.values().flatten().for_each(poke);
             }
         }
+    }
+}
+
+/// The poke not to wake for this event: the writer's, when the event is (one half of) the
+/// rename of a temp file announced with [`FileHub::own_rename`].
+fn own_rename(routes: &mut Routes, event: &Event) -> Option<usize> {
+    let EventKind::Modify(ModifyKind::Name(mode)) = event.kind else {
+        return None;
+    };
+    let cookie = event.attrs.tracker()?;
+    match mode {
+        RenameMode::From => {
+            let key = routes.own.remove(event.paths.first()?)?;
+            routes.moving = Some((cookie, key));
+            Some(key)
+        }
+        RenameMode::To => routes.moving.filter(|m| m.0 == cookie).map(|m| m.1),
+        // The pair, after its `To`: the last event of the rename.
+        RenameMode::Both => routes.moving.take_if(|m| m.0 == cookie).map(|m| m.1),
+        _ => None,
     }
 }
 
@@ -268,6 +345,42 @@ mod tests {
         assert_eq!(hub.watched_dirs(), 1);
         drop(guard_b);
         assert_eq!(hub.watched_dirs(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_own_rename_pokes_everyone_but_its_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hub = Arc::new(FileHub::new().expect("hub"));
+        let f = dir.path().join("f");
+        let (writer, mut writer_rx) = Poke::channel();
+        let (other, mut other_rx) = Poke::channel();
+        let _w = hub.subscribe(&f, writer.clone()).expect("subscribe writer");
+        let _o = hub.subscribe(&f, other).expect("subscribe other");
+        let own = crate::resource::OwnWrites {
+            hub: Arc::clone(&hub),
+            poke: writer,
+        };
+        let wait = Duration::from_secs(5);
+        crate::os::atomic_write_own(&f, b"mine", None, Some(&own)).expect("write");
+        tokio::time::timeout(wait, other_rx.recv())
+            .await
+            .expect("the other subscriber is poked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!writer_rx.try_recv(), "the writer is not poked by its own rename");
+        assert!(lock(&hub.routes).own.is_empty(), "the announcement was consumed");
+
+        // Anything after it is someone else's change, and pokes the writer too; so does a
+        // rename by the same code without the announcement.
+        std::fs::write(&f, "theirs").expect("drift");
+        tokio::time::timeout(wait, writer_rx.recv())
+            .await
+            .expect("the writer is poked by a drift after its write");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        writer_rx.clear();
+        crate::os::atomic_write(&f, b"unannounced", None).expect("write");
+        tokio::time::timeout(wait, writer_rx.recv())
+            .await
+            .expect("an unannounced rename pokes the writer");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

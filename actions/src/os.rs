@@ -8,6 +8,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::resource::OwnWrites;
+
 /// `text` hex-encoded: a collision-free file name for any id or name.
 pub fn hex(text: &str) -> String {
     use std::fmt::Write as _;
@@ -22,7 +24,18 @@ pub fn hex(text: &str) -> String {
 /// readers see the old file or the new one, never half of it, even across a crash.
 /// `mode: None` gives what a plain create would (the umask applies).
 pub fn atomic_write(path: &Path, content: &[u8], mode: Option<u32>) -> std::io::Result<()> {
-    write_and_rename(path, content, mode, true)
+    write_and_rename(path, content, mode, true, None)
+}
+
+/// [`atomic_write`] by a check whose node watches `path`: the rename is announced to the
+/// watch first, so it does not poke the node that made it (see `FileHub::own_rename`).
+pub fn atomic_write_own(
+    path: &Path,
+    content: &[u8],
+    mode: Option<u32>,
+    own: Option<&OwnWrites>,
+) -> std::io::Result<()> {
+    write_and_rename(path, content, mode, true, own)
 }
 
 /// [`atomic_write`] without the fsync: readers still see the old file or the new one, and a
@@ -30,7 +43,7 @@ pub fn atomic_write(path: &Path, content: &[u8], mode: Option<u32>) -> std::io::
 /// write. For small bookkeeping written on every action next to a file that is fsynced right
 /// after (on ext4's default data=ordered, that fsync commits this rename too).
 pub fn atomic_write_unsynced(path: &Path, content: &[u8]) -> std::io::Result<()> {
-    write_and_rename(path, content, None, false)
+    write_and_rename(path, content, None, false, None)
 }
 
 /// What every temp file of an atomic write has in its name (`.<name>.reflex-tmp-<pid>-<n>`,
@@ -42,6 +55,7 @@ fn write_and_rename(
     content: &[u8],
     mode: Option<u32>,
     sync: bool,
+    own: Option<&OwnWrites>,
 ) -> std::io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("/"));
@@ -73,7 +87,14 @@ fn write_and_rename(
             file.sync_all()?;
         }
         drop(file);
-        fs::rename(&tmp, path)
+        if let Some(own) = own {
+            own.before_rename(&tmp, path);
+        }
+        fs::rename(&tmp, path).inspect_err(|_| {
+            if let Some(own) = own {
+                own.rename_failed(&tmp);
+            }
+        })
     })();
     if written.is_err() {
         let _ = fs::remove_file(&tmp);

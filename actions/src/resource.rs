@@ -1,6 +1,6 @@
 //! The one interface every resource kind implements, and the small types it is handed.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -57,6 +57,45 @@ pub struct ApplyCtx {
     pub recv: Map<String, Value>,
     /// Where the graph keeps state across restarts (`RunOptions::state_dir`), if anywhere.
     pub state_dir: Option<PathBuf>,
+    /// The node's own watch on the shared file hub, which its own writes are announced to
+    /// (see [`FileHub::own_rename`]); `None` outside an engine.
+    pub own: Option<OwnWrites>,
+}
+
+/// What a check tells of its own writes: the hub, and the poke that must not wake for them.
+#[derive(Clone)]
+pub struct OwnWrites {
+    pub(crate) hub: Arc<FileHub>,
+    pub(crate) poke: Poke,
+}
+
+impl std::fmt::Debug for OwnWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnWrites")
+            .field("poke", &self.poke.key())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The same hub and the same node's poke.
+impl PartialEq for OwnWrites {
+    fn eq(&self, other: &OwnWrites) -> bool {
+        Arc::ptr_eq(&self.hub, &other.hub) && self.poke.key() == other.poke.key()
+    }
+}
+
+impl Eq for OwnWrites {}
+
+impl OwnWrites {
+    /// `tmp` is about to be renamed over `target`.
+    pub fn before_rename(&self, tmp: &Path, target: &Path) {
+        self.hub.own_rename(tmp, target, &self.poke);
+    }
+
+    /// The rename told of with [`OwnWrites::before_rename`] failed.
+    pub fn rename_failed(&self, tmp: &Path) {
+        self.hub.own_rename_failed(tmp);
+    }
 }
 
 impl ApplyCtx {
@@ -67,6 +106,7 @@ impl ApplyCtx {
             refresh: false,
             recv: Map::new(),
             state_dir: None,
+            own: None,
         }
     }
 }
@@ -93,6 +133,11 @@ impl Poke {
     /// Ask for a re-check. Never blocks; a re-check already pending absorbs it.
     pub fn poke(&self) {
         self.0.notify_one();
+    }
+
+    /// The same for every clone of one poke, and different between pokes.
+    pub fn key(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
     }
 }
 

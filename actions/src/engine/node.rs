@@ -14,7 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::limit::Bucket;
 use super::signal::Stop;
 use super::{lock, EngineEvent, Msg, Shared};
-use crate::resource::{ApplyCtx, Outcome, Poke, Poked, Resource, WatchGuard};
+use crate::resource::{ApplyCtx, Outcome, OwnWrites, Poke, Poked, Resource, WatchGuard};
 
 /// A node's state, as its dependents see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,6 +323,10 @@ impl NodeTask {
                 refresh,
                 recv,
                 state_dir: self.shared.state_dir.clone(),
+                own: Some(OwnWrites {
+                    hub: Arc::clone(self.shared.watch_ctx.files()),
+                    poke: self.node.poke.clone(),
+                }),
             };
             self.shared.checks.fetch_add(1, Ordering::Relaxed);
             self.node.checks.fetch_add(1, Ordering::Relaxed);

@@ -92,13 +92,18 @@ impl Resource for File {
         if spec.source.is_none()
             && !spec.dir
             && spec.content.as_ref().is_some_and(|c| c.len() <= INLINE_MAX)
-            && matches!(check::check_apply(&spec, false), Ok(Outcome::Converged))
+            && matches!(
+                check::check_apply(&spec, false, None),
+                Ok(Outcome::Converged)
+            )
         {
             return Ok(Outcome::Converged);
         }
-        let outcome = tokio::task::spawn_blocking(move || check::check_apply(&spec, apply))
-            .await
-            .map_err(|e| ResourceError::Failed(format!("file check panicked: {e}")))??;
+        let own = ctx.own.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || check::check_apply(&spec, apply, own.as_ref()))
+                .await
+                .map_err(|e| ResourceError::Failed(format!("file check panicked: {e}")))??;
         self.watch_entries_late();
         Ok(outcome)
     }
