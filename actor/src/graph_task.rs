@@ -390,7 +390,9 @@ impl Task {
                 // status, so taking events first tells a repair before the divergence it
                 // caused.
                 biased;
-                ev = running.next_event() => match ev {
+                // Boxed: inline, it would make every idle graph's task a size class bigger;
+                // it is made again only after an event.
+                ev = Box::pin(running.next_event()) => match ev {
                     Some(engine::EngineEvent::Changed { id }) => {
                         tracing::info!(name = %action.name(), action = %action.id(), event = %action.event(), resource = %id, "drift repaired");
                         ctx.emit("actor/repaired", json!({"name": action.name(), "action": action.id(), "resource": id}));

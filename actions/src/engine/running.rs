@@ -27,13 +27,16 @@ pub struct Running {
     pub(super) nodes: Vec<Arc<Node>>,
     /// The current graph's edges (indices into `nodes`).
     pub(super) edges: Vec<Edge>,
-    pub(super) handles: HashMap<u64, JoinHandle<()>>,
+    /// Each node task by node serial, in the order spawned (a graph of one keeps one pair,
+    /// not a hash table).
+    pub(super) handles: Vec<(u64, JoinHandle<()>)>,
     /// First outcomes for the current report, by node serial, with the node's position.
     pub(super) firsts: HashMap<u64, (usize, Option<First>), BySerial>,
     pub(super) missing: usize,
     /// Events that arrived while the first report was still being collected.
     backlog: VecDeque<EngineEvent>,
-    pub(super) report: Option<Report>,
+    /// Boxed: kept for the graph's life, and most of a `Report` is empty.
+    pub(super) report: Option<Box<Report>>,
 }
 
 impl Running {
@@ -45,7 +48,7 @@ impl Running {
             started: now,
             nodes: Vec::new(),
             edges: Vec::new(),
-            handles: HashMap::new(),
+            handles: Vec::new(),
             firsts: HashMap::default(),
             missing: 0,
             backlog: VecDeque::new(),
@@ -67,6 +70,7 @@ impl Running {
         });
         running.link(&nodes, &edges);
         running.edges = edges;
+        running.handles.reserve_exact(nodes.len());
         for n in &nodes {
             running.spawn(Arc::clone(n));
         }
@@ -87,7 +91,7 @@ impl Running {
         mut progress: impl FnMut(&str, &Result<Outcome, String>),
     ) -> Report {
         if let Some(report) = &self.report {
-            return report.clone();
+            return Report::clone(report);
         }
         while self.missing > 0 {
             match self.shared.events.pop().await {
@@ -106,7 +110,7 @@ impl Running {
         let report = self.build_report();
         // Needed again only by a swap, which makes its own.
         self.firsts = HashMap::default();
-        self.report = Some(report.clone());
+        self.report = Some(Box::new(report.clone()));
         report
     }
 
@@ -230,7 +234,7 @@ impl Running {
             poke_rx,
             shared: Arc::clone(&self.shared),
         };
-        self.handles.insert(node.serial, tokio::spawn(task.run()));
+        self.handles.push((node.serial, tokio::spawn(task.run())));
     }
 
     /// Resources that have started a watch, over the whole run (a swap that keeps a resource
@@ -293,7 +297,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        for handle in self.handles.values() {
+        for (_, handle) in &self.handles {
             handle.abort();
         }
         // Unlink first: in a long chain every node holds its dependency, and dropping the

@@ -3,7 +3,7 @@
 //! [`Running::swap`] stops the removed nodes, starts the report of the new generation,
 //! relinks every node along the new edges, and spawns the added ones.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -137,12 +137,17 @@ impl Running {
         for r in removed {
             r.node.stop.stop();
         }
+        let gone: HashSet<u64, BySerial> = removed.iter().map(|r| r.node.serial).collect();
+        let (ending, kept) = std::mem::take(&mut self.handles)
+            .into_iter()
+            .partition(|(serial, _)| gone.contains(serial));
+        self.handles = kept;
+        for (_, h) in ending {
+            // A task that panicked has ended too.
+            let _ = h.await;
+        }
         let mut unreported = 0;
         for r in removed {
-            if let Some(h) = self.handles.remove(&r.node.serial) {
-                // A task that panicked has ended too.
-                let _ = h.await;
-            }
             if !r.node.reported.load(Ordering::SeqCst) {
                 unreported += 1;
             }
@@ -189,6 +194,7 @@ impl Running {
     /// Phase 4: spawn the added nodes; a kept node with new dependencies re-checks against
     /// them.
     fn spawn_added(&mut self, added: Vec<Arc<Node>>, rewired: Vec<Arc<Node>>) {
+        self.handles.reserve_exact(added.len());
         for n in added {
             self.spawn(n);
         }
