@@ -73,3 +73,19 @@ fn main() -> ExitCode {
         }
     }
 }
+
+// jemalloc for every part's Rust heap: measured against glibc's malloc in the same sitting,
+// the actor takes less CPU per action and less memory per kept graph (no per-chunk headers,
+// size classes that pack tens of thousands of small graph objects tighter), and the bus keeps
+// its events/s. Free pages go back to the kernel by themselves: a background thread purges
+// what has been unused for a second, so a daemon's RSS comes back down after a burst without
+// a trim (glibc's arenas, which only ZeroMQ's C++ allocations use now, still get
+// `bus::trim`).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read at its start (the crate builds it with the `_rjem_` prefix).
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static _rjem_malloc_conf: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";

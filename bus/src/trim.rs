@@ -5,6 +5,10 @@
 //! while a peer was slow, a reconnect storm. `malloc_trim` hands the free pages back. It
 //! walks each arena under that arena's lock, so it runs off the hot paths: the actor after a
 //! burst (see the actor's `trim`), the other daemons on a slow timer ([`periodically`]).
+//!
+//! The `reflex` binary's Rust heap is jemalloc's, which gives free pages back by itself (see
+//! its `main.rs`); what glibc still holds there is ZeroMQ's, and what a library user's program
+//! allocates with glibc.
 
 use std::time::Duration;
 
