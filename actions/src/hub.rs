@@ -366,8 +366,14 @@ mod tests {
             .await
             .expect("the other subscriber is poked");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(!writer_rx.try_recv(), "the writer is not poked by its own rename");
-        assert!(lock(&hub.routes).own.is_empty(), "the announcement was consumed");
+        assert!(
+            !writer_rx.try_recv(),
+            "the writer is not poked by its own rename"
+        );
+        assert!(
+            lock(&hub.routes).own.is_empty(),
+            "the announcement was consumed"
+        );
 
         // Anything after it is someone else's change, and pokes the writer too; so does a
         // rename by the same code without the announcement.

@@ -364,7 +364,10 @@ mod tests {
         let (other, _) = keys();
         let frames: Vec<Vec<u8>> = (1..=5).map(|s| seal(&k, &action(s), 1_000)).collect();
         let opened = open_all(&frames, &p, crate::MAX_FRAME);
-        let seqs: Vec<u64> = opened.iter().map(|o| o.as_ref().unwrap().action.seq).collect();
+        let seqs: Vec<u64> = opened
+            .iter()
+            .map(|o| o.as_ref().unwrap().action.seq)
+            .collect();
         assert_eq!(seqs, [1, 2, 3, 4, 5]);
 
         let mut mixed = frames.clone();
