@@ -134,7 +134,8 @@ impl FileHub {
             .entry(dir.clone())
             .or_default()
             .entry(name.clone())
-            .or_default()
+            // Most files have one subscriber: not the four slots a first push makes room for.
+            .or_insert_with(|| Vec::with_capacity(1))
             .push((id, poke));
         Ok(WatchGuard::new(Subscription {
             hub: Arc::clone(self),

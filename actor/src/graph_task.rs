@@ -377,44 +377,69 @@ impl Task {
             if let Some(cmd) = queued.pop_front() {
                 return Some(cmd);
             }
-            // Boxed, and only the side that can happen next: an idle graph waits on a small
-            // divergence future, not on the timer the convergence needs.
-            let crossing: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> =
-                if is_converged {
-                    Box::pin(conv.diverged())
-                } else {
-                    Box::pin(conv.converged(ctx.idle))
-                };
+            // Only the side that can happen next is waited on, each boxed: a converged graph,
+            // the common case, holds nothing but a small divergence future and the command
+            // queue's wake-up. Its events wait in the engine's queue meanwhile: every event is
+            // queued before the divergence it causes shows.
+            if is_converged {
+                tokio::select! {
+                    biased;
+                    () = Box::pin(conv.diverged()) => {
+                        // The events that made it diverge are told first.
+                        while let Some(ev) = running.try_next_event() {
+                            report(ctx, action, ev);
+                        }
+                        is_converged = false;
+                        let _ = ctx.crossed.send(Crossed { name: action.name().to_string(), serial: *serial, converged: false });
+                    }
+                    cmd = cmds.recv() => match cmd {
+                        Some(cmd) => enqueue(ctx, queued, cmd),
+                        None => return None,
+                    },
+                }
+                continue;
+            }
             tokio::select! {
                 // The engine queues an outcome's event before it moves the convergence
                 // status, so taking events first tells a repair before the divergence it
                 // caused.
                 biased;
-                // Boxed: inline, it would make every idle graph's task a size class bigger;
-                // it is made again only after an event.
                 ev = Box::pin(running.next_event()) => match ev {
-                    Some(engine::EngineEvent::Changed { id }) => {
-                        tracing::info!(name = %action.name(), action = %action.id(), event = %action.event(), resource = %id, "drift repaired");
-                        ctx.emit("actor/repaired", json!({"name": action.name(), "action": action.id(), "resource": id}));
-                    }
-                    Some(engine::EngineEvent::Failed { id, error }) => {
-                        tracing::warn!(name = %action.name(), action = %action.id(), event = %action.event(), resource = %id, "check failed: {error}");
-                        ctx.emit("actor/error", json!({"name": action.name(), "action": action.id(), "resource": id, "error": error}));
-                    }
-                    Some(engine::EngineEvent::Message { id, text }) => {
-                        ctx.emit("actor/msg", json!({"name": action.name(), "action": action.id(), "resource": id, "text": text}));
-                    }
+                    Some(ev) => report(ctx, action, ev),
                     None => return None,
                 },
-                () = crossing => {
-                    is_converged = !is_converged;
-                    let _ = ctx.crossed.send(Crossed { name: action.name().to_string(), serial: *serial, converged: is_converged });
+                () = Box::pin(conv.converged(ctx.idle)) => {
+                    is_converged = true;
+                    let _ = ctx.crossed.send(Crossed { name: action.name().to_string(), serial: *serial, converged: true });
                 }
                 cmd = cmds.recv() => match cmd {
                     Some(cmd) => enqueue(ctx, queued, cmd),
                     None => return None,
                 },
             }
+        }
+    }
+}
+
+/// Tell what happened to a graph after its first report: a repair, a failure, a message.
+fn report(ctx: &Ctx, action: &Named, ev: engine::EngineEvent) {
+    match ev {
+        engine::EngineEvent::Changed { id } => {
+            tracing::info!(name = %action.name(), action = %action.id(), event = %action.event(), resource = %id, "drift repaired");
+            ctx.emit(
+                "actor/repaired",
+                json!({"name": action.name(), "action": action.id(), "resource": id}),
+            );
+        }
+        engine::EngineEvent::Failed { id, error } => {
+            tracing::warn!(name = %action.name(), action = %action.id(), event = %action.event(), resource = %id, "check failed: {error}");
+            ctx.emit("actor/error", json!({"name": action.name(), "action": action.id(), "resource": id, "error": error}));
+        }
+        engine::EngineEvent::Message { id, text } => {
+            ctx.emit(
+                "actor/msg",
+                json!({"name": action.name(), "action": action.id(), "resource": id, "text": text}),
+            );
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Waiting for a running graph to settle: every first outcome in, nothing busy, nothing
 //! changed for a while.
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,18 +68,27 @@ impl Convergence {
     }
 
     /// After `converged` resolved: resolves when something changed, failed, started or was
-    /// swapped in since.
+    /// swapped in since. Written out rather than on `Watch::changed`: an idle graph's task
+    /// holds this future for as long as nothing happens, so it is kept to one wake-up and
+    /// the look.
     pub async fn diverged(&mut self) {
         loop {
-            let status = self.look();
+            let watch = &self.status;
+            let mut notified = pin!(watch.notified());
+            // Registered before the look, so a change after it wakes this one.
+            notified.as_mut().enable();
+            let (status, version) = watch.get();
+            self.seen = version;
             let mark = *self.mark.get_or_insert(status.last_activity);
             if status.pending > 0 || status.last_activity != mark {
                 self.mark = None;
                 return;
             }
-            if !self.status.changed(self.seen).await {
+            if watch.is_closed() {
+                // The graph is gone: nothing will ever change again.
                 std::future::pending::<()>().await;
             }
+            notified.await;
         }
     }
 }

@@ -118,13 +118,17 @@ pub struct SwapStats {
 /// Makes the resource for a spec: [`crate::kinds::build`], or a stand-in in tests.
 pub(crate) type Build = Box<dyn Fn(&Spec) -> Arc<dyn Resource> + Send + Sync>;
 
+/// A run's semaphores by `(name, count)`.
+type Semas = HashMap<(String, usize), Arc<Semaphore>>;
+
 /// State shared by all tasks of one run.
 struct Shared {
     status: Arc<signal::Watch<Status>>,
     watch_ctx: WatchCtx,
     noop: bool,
     events: signal::Queue<Msg>,
-    semas: Mutex<HashMap<(String, usize), Arc<Semaphore>>>,
+    /// Boxed when first used: few graphs use semaphores, and every graph has a `Shared`.
+    semas: Mutex<Option<Box<Semas>>>,
     state_dir: Option<PathBuf>,
     watch_starts: AtomicU64,
     checks: AtomicU64,
@@ -203,6 +207,7 @@ impl Shared {
     fn sema(&self, key: &(String, usize)) -> Arc<Semaphore> {
         Arc::clone(
             lock(&self.semas)
+                .get_or_insert_default()
                 .entry(key.clone())
                 .or_insert_with(|| Arc::new(Semaphore::new(key.1))),
         )

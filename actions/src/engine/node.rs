@@ -87,13 +87,45 @@ pub(super) struct Node {
     pub stop: Stop,
 }
 
-/// A node's neighbours in the current graph.
+/// A node's neighbours in the current graph: boxed, and nothing at all for a node without
+/// any (most nodes of most graphs kept on a host are alone in theirs).
 #[derive(Default)]
-pub(super) struct Links {
-    pub deps: Vec<Arc<Node>>,
-    pub dependents: Vec<Dependent>,
+pub(super) struct Links(Option<Box<Neighbours>>);
+
+pub(super) struct Neighbours {
+    deps: Vec<Arc<Node>>,
+    dependents: Vec<Dependent>,
     /// The sender of each of `vertex.recv`, in the same order.
-    pub senders: Vec<Arc<Node>>,
+    senders: Vec<Arc<Node>>,
+}
+
+impl Links {
+    pub(super) fn new(
+        deps: Vec<Arc<Node>>,
+        dependents: Vec<Dependent>,
+        senders: Vec<Arc<Node>>,
+    ) -> Links {
+        if deps.is_empty() && dependents.is_empty() && senders.is_empty() {
+            return Links(None);
+        }
+        Links(Some(Box::new(Neighbours {
+            deps,
+            dependents,
+            senders,
+        })))
+    }
+
+    pub(super) fn deps(&self) -> &[Arc<Node>] {
+        self.0.as_ref().map_or(&[], |n| &n.deps)
+    }
+
+    pub(super) fn dependents(&self) -> &[Dependent] {
+        self.0.as_ref().map_or(&[], |n| &n.dependents)
+    }
+
+    pub(super) fn senders(&self) -> &[Arc<Node>] {
+        self.0.as_ref().map_or(&[], |n| &n.senders)
+    }
 }
 
 /// A node waiting for this one.
@@ -213,7 +245,7 @@ impl NodeTask {
 
     fn deps(&self) -> Deps {
         let mut pending = false;
-        for dep in &lock(&self.node.links).deps {
+        for dep in lock(&self.node.links).deps() {
             match dep.state.load() {
                 NodeState::Failed => return Deps::Failed(dep.id().to_string()),
                 NodeState::Pending => pending = true,
@@ -361,7 +393,7 @@ impl NodeTask {
     fn received(&self) -> Result<serde_json::Map<String, serde_json::Value>, String> {
         let links = lock(&self.node.links);
         let mut recv = serde_json::Map::new();
-        for (r, from) in self.node.vertex.recv.iter().zip(&links.senders) {
+        for (r, from) in self.node.vertex.recv.iter().zip(links.senders()) {
             let (field, key) = (&r.field, &r.key);
             let value = from
                 .res
@@ -438,7 +470,7 @@ impl NodeTask {
         // up).
         if old != state || changed {
             let dependents: Vec<(Arc<Node>, bool)> = lock(&node.links)
-                .dependents
+                .dependents()
                 .iter()
                 .filter_map(|d| d.node.upgrade().map(|n| (n, d.notify)))
                 .collect();

@@ -163,6 +163,22 @@ impl Running {
         }
     }
 
+    /// The next event if one is queued, without waiting (`None` also before the first
+    /// report was collected). Every event is queued before the convergence status moves,
+    /// so a task that saw the graph diverge finds the event that made it here.
+    pub fn try_next_event(&mut self) -> Option<EngineEvent> {
+        self.report.as_ref()?;
+        if let Some(event) = self.backlog.pop_front() {
+            return Some(event);
+        }
+        loop {
+            match self.shared.events.try_pop()? {
+                Msg::Event(event) => return Some(event),
+                Msg::First { .. } => continue,
+            }
+        }
+    }
+
     /// Resolves when every resource has had its first outcome, no check-apply is in
     /// progress, and nothing changed or failed for `idle`.
     pub async fn converged(&self, idle: Duration) {
@@ -211,16 +227,16 @@ impl Running {
                 .filter_map(|r| index.get(r.from.as_str()).map(|n| Arc::clone(n)))
                 .collect();
             let mut links = lock(&node.links);
-            let same = links.deps.len() == deps.len()
-                && links.deps.iter().zip(&deps).all(|(a, b)| Arc::ptr_eq(a, b));
+            let same = links.deps().len() == deps.len()
+                && links
+                    .deps()
+                    .iter()
+                    .zip(&deps)
+                    .all(|(a, b)| Arc::ptr_eq(a, b));
             if !same && node.reported.load(Ordering::SeqCst) {
                 changed.push(Arc::clone(node));
             }
-            *links = Links {
-                deps,
-                dependents,
-                senders,
-            };
+            *links = Links::new(deps, dependents, senders);
         }
         changed
     }

@@ -49,7 +49,8 @@ impl<T> Queue<T> {
         }
     }
 
-    fn try_pop(&self) -> Option<T> {
+    /// The next item if there is one, without waiting.
+    pub(super) fn try_pop(&self) -> Option<T> {
         let mut items = lock(&self.items);
         let item = items.pop_front();
         if items.is_empty() && items.capacity() > 0 {
@@ -130,6 +131,17 @@ impl<T: Copy> Watch<T> {
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.changed.notify_waiters();
+    }
+
+    /// A wake-up for the next change (or the close): enable it before looking at the value,
+    /// so a change in between is not missed.
+    pub(super) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Whether [`Watch::close`] was called.
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// Resolves with true once the version is not `seen`, with false once closed.

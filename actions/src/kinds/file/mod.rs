@@ -45,6 +45,10 @@ impl Resource for File {
     fn watch(&self, ctx: &WatchCtx, poke: Poke) -> Result<Option<WatchGuard>, ResourceError> {
         let spec = &self.spec;
         let hub = ctx.files();
+        if spec.source.is_none() && !spec.dir {
+            // A plain file, the common case: its one subscription is the whole watch.
+            return Ok(Some(hub.subscribe(&spec.path, poke)?));
+        }
         let mut guards = vec![hub.subscribe(&spec.path, poke.clone())?];
         if let Some(source) = &spec.source {
             guards.push(hub.subscribe(source, poke.clone())?);
