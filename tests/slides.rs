@@ -453,6 +453,7 @@ fn code_is_included_and_figures_are_parsed_not_typed() {
     // The figures are the bench files' own, from their summary lines.
     for (file, keys) in [
         ("bench-e2e.txt", &["applied_per_s"][..]),
+        ("bench-e2e-tmpfs.txt", &["applied_per_s"][..]),
         (
             "bench-bus.txt",
             &["events_per_s", "insecure_events_per_s", "floor_per_s"][..],

@@ -38,6 +38,8 @@ run() { # name, then the bench's arguments
 } >"$data/bench-meta.txt.new"
 
 run e2e e2e
+# The same on a tmpfs: what the actor itself costs, without the disk's fsync.
+run e2e-tmpfs e2e --dir /dev/shm
 run bus bus
 run faults faults
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$data/bench-meta.txt.new"
