@@ -281,22 +281,8 @@ pub fn run(a: UpArgs, log: &LogArgs) -> anyhow::Result<ExitCode> {
     };
     let stop = stop_flag()?;
     let common = |sub: &str| -> Vec<String> {
-        let mut v = vec![
-            sub.to_string(),
-            "--state".into(),
-            a.stack.state.display().to_string(),
-            "--port-base".into(),
-            a.stack.port_base.to_string(),
-            "--addr".into(),
-            a.stack.addr.clone(),
-            "--log-format".into(),
-            log.log_format.as_str().into(),
-            "--log-level".into(),
-            log.log_level.clone(),
-        ];
-        if a.stack.insecure {
-            v.push("--insecure".into());
-        }
+        let mut v = clustered::child_args(sub, &a.stack.state, &a, log);
+        v.extend(["--port-base".into(), a.stack.port_base.to_string()]);
         v
     };
     let mut actor = common("actor");

@@ -87,7 +87,7 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 /// A child's first arguments: its subcommand, state dir, address, logging and security.
-fn child_args(sub: &str, state: &Path, a: &UpArgs, log: &LogArgs) -> Vec<String> {
+pub(super) fn child_args(sub: &str, state: &Path, a: &UpArgs, log: &LogArgs) -> Vec<String> {
     let mut v = vec![
         sub.to_string(),
         "--state".into(),
