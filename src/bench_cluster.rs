@@ -66,11 +66,7 @@ impl Etcd {
             ));
         }
         let dir = tempfile::tempdir()?;
-        let port = || -> anyhow::Result<u16> {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port())
-        };
+        let port = bus::endpoints::free_local_base;
         let (client, peer) = (port()?, port()?);
         let args: Vec<String> = [
             "--name".to_string(),

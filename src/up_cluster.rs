@@ -27,13 +27,6 @@ const PREFIX: &str = "/reflex";
 /// Port bases of consecutive pairs are this far apart (each uses base..base+9).
 const STRIDE: u16 = 10;
 
-/// A port free on loopback now.
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn port_free(p: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
 }
@@ -54,7 +47,10 @@ fn etcd_ports(dir: &Path) -> anyhow::Result<(u16, u16)> {
         std::fs::remove_dir_all(&data)?;
     }
     std::fs::create_dir_all(dir)?;
-    let (c, p) = (free_port()?, free_port()?);
+    let (c, p) = (
+        bus::endpoints::free_local_base()?,
+        bus::endpoints::free_local_base()?,
+    );
     std::fs::write(&file, format!("{c} {p}\n"))?;
     Ok((c, p))
 }

@@ -231,9 +231,10 @@ mod tests {
     #[test]
     fn handshake_seen_whether_the_peer_binds_before_or_after() {
         for bind_first in [true, false] {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let ep = format!("tcp://127.0.0.1:{}", l.local_addr().unwrap().port());
-            drop(l);
+            // Below the ephemeral range: a port from there can be taken, before the late bind,
+            // as the source port of another thread's reconnecting socket.
+            let port = crate::endpoints::free_local_base().unwrap();
+            let ep = format!("tcp://127.0.0.1:{port}");
             let mut publ = None;
             if bind_first {
                 publ = Some(bind(zmq::PUB, &ep).unwrap());
@@ -254,8 +255,8 @@ mod tests {
     #[test]
     fn a_lost_connection_is_told_and_unwatching_leaves_the_context_working() {
         let ep = || {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            format!("tcp://127.0.0.1:{}", l.local_addr().unwrap().port())
+            let port = crate::endpoints::free_local_base().unwrap();
+            format!("tcp://127.0.0.1:{port}")
         };
         for _ in 0..3 {
             let at = ep();

@@ -11,7 +11,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -42,12 +42,10 @@ pub fn installed() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A port free on loopback now (the kernel's pick; closed again before etcd binds it).
+/// A port free on loopback now, below the ephemeral range (it is closed again before etcd binds
+/// it, and a port from that range may meanwhile become some connection's source port).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    bus::endpoints::free_local_base().expect("a free loopback port")
 }
 
 impl EtcdCluster {
