@@ -31,7 +31,7 @@ use bus::Action;
 use engine::os::hex;
 use log::{Live, Record};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Mutex, PoisonError};
@@ -48,8 +48,8 @@ const MAX_GROUP: usize = 4 << 20;
 /// publisher's log is what the actor resumes from), so waiting costs nothing but a few
 /// milliseconds more to replay after a crash.
 const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
-/// Frame size in a snapshot.
-const SNAPSHOT_CHUNK: usize = 1 << 20;
+/// Frame size in a snapshot: also about the most a compaction holds of the graphs' bodies.
+const SNAPSHOT_CHUNK: usize = 64 << 10;
 
 /// Where the actor keeps its graphs and their engine state: `<state>/actor-<name>/`.
 pub(crate) struct Store {
@@ -224,7 +224,7 @@ fn recover(dir: &Path) -> std::io::Result<(File, u64, Recovered)> {
         // A new log: what an older store held, if anything, written before its files go.
         let old;
         (bytes, old) = migrate(dir);
-        replace(dir, &path, &bytes)?;
+        replace(dir, &path, |out| out.write_all(&bytes))?;
         for gone in old {
             let _ = std::fs::remove_dir_all(&gone).or_else(|_| std::fs::remove_file(&gone));
         }
@@ -297,14 +297,20 @@ fn seqs_of(json: &[u8]) -> LastSeqs {
     })
 }
 
-/// Write `bytes` to a temp file, fsync it, rename it over `path`, fsync `dir`.
-fn replace(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Write a temp file with `write`, fsync it, rename it over `path`, fsync `dir`; returns what
+/// `write` did.
+fn replace<T>(
+    dir: &Path,
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
     let tmp = path.with_extension("log.tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
+    let mut out = BufWriter::with_capacity(64 << 10, File::create(&tmp)?);
+    let made = write(&mut out)?;
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     std::fs::rename(&tmp, path)?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    Ok(made)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -397,14 +403,17 @@ impl Writer {
         }
     }
 
-    /// Rewrite the log as a snapshot of what is in force.
+    /// Rewrite the log as a snapshot of what is in force. Streamed: the old log is read a
+    /// frame at a time for where each graph's latest body lies, then the bodies are copied
+    /// into the new one a frame at a time, so the actor's memory does not jump with the log.
     fn compact(&mut self) {
-        let result = std::fs::read(&self.path).and_then(|bytes| {
-            let (live, _) = Live::of(&bytes);
-            let snapshot = live.snapshot(SNAPSHOT_CHUNK);
-            replace(&self.dir, &self.path, &snapshot)?;
+        let result = File::open(&self.path).and_then(|src| {
+            let index = log::Index::of(&src, self.len)?;
+            let len = replace(&self.dir, &self.path, |out| {
+                index.snapshot(&src, out, SNAPSHOT_CHUNK)
+            })?;
             let file = OpenOptions::new().append(true).open(&self.path)?;
-            Ok((file, snapshot.len() as u64))
+            Ok((file, len))
         });
         match result {
             Ok((file, len)) => {

@@ -12,6 +12,9 @@
 //! whose checksum or records do not add up ends the log there (a write torn by a crash).
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
+use std::ops::Range;
 
 /// The first bytes of every store log.
 pub(super) const MAGIC: &[u8] = b"reflex actor store 1\n";
@@ -87,6 +90,11 @@ fn frame_at(log: &[u8], at: usize) -> Option<(Frame<'_>, usize)> {
     let len = u32_at(log, at)? as usize;
     let crc = u32_at(log, at + 4)?;
     let payload = log.get(at + 8..(at + 8).checked_add(len)?)?;
+    Some((parse(payload, crc)?, at + 8 + len))
+}
+
+/// The frame whose payload is `payload`, if its checksum is `crc` and its records add up.
+fn parse(payload: &[u8], crc: u32) -> Option<Frame<'_>> {
     if crc32(payload) != crc {
         return None;
     }
@@ -103,7 +111,7 @@ fn frame_at(log: &[u8], at: usize) -> Option<(Frame<'_>, usize)> {
             _ => return None,
         });
     }
-    Some((Frame { seqs, records }, at + 8 + len))
+    Some(Frame { seqs, records })
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
@@ -177,6 +185,133 @@ impl<'a> Live<'a> {
         out
     }
 }
+
+/// Where each graph in force sits in a log file: the offset and length of its latest body.
+/// Compaction builds it reading the log a frame at a time and copies the bodies from the old
+/// file into the new one, so it holds the names and one frame, never the whole log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Index {
+    pub bodies: HashMap<String, (u64, u32)>,
+    /// The last sequences as of the last frame (JSON).
+    pub seqs: Vec<u8>,
+}
+
+impl Index {
+    /// Read the first `len` bytes of the log `file`: MAGIC, then only whole frames (what the
+    /// store thread has committed). Anything else there is an error: the log is left as it is.
+    pub(super) fn of(file: &File, len: u64) -> io::Result<Index> {
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+        let mut r = BufReader::with_capacity(READ_BUF, file);
+        let mut magic = [0; MAGIC.len()];
+        r.read_exact(&mut magic)?;
+        if magic != MAGIC {
+            return Err(bad("not a store log"));
+        }
+        let mut index = Index::default();
+        let mut at = MAGIC.len() as u64;
+        let mut payload = Vec::new();
+        while at < len {
+            let mut head = [0; 8];
+            r.read_exact(&mut head)?;
+            let [a, b, c, d, e, f, g, h] = head;
+            let size = u32::from_le_bytes([a, b, c, d]);
+            let crc = u32::from_le_bytes([e, f, g, h]);
+            let body_at = at + 8;
+            if body_at + u64::from(size) > len {
+                return Err(bad("a frame runs past the committed length"));
+            }
+            payload.resize(size as usize, 0);
+            r.read_exact(&mut payload)?;
+            let frame = parse(&payload, crc).ok_or_else(|| bad("a committed frame is torn"))?;
+            index.seqs.clear();
+            index.seqs.extend_from_slice(frame.seqs);
+            for rec in frame.records {
+                match rec {
+                    Record::Put { name, body } => {
+                        // Where the body lies in the payload, hence in the file.
+                        let off =
+                            body_at + (body.as_ptr() as usize - payload.as_ptr() as usize) as u64;
+                        let place = (off, body.len() as u32);
+                        match index.bodies.get_mut(name) {
+                            Some(p) => *p = place,
+                            None => {
+                                index.bodies.insert(name.to_string(), place);
+                            }
+                        }
+                    }
+                    Record::Remove { name } => {
+                        index.bodies.remove(name);
+                    }
+                }
+            }
+            at = body_at + u64::from(size);
+        }
+        Ok(index)
+    }
+
+    /// Write the log that says only what this index does to `out`: MAGIC, then frames of
+    /// about `chunk` bytes, the bodies read from `src` in the order they lie there. Returns the
+    /// bytes written.
+    pub(super) fn snapshot(
+        &self,
+        src: &File,
+        out: &mut impl Write,
+        chunk: usize,
+    ) -> io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut places: Vec<(&str, u64, u32)> = self
+            .bodies
+            .iter()
+            .map(|(name, &(off, len))| (name.as_str(), off, len))
+            .collect();
+        places.sort_unstable_by_key(|p| p.1);
+        out.write_all(MAGIC)?;
+        let mut written = MAGIC.len() as u64;
+        let (mut bodies, mut frame) = (Vec::new(), Vec::new());
+        let mut names: Vec<(&str, Range<usize>)> = Vec::new();
+        for (name, off, len) in places {
+            let start = bodies.len();
+            bodies.resize(start + len as usize, 0);
+            src.read_exact_at(&mut bodies[start..], off)?;
+            names.push((name, start..bodies.len()));
+            if bodies.len() >= chunk {
+                written += put_frame(out, &mut frame, &self.seqs, &mut names, &mut bodies)?;
+            }
+        }
+        // The last sequences are kept even when no graph is.
+        if !names.is_empty() || written == MAGIC.len() as u64 {
+            written += put_frame(out, &mut frame, &self.seqs, &mut names, &mut bodies)?;
+        }
+        Ok(written)
+    }
+}
+
+/// Write one frame of the puts `names` (bodies in `bodies`) to `out`, emptying both; returns
+/// its size.
+fn put_frame(
+    out: &mut impl Write,
+    frame: &mut Vec<u8>,
+    seqs: &[u8],
+    names: &mut Vec<(&str, Range<usize>)>,
+    bodies: &mut Vec<u8>,
+) -> io::Result<u64> {
+    frame.clear();
+    encode(
+        frame,
+        seqs,
+        names.iter().map(|(name, r)| Record::Put {
+            name,
+            body: &bodies[r.clone()],
+        }),
+    );
+    names.clear();
+    bodies.clear();
+    out.write_all(frame)?;
+    Ok(frame.len() as u64)
+}
+
+/// The read buffer of a compaction's scan.
+const READ_BUF: usize = 64 << 10;
 
 /// CRC-32 (IEEE), to tell a frame torn by a crash from a whole one.
 pub(super) fn crc32(data: &[u8]) -> u32 {
@@ -260,5 +395,76 @@ mod tests {
         assert_eq!(good, snap.len());
         assert_eq!(again.graphs, live.graphs);
         assert_eq!(again.seqs, live.seqs);
+    }
+
+    fn temp_file(bytes: &[u8]) -> File {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("reflex-store-log-{}-{n}", std::process::id()));
+        std::fs::write(&path, bytes).expect("write");
+        let f = File::open(&path).expect("open");
+        let _ = std::fs::remove_file(&path);
+        f
+    }
+
+    #[test]
+    fn a_streamed_snapshot_says_what_the_log_says() {
+        // Many frames, puts over puts, removes, an empty body, a name put again after removal.
+        let mut log = MAGIC.to_vec();
+        for n in 0..300u32 {
+            let name = format!("g{}", n % 37);
+            let body = format!("body {n} {}", "x".repeat((n % 50) as usize));
+            let seqs = format!("{{\"k\":{n}}}");
+            let mut records = vec![Record::Put {
+                name: &name,
+                body: body.as_bytes(),
+            }];
+            let gone = format!("g{}", (n * 7) % 37);
+            if n % 5 == 0 {
+                records.push(Record::Remove { name: &gone });
+            }
+            if n == 299 {
+                records.push(Record::Put {
+                    name: "empty",
+                    body: b"",
+                });
+            }
+            encode(&mut log, seqs.as_bytes(), records);
+        }
+        let (live, _) = Live::of(&log);
+        let file = temp_file(&log);
+        let index = Index::of(&file, log.len() as u64).expect("index");
+        assert_eq!(index.seqs, live.seqs);
+        assert_eq!(index.bodies.len(), live.graphs.len());
+        for chunk in [1, 100, 1 << 20] {
+            let mut snap = Vec::new();
+            let n = index.snapshot(&file, &mut snap, chunk).expect("snapshot");
+            assert_eq!(n, snap.len() as u64);
+            let (again, good) = Live::of(&snap);
+            assert_eq!(good, snap.len(), "chunk {chunk}");
+            assert_eq!(again.graphs, live.graphs, "chunk {chunk}");
+            assert_eq!(again.seqs, live.seqs);
+        }
+
+        // No graphs at all: the last sequences are still written.
+        let mut bare = MAGIC.to_vec();
+        encode(&mut bare, b"{\"k\":9}", []);
+        let file = temp_file(&bare);
+        let index = Index::of(&file, bare.len() as u64).expect("index");
+        let mut snap = Vec::new();
+        index.snapshot(&file, &mut snap, 64).expect("snapshot");
+        assert_eq!(Live::of(&snap).0.seqs, b"{\"k\":9}");
+
+        // A committed length that cuts a frame, or a flipped bit, is refused: nothing is
+        // rewritten from a log that does not add up.
+        let file = temp_file(&log);
+        assert!(Index::of(&file, log.len() as u64 - 1).is_err());
+        let mut flipped = log.clone();
+        flipped[log.len() - 3] ^= 1;
+        let file = temp_file(&flipped);
+        assert!(Index::of(&file, flipped.len() as u64).is_err());
+        let file = temp_file(b"not a log at all, not at all");
+        assert!(Index::of(&file, 28).is_err());
     }
 }
