@@ -390,7 +390,8 @@ impl Enrollment {
 /// Follows a store another process changes (the publisher follows the manager's; the manager
 /// follows `reflex keys` run offline): one `stat` of the directory per [`Follow::poll`] while
 /// nothing changed, a re-read when something did. Every change is a rename into the directory,
-/// which moves its modification time.
+/// which moves its modification time (for a fraction of a second after a change, every poll
+/// reads: see [`SAME_TICK`]).
 #[derive(Debug)]
 pub struct Follow {
     dir: PathBuf,
@@ -422,10 +423,19 @@ impl Follow {
             return Ok(None);
         }
         let store = Enrollment::open(&self.dir)?;
-        self.seen = Some(stamp);
+        // The kernel stamps times from a clock that ticks every few ms: a second change within
+        // the tick of the one just read would leave the time as it is. So a time that recent
+        // is not taken as seen, and the next poll reads again.
+        let settled = std::time::SystemTime::now()
+            .duration_since(stamp)
+            .is_ok_and(|age| age >= SAME_TICK);
+        self.seen = settled.then_some(stamp);
         Ok(Some(store))
     }
 }
+
+/// A directory time at least this old cannot be shared by a change still to come.
+const SAME_TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
 mod ask;
 pub use ask::{

@@ -229,6 +229,9 @@ fn follow_sees_another_writer_and_costs_nothing_while_quiet() {
     let (tmp, mut writer) = store();
     let mut follow = Follow::new(&store_dir(tmp.path()));
     assert_eq!(follow.poll().unwrap().map(|s| s.list().count()), Some(0));
+    // Past the clock tick of the store's last change, a quiet store is not read again.
+    std::thread::sleep(super::SAME_TICK);
+    assert_eq!(follow.poll().unwrap().map(|s| s.list().count()), Some(0));
     assert!(follow.poll().unwrap().is_none(), "nothing changed");
     writer.submit("web1", &key(1)).unwrap();
     writer.accept("web1", &[]).unwrap();
@@ -240,4 +243,19 @@ fn follow_sees_another_writer_and_costs_nothing_while_quiet() {
     writer.revoke("web1").unwrap();
     let seen = follow.poll().unwrap().expect("a change");
     assert_eq!(seen.peers().count(), 0);
+}
+
+#[test]
+fn follow_sees_a_change_made_right_after_the_one_it_read() {
+    // Changes a few microseconds apart share the directory's time (the kernel's clock ticks
+    // every few ms): a follower that read the first must still see the second.
+    let (tmp, mut writer) = store();
+    let mut follow = Follow::new(&store_dir(tmp.path()));
+    for n in 0..20u8 {
+        let name = format!("web{n}");
+        writer.submit(&name, &key(n)).unwrap();
+        writer.accept(&name, &[]).unwrap();
+        let seen = follow.poll().unwrap().expect("a change");
+        assert!(seen.peers().any(|(_, p)| p.name == name), "{name}");
+    }
 }

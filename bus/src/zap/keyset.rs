@@ -47,17 +47,8 @@ pub struct KeySet {
     generation: Arc<AtomicU64>,
     /// The enrollment store the set mirrors, re-read on an unknown key (see
     /// [`KeySet::follow_store`]).
-    source: Arc<RwLock<Option<Source>>>,
+    source: Arc<RwLock<Option<crate::enroll::Follow>>>,
 }
-
-struct Source {
-    dir: std::path::PathBuf,
-    last_read: Option<std::time::Instant>,
-}
-
-/// Re-read the store for an unknown key at most this often, so a flood of strangers' keys
-/// costs at most this many directory reads.
-const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl std::fmt::Debug for KeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,35 +141,27 @@ impl KeySet {
     }
 
     /// Mirror the enrollment store in `dir`: an unknown key makes the handler re-read it
-    /// before refusing, so a host accepted a moment ago (by another process: the store is
-    /// files) is not refused for a stale copy. That matters because libzmq never retries a
-    /// handshake ZAP refused: the connection stays dead.
+    /// before refusing, when it changed since last read, so a host accepted a moment ago (by
+    /// another process: the store is files) is not refused for a stale copy. That matters
+    /// because libzmq never retries a handshake ZAP refused: the connection stays dead until
+    /// its owner dials again. A stranger's key costs one `stat` of the directory.
     pub fn follow_store(&self, dir: &std::path::Path) {
         let mut s = self.source.write().unwrap_or_else(PoisonError::into_inner);
-        *s = Some(Source {
-            dir: dir.to_path_buf(),
-            last_read: None,
-        });
+        *s = Some(crate::enroll::Follow::new(dir));
     }
 
-    /// Re-read the followed store (rate-limited); true when it was read.
+    /// Re-read the followed store if it changed since it was last read; true when it was.
     pub(crate) fn reload(&self) -> bool {
-        let dir = {
-            let mut s = self.source.write().unwrap_or_else(PoisonError::into_inner);
-            let Some(src) = s.as_mut() else {
-                return false;
-            };
-            if src.last_read.is_some_and(|t| t.elapsed() < RELOAD_EVERY) {
-                return false;
-            }
-            src.last_read = Some(std::time::Instant::now());
-            src.dir.clone()
+        let mut s = self.source.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(follow) = s.as_mut() else {
+            return false;
         };
-        match crate::enroll::Enrollment::open(&dir) {
-            Ok(store) => {
+        match follow.poll() {
+            Ok(Some(store)) => {
                 self.replace(store.peers().collect::<Vec<_>>());
                 true
             }
+            Ok(None) => false,
             Err(e) => {
                 tracing::warn!("ZAP: cannot re-read the enrollment store: {e}");
                 false
