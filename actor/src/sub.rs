@@ -7,8 +7,10 @@
 use crate::{ActorError, Config};
 use bus::delivery::TICK;
 use bus::{BadFrames, MalformedKind, Target};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// What the SUB thread hands the serve loop: what came from which publisher.
@@ -73,10 +75,18 @@ pub(crate) fn subscriptions(cfg: &Config) -> Result<Vec<String>, ActorError> {
     Ok(topics)
 }
 
+/// How long after the publisher refused our key the subscription dials it again (a key
+/// accepted at a manager reaches the other publishers a moment later: another process reads
+/// the store, or etcd carries it).
+const REDIAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One publisher's subscription and the watch on its handshakes.
 struct Feed {
     sub: zmq::Socket,
     watch: bus::sockets::HandshakeWatch,
+    publish: String,
+    /// When to dial again, after the publisher refused our key.
+    redial_at: Cell<Option<Instant>>,
 }
 
 /// Subscribe to `topics` on every publisher and start the thread that receives from them
@@ -96,7 +106,12 @@ pub(crate) fn spawn(
         for topic in topics {
             sub.set_subscribe(topic.as_bytes())?;
         }
-        feeds.push(Feed { sub, watch });
+        feeds.push(Feed {
+            sub,
+            watch,
+            publish: p.publish.clone(),
+            redial_at: Cell::new(None),
+        });
     }
     let max_frame = cfg.max_frame;
     let thread = std::thread::Builder::new()
@@ -108,7 +123,7 @@ pub(crate) fn spawn(
 fn sub_loop(feeds: Vec<Feed>, tx: mpsc::Sender<Inbound>, max_frame: usize, stop: &AtomicBool) {
     receive(&feeds, &tx, max_frame, stop);
     // Before the sockets close (see `HandshakeWatch::unwatch`).
-    for Feed { mut sub, watch } in feeds {
+    for Feed { mut sub, watch, .. } in feeds {
         watch.unwatch(&mut sub);
     }
 }
@@ -139,6 +154,12 @@ fn receive(feeds: &[Feed], tx: &mpsc::Sender<Inbound>, max_frame: usize, stop: &
             if !take(feed, from, data, shake, tx, max_frame, &mut bad) {
                 return;
             }
+            if feed.redial_at.get().is_some_and(|t| t <= Instant::now()) {
+                feed.redial_at.set(None);
+                if let Err(e) = bus::sockets::redial(&feed.sub, &feed.publish) {
+                    tracing::error!(publisher = %feed.publish, "cannot dial the publisher again: {e}");
+                }
+            }
         }
     }
 }
@@ -157,11 +178,15 @@ fn take(
     // Told before any action received after it, so the serve loop holds those back until
     // it has caught up.
     if shake {
-        let (shook, lost) = feed.watch.drain_both();
-        if lost && !send(Msg::Lost) {
+        let told = feed.watch.drain_all();
+        if told.refused && feed.redial_at.get().is_none() {
+            tracing::warn!(publisher = %feed.publish, after_s = REDIAL.as_secs_f64(), "the publisher refused our key (not accepted there yet?): dialing again");
+            feed.redial_at.set(Some(Instant::now() + REDIAL));
+        }
+        if told.lost && !send(Msg::Lost) {
             return false;
         }
-        if shook && !send(Msg::Connected) {
+        if told.shook && !send(Msg::Connected) {
             return false;
         }
     }

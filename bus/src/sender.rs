@@ -24,6 +24,9 @@
 //! in one etcd): two independent managers each keep their own marks, and a stream moved
 //! between them would be taken again from where the hello says.
 //!
+//! **One manager** is dialed again the same way once silent: a manager that refused our key
+//! (not accepted there yet) has a connection libzmq gave up on and never retries.
+//!
 //! What it holds lives in memory, and, with [`SenderConfig::spool`], on disk too
 //! ([`crate::spool`]: synced in groups on the sender's thread, before it is sent): a sender
 //! started again on the same spool resumes the same stream, numbers and held events included,
@@ -415,10 +418,12 @@ impl Failover {
     }
 
     /// The stream made no progress in time (the sender is about to send again) at `now`: the
-    /// manager to turn to, when the one talked to has been silent too long and there is
-    /// another. From then on, silence is counted from `now`.
+    /// manager to turn to, when the one talked to has been silent too long: the next one, or
+    /// the same one dialed again when it is the only one (a manager that refused our key
+    /// never hears from a connection libzmq gave up on). From then on, silence is counted
+    /// from `now`.
     pub(crate) fn stalled(&mut self, now: Instant) -> Option<usize> {
-        if self.count < 2 || now.saturating_duration_since(self.heard) < self.silent_after {
+        if now.saturating_duration_since(self.heard) < self.silent_after {
             return None;
         }
         self.current = (self.current + 1) % self.count;
@@ -535,7 +540,12 @@ impl Run {
         };
         match connect(to, &self.cfg.security) {
             Ok((push, acks)) => {
-                tracing::warn!(stream = %self.stream, to = %to.ingest, held = self.held.len(), "the manager talked to is silent: moving to the next one and sending what is held there");
+                let which = if self.cfg.managers.len() > 1 {
+                    "the next one"
+                } else {
+                    "it again"
+                };
+                tracing::warn!(stream = %self.stream, to = %to.ingest, held = self.held.len(), "the manager talked to is silent: dialing {which} and sending what is held there");
                 self.push = push;
                 self.acks = acks;
                 true
@@ -854,9 +864,12 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let silent = Duration::from_millis(2_000);
-        // One manager: never anywhere else, however long it is silent.
+        // One manager: dialed again once silent (it may have refused our key), then silence
+        // counts from there.
         let mut one = Failover::new(1, silent, t0);
-        assert_eq!(one.stalled(ms(60_000)), None);
+        assert_eq!(one.stalled(ms(1_000)), None);
+        assert_eq!(one.stalled(ms(2_000)), Some(0));
+        assert_eq!(one.stalled(ms(3_000)), None);
         assert_eq!(one.current(), 0);
         let mut f = Failover::new(3, silent, t0);
         // Silent, but not long enough yet: resend to the same one.

@@ -83,6 +83,28 @@ pub fn connect_watched(
     Ok((s, watch))
 }
 
+/// What a [`HandshakeWatch`] was told since it was last drained.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Told {
+    /// A handshake succeeded.
+    pub shook: bool,
+    /// A peer's connection was lost (closed, reset, or timed out by ZMTP heartbeats).
+    pub lost: bool,
+    /// The peer refused our key (its ZAP handler said no). libzmq never dials a refused
+    /// connection again: its owner must (see [`redial`]).
+    pub refused: bool,
+}
+
+/// Dial `endpoint` again on `socket`: after a refused handshake, the only way the connection
+/// comes back (the peer may have accepted our key since).
+pub fn redial(socket: &zmq::Socket, endpoint: &str) -> Result<(), SocketError> {
+    // Gone already when libzmq dropped the refused session's endpoint: nothing to undo.
+    let _ = socket.disconnect(endpoint);
+    socket
+        .connect(endpoint)
+        .map_err(|e| SocketError::new(endpoint, e))
+}
+
 /// Watches a socket's connection handshakes (ZeroMQ socket monitor over inproc), so a process
 /// can tell when a peer is really there, e.g. for an actor to announce itself only once its
 /// subscriptions can reach the publisher.
@@ -100,12 +122,13 @@ impl HandshakeWatch {
         HandshakeWatch::watch(socket, zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32)
     }
 
-    /// [`HandshakeWatch::new`], also told when a connection is lost (see
-    /// [`HandshakeWatch::drain_both`]). Drain it often: a lost peer that keeps coming back
-    /// makes an event each time. Close it with [`HandshakeWatch::unwatch`].
+    /// [`HandshakeWatch::new`], also told when a connection is lost or the peer refused our
+    /// key (see [`HandshakeWatch::drain_all`]). Drain it often: a lost peer that keeps coming
+    /// back makes an event each time. Close it with [`HandshakeWatch::unwatch`].
     pub fn with_losses(socket: &zmq::Socket) -> Result<HandshakeWatch, SocketError> {
-        let events =
-            zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32 | zmq::SocketEvent::DISCONNECTED as i32;
+        let events = zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32
+            | zmq::SocketEvent::DISCONNECTED as i32
+            | zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32;
         HandshakeWatch::watch(socket, events)
     }
 
@@ -142,23 +165,23 @@ impl HandshakeWatch {
 
     /// Take every pending notification; true when at least one handshake succeeded.
     pub fn drain(&self) -> bool {
-        self.drain_both().0
+        self.drain_all().shook
     }
 
-    /// Take every pending notification: whether a handshake succeeded, and whether a peer's
-    /// connection was lost (closed, reset, or timed out by ZMTP heartbeats).
-    pub fn drain_both(&self) -> (bool, bool) {
-        let (mut shook, mut lost) = (false, false);
+    /// Take every pending notification.
+    pub fn drain_all(&self) -> Told {
+        let mut told = Told::default();
         while let Ok(parts) = self.pair.recv_multipart(zmq::DONTWAIT) {
             // libzmq's own frames: a 16-bit event number, a 32-bit value, then the endpoint.
             let event = match parts.first() {
                 Some(f) if parts.len() == 2 && f.len() >= 2 => u16::from_ne_bytes([f[0], f[1]]),
                 _ => continue,
             };
-            shook |= event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16;
-            lost |= event == zmq::SocketEvent::DISCONNECTED as u16;
+            told.shook |= event == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as u16;
+            told.lost |= event == zmq::SocketEvent::DISCONNECTED as u16;
+            told.refused |= event == zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as u16;
         }
-        (shook, lost)
+        told
     }
 
     /// Wait up to `timeout` for a handshake; true when one happened.
@@ -269,7 +292,7 @@ mod tests {
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             let mut lost = false;
             while !lost && std::time::Instant::now() < deadline {
-                lost = watch.drain_both().1;
+                lost = watch.drain_all().lost;
                 std::thread::sleep(Duration::from_millis(10));
             }
             assert!(lost, "the peer went away");

@@ -120,6 +120,43 @@ fn an_unknown_key_gets_nothing_through_and_is_reported() {
 }
 
 #[test]
+fn a_refused_client_is_told_and_gets_in_when_it_dials_again_once_accepted() {
+    let s = server(Mode::Secure, true);
+    let web1 = KeyPair::generate().unwrap();
+    // On the process context, where a handshake watch can see it.
+    let mut c = bus::sockets::socket(zmq::PUSH).unwrap();
+    c.set_linger(0).unwrap();
+    web1.curve_client(&c, &s.public).unwrap();
+    let watch = bus::sockets::HandshakeWatch::with_losses(&c).unwrap();
+    c.connect(&s.endpoint).unwrap();
+    let until = |what: &str, pred: &dyn Fn(bus::sockets::Told) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !pred(watch.drain_all()) {
+            assert!(std::time::Instant::now() < deadline, "not {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    until("refused", &|t| t.refused);
+    s.accept(&web1, "web1");
+    // libzmq gave up on the refused connection: nothing gets through until it is dialed again.
+    let _ = c.send("too early", zmq::DONTWAIT);
+    assert!(s.recv(700).is_none(), "libzmq dialed again by itself");
+    bus::sockets::redial(&c, &s.endpoint).unwrap();
+    until("shaken hands after the redial", &|t| t.shook);
+    c.send("in", 0).unwrap();
+    let mut got = Vec::new();
+    while let Some(mut m) = s.recv(5000) {
+        assert_eq!(m.gets("User-Id"), Some("web1"));
+        got.push(m.as_str().unwrap_or_default().to_string());
+        if got.last().is_some_and(|t| t == "in") {
+            break;
+        }
+    }
+    assert_eq!(got.last().map(String::as_str), Some("in"), "{got:?}");
+    watch.unwatch(&mut c);
+}
+
+#[test]
 fn a_revoked_key_is_refused_on_its_next_connection() {
     let s = server(Mode::Secure, true);
     let web1 = KeyPair::generate().unwrap();
