@@ -13,9 +13,7 @@ mod etcd;
 
 use common::*;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const PREFIX: &str = "/reflex-it";
@@ -163,26 +161,13 @@ fn a_manager_killed_mid_burst_loses_nothing_and_counts_nothing_twice() {
             ));
         }
         let mut a = vec![
-            "send".to_string(),
-            "--stdin".into(),
-            "--rate".into(),
+            "--rate".to_string(),
             "100".into(),
             "--timeout".into(),
             "45".into(),
         ];
         a.extend(stack_args(&states[0], bases[0]));
-        let mut child = Command::new(REFLEX)
-            .args(&a)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("reflex send");
-        let mut stdin = child.stdin.take().unwrap();
-        std::thread::spawn(move || {
-            let _ = stdin.write_all(lines.as_bytes());
-        });
-        senders.push(child);
+        senders.push(spawn_send_stdin(&a, lines));
     }
     let total = (SENDERS * PER_SENDER) as i64;
 
@@ -457,9 +442,7 @@ fn the_leader_publishes_a_dead_managers_outbox_once() {
         ));
     }
     let mut a = vec![
-        "send".to_string(),
-        "--stdin".into(),
-        "--rate".into(),
+        "--rate".to_string(),
         "150".into(),
         "--timeout".into(),
         "45".into(),
@@ -467,17 +450,7 @@ fn the_leader_publishes_a_dead_managers_outbox_once() {
         format!("tcp://127.0.0.1:{},tcp://127.0.0.1:{}", bases[1], bases[0]),
     ];
     a.extend(stack_args(&states[1], bases[1]));
-    let mut failover = Command::new(REFLEX)
-        .args(&a)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("reflex send");
-    let mut stdin = failover.stdin.take().expect("send's stdin");
-    std::thread::spawn(move || {
-        let _ = stdin.write_all(lines.as_bytes());
-    });
+    let failover = spawn_send_stdin(&a, lines);
     let done_at_kill = wait_for(
         "the sender's first events committed",
         Duration::from_secs(20),

@@ -7,9 +7,7 @@
 mod common;
 
 use common::*;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const N: usize = 1_000;
@@ -42,26 +40,12 @@ fn restart_publisher(stack: &mut Stack, extra: &[&str]) {
 
 /// `reflex send --stdin` with one JSON line per event; exits 0 once each was acknowledged.
 fn send_lines(stack: &Stack, lines: &str, rate: Option<u32>) -> std::process::Child {
-    let mut a = vec![
-        "send".to_string(),
-        "--stdin".into(),
-        "--timeout".into(),
-        "120".into(),
-    ];
+    let mut a = vec!["--timeout".to_string(), "120".into()];
     if let Some(r) = rate {
         a.extend(["--rate".into(), r.to_string()]);
     }
     a.extend(stack_args(&stack.state, stack.base));
-    let mut send = Command::new(REFLEX)
-        .args(&a)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("reflex send --stdin");
-    let mut stdin = send.stdin.take().expect("stdin");
-    stdin.write_all(lines.as_bytes()).expect("lines");
-    send
+    spawn_send_stdin(&a, lines.to_string())
 }
 
 /// Wait for `send_lines` to end; its stderr, after asserting it succeeded.

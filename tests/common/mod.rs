@@ -389,33 +389,35 @@ pub fn child_pid(parent: i32, needle: &str) -> Option<i32> {
 /// `reflex send --stdin` through the stack at `state` and `port_base`, one JSON event per line
 /// of `lines`; panics unless every event was acknowledged.
 pub fn send_stdin(state: &Path, port_base: u16, lines: &str) {
-    use std::io::Write;
-    let mut a = vec![
-        "send".to_string(),
-        "--stdin".into(),
-        "--timeout".into(),
-        "20".into(),
-    ];
+    let mut a = vec!["--timeout".to_string(), "20".into()];
     a.extend(stack_args(state, port_base));
-    let mut child = Command::new(REFLEX)
-        .args(&a)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("reflex send");
-    child
-        .stdin
-        .take()
-        .expect("send's stdin")
-        .write_all(lines.as_bytes())
-        .expect("write to send");
-    let out = child.wait_with_output().expect("send");
+    let out = spawn_send_stdin(&a, lines.to_string())
+        .wait_with_output()
+        .expect("send");
     assert!(
         out.status.success(),
         "send via {port_base}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `reflex send --stdin ARGS...`, fed `lines` (one JSON event each) from a thread of its own;
+/// it exits 0 once each was acknowledged. Its stderr is piped, to show when it failed.
+pub fn spawn_send_stdin(args: &[String], lines: String) -> Child {
+    use std::io::Write;
+    let mut child = Command::new(REFLEX)
+        .args(["send", "--stdin"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("reflex send --stdin");
+    let mut stdin = child.stdin.take().expect("send's stdin");
+    std::thread::spawn(move || {
+        let _ = stdin.write_all(lines.as_bytes());
+    });
+    child
 }
 
 /// Publisher, manager and actors as separate processes, as on a fleet.
