@@ -1,7 +1,8 @@
 //! Hostile clients against one real stack (publisher, manager, real CURVE): a plain client,
 //! an unknown key, a host sending as another host, a host key on the control socket and on
 //! the monitor, and a key revoked while its connection is up. Each asserts that nothing ran
-//! and nothing changed: the one rule writes a register for every event it sees.
+//! and nothing changed: the one rule writes a register for every event it sees. And the way
+//! back: a host rejected, then accepted again, is served again without a restart.
 
 mod common;
 
@@ -141,4 +142,40 @@ fn hostile_clients_change_nothing() {
     let st = status(&stack);
     assert_eq!(st["revoked"], 1, "{st}");
     assert_eq!(st["forged"], 1, "{st}");
+}
+
+#[test]
+fn a_host_rejected_then_accepted_again_comes_back_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stack = Stack::start(
+        tmp.path(),
+        &[(
+            "10-back.rhai",
+            r#"const MATCH = "test/back"; fn react(e) { act("host/back", [#{kind: "noop", name: e.data.label}], #{name: e.data.label}); }"#,
+        )],
+    );
+    let mut mon = Monitor::connect(&stack.state, stack.base);
+    let actor = stack.actor_logged("back", &[]);
+    mon.wait("the actor up", T, |e| {
+        e.tag == "actor/up" && e.host == "back"
+    });
+    stack.send("test/back", &["label=before"]);
+    mon.wait("the result before", T, |e| {
+        is_result(e) && e.host == "back" && e.data["name"] == "before"
+    });
+
+    // Rejected: the publisher drops its subscription and refuses it from then on. libzmq
+    // gives up on a connection the peer refused, so only the actor dialing again can bring
+    // it back once the key is accepted again.
+    reflex_ok(&stack, &["keys", "reject", "back"]);
+    actor.wait_line("refused our key", T);
+    mon.seen.clear();
+    reflex_ok(&stack, &["keys", "accept", "back"]);
+    mon.wait("the actor up again", T, |e| {
+        e.tag == "actor/up" && e.host == "back"
+    });
+    stack.send("test/back", &["label=after"]);
+    mon.wait("the result after", T, |e| {
+        is_result(e) && e.host == "back" && e.data["name"] == "after"
+    });
 }
