@@ -223,7 +223,7 @@ fn recover(dir: &Path) -> std::io::Result<(File, u64, Recovered)> {
     if bytes.is_empty() {
         // A new log: what an older store held, if anything, written before its files go.
         let old;
-        (bytes, old) = migrate(dir);
+        (bytes, old) = migrate(dir)?;
         replace(dir, &path, |out| out.write_all(&bytes))?;
         for gone in old {
             let _ = std::fs::remove_dir_all(&gone).or_else(|_| std::fs::remove_file(&gone));
@@ -249,7 +249,7 @@ fn recover(dir: &Path) -> std::io::Result<(File, u64, Recovered)> {
 
 /// What an older actor's store held (`graphs/*.json`, `issuers.json`) as a log, and the old
 /// files to remove once it is written.
-fn migrate(dir: &Path) -> (Vec<u8>, Vec<PathBuf>) {
+fn migrate(dir: &Path) -> std::io::Result<(Vec<u8>, Vec<PathBuf>)> {
     let old_graphs = dir.join("graphs");
     let old_seqs = dir.join("issuers.json");
     let mut bodies: Vec<(String, Vec<u8>)> = Vec::new();
@@ -284,7 +284,7 @@ fn migrate(dir: &Path) -> (Vec<u8>, Vec<PathBuf>) {
     if !bodies.is_empty() {
         tracing::info!(graphs = bodies.len(), "graph store carried into graphs.log");
     }
-    (live.snapshot(SNAPSHOT_CHUNK), vec![old_graphs, old_seqs])
+    Ok((live.snapshot(SNAPSHOT_CHUNK)?, vec![old_graphs, old_seqs]))
 }
 
 fn seqs_of(json: &[u8]) -> LastSeqs {

@@ -164,25 +164,17 @@ impl<'a> Live<'a> {
     }
 
     /// The whole log that says only this: MAGIC, then frames of about `chunk` bytes.
-    pub(super) fn snapshot(&self, chunk: usize) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        let mut names: Vec<&&str> = self.graphs.keys().collect();
-        names.sort();
-        let mut records = Vec::new();
-        let mut size = 0;
-        for name in names {
-            let body = self.graphs[*name];
-            size += name.len() + body.len() + 9;
-            records.push(Record::Put { name, body });
-            if size >= chunk {
-                encode(&mut out, self.seqs, records.drain(..));
-                size = 0;
-            }
+    pub(super) fn snapshot(&self, chunk: usize) -> io::Result<Vec<u8>> {
+        let mut names: Vec<(&str, &[u8])> = self.graphs.iter().map(|(n, b)| (*n, *b)).collect();
+        names.sort_unstable();
+        let mut w = Snapshot::new(Vec::new(), self.seqs, chunk);
+        for (name, body) in names {
+            w.put(name, body.len(), |b| {
+                b.copy_from_slice(body);
+                Ok(())
+            });
         }
-        if !records.is_empty() || out.len() == MAGIC.len() {
-            encode(&mut out, self.seqs, records);
-        }
-        out
+        w.finish().0
     }
 }
 
@@ -265,49 +257,89 @@ impl Index {
             .map(|(name, &(off, len))| (name.as_str(), off, len))
             .collect();
         places.sort_unstable_by_key(|p| p.1);
-        out.write_all(MAGIC)?;
-        let mut written = MAGIC.len() as u64;
-        let (mut bodies, mut frame) = (Vec::new(), Vec::new());
-        let mut names: Vec<(&str, Range<usize>)> = Vec::new();
+        let mut w = Snapshot::new(out, &self.seqs, chunk);
         for (name, off, len) in places {
-            let start = bodies.len();
-            bodies.resize(start + len as usize, 0);
-            src.read_exact_at(&mut bodies[start..], off)?;
-            names.push((name, start..bodies.len()));
-            if bodies.len() >= chunk {
-                written += put_frame(out, &mut frame, &self.seqs, &mut names, &mut bodies)?;
-            }
+            w.put(name, len as usize, |b| src.read_exact_at(b, off));
         }
-        // The last sequences are kept even when no graph is.
-        if !names.is_empty() || written == MAGIC.len() as u64 {
-            written += put_frame(out, &mut frame, &self.seqs, &mut names, &mut bodies)?;
-        }
+        let (out, written) = w.finish();
+        out?;
         Ok(written)
     }
 }
 
-/// Write one frame of the puts `names` (bodies in `bodies`) to `out`, emptying both; returns
-/// its size.
-fn put_frame(
-    out: &mut impl Write,
-    frame: &mut Vec<u8>,
-    seqs: &[u8],
-    names: &mut Vec<(&str, Range<usize>)>,
-    bodies: &mut Vec<u8>,
-) -> io::Result<u64> {
-    frame.clear();
-    encode(
-        frame,
-        seqs,
-        names.iter().map(|(name, r)| Record::Put {
-            name,
-            body: &bodies[r.clone()],
-        }),
-    );
-    names.clear();
-    bodies.clear();
-    out.write_all(frame)?;
-    Ok(frame.len() as u64)
+/// Writes a log that says only what is put in it: MAGIC, then frames of about `chunk` bytes
+/// of bodies, each frame with the last sequences. It holds one frame's bodies at a time. The
+/// first write error ends the writing and is kept for [`Snapshot::finish`].
+struct Snapshot<'a, W> {
+    out: io::Result<W>,
+    seqs: &'a [u8],
+    chunk: usize,
+    names: Vec<(&'a str, Range<usize>)>,
+    bodies: Vec<u8>,
+    frame: Vec<u8>,
+    written: u64,
+}
+
+impl<'a, W: Write> Snapshot<'a, W> {
+    fn new(mut out: W, seqs: &'a [u8], chunk: usize) -> Snapshot<'a, W> {
+        let out = out.write_all(MAGIC).map(|()| out);
+        Snapshot {
+            out,
+            seqs,
+            chunk,
+            names: Vec::new(),
+            bodies: Vec::new(),
+            frame: Vec::new(),
+            written: MAGIC.len() as u64,
+        }
+    }
+
+    /// Put `name`, whose body of `len` bytes `fill` writes.
+    fn put(&mut self, name: &'a str, len: usize, fill: impl FnOnce(&mut [u8]) -> io::Result<()>) {
+        if self.out.is_err() {
+            return;
+        }
+        let start = self.bodies.len();
+        self.bodies.resize(start + len, 0);
+        if let Err(e) = fill(&mut self.bodies[start..]) {
+            self.out = Err(e);
+            return;
+        }
+        self.names.push((name, start..self.bodies.len()));
+        if self.bodies.len() >= self.chunk {
+            self.flush();
+        }
+    }
+
+    /// Write the puts held as one frame.
+    fn flush(&mut self) {
+        let Ok(out) = &mut self.out else { return };
+        self.frame.clear();
+        let bodies = &self.bodies;
+        encode(
+            &mut self.frame,
+            self.seqs,
+            self.names.iter().map(|(name, r)| Record::Put {
+                name,
+                body: &bodies[r.clone()],
+            }),
+        );
+        self.names.clear();
+        self.bodies.clear();
+        match out.write_all(&self.frame) {
+            Ok(()) => self.written += self.frame.len() as u64,
+            Err(e) => self.out = Err(e),
+        }
+    }
+
+    /// Write what is still held (the last sequences even when no graph is); the writer, or
+    /// the first error, and the bytes written.
+    fn finish(mut self) -> (io::Result<W>, u64) {
+        if !self.names.is_empty() || self.written == MAGIC.len() as u64 {
+            self.flush();
+        }
+        (self.out, self.written)
+    }
 }
 
 /// The read buffer of a compaction's scan.
@@ -390,7 +422,7 @@ mod tests {
         flipped[whole + 12] ^= 1;
         assert_eq!(Live::of(&flipped).1, whole);
 
-        let snap = Live::of(&log).0.snapshot(1);
+        let snap = Live::of(&log).0.snapshot(1).expect("snapshot");
         let (again, good) = Live::of(&snap);
         assert_eq!(good, snap.len());
         assert_eq!(again.graphs, live.graphs);
