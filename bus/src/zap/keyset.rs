@@ -47,8 +47,20 @@ pub struct KeySet {
     generation: Arc<AtomicU64>,
     /// The enrollment store the set mirrors, re-read on an unknown key (see
     /// [`KeySet::follow_store`]).
-    source: Arc<RwLock<Option<crate::enroll::Follow>>>,
+    source: Arc<RwLock<Option<Source>>>,
 }
+
+struct Source {
+    follow: crate::enroll::Follow,
+    /// When the store was last read in full.
+    last_read: Option<std::time::Instant>,
+}
+
+/// Read the store in full for an unknown key at most this often: strangers' keys arriving
+/// while the store keeps changing (pending requests at the enroll door) cost at most this many
+/// reads. A key refused meanwhile is dialed again by its owner (the actor's subscription, the
+/// sender) and gets in then.
+const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl std::fmt::Debug for KeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -144,20 +156,29 @@ impl KeySet {
     /// before refusing, when it changed since last read, so a host accepted a moment ago (by
     /// another process: the store is files) is not refused for a stale copy. That matters
     /// because libzmq never retries a handshake ZAP refused: the connection stays dead until
-    /// its owner dials again. A stranger's key costs one `stat` of the directory.
+    /// its owner dials again. A stranger's key costs one `stat` of the directory while the
+    /// store is unchanged, and at most one full read per [`RELOAD_EVERY`] while it changes.
     pub fn follow_store(&self, dir: &std::path::Path) {
         let mut s = self.source.write().unwrap_or_else(PoisonError::into_inner);
-        *s = Some(crate::enroll::Follow::new(dir));
+        *s = Some(Source {
+            follow: crate::enroll::Follow::new(dir),
+            last_read: None,
+        });
     }
 
-    /// Re-read the followed store if it changed since it was last read; true when it was.
+    /// Re-read the followed store if it changed since it was last read (rate-limited); true
+    /// when it was.
     pub(crate) fn reload(&self) -> bool {
         let mut s = self.source.write().unwrap_or_else(PoisonError::into_inner);
-        let Some(follow) = s.as_mut() else {
+        let Some(src) = s.as_mut() else {
             return false;
         };
-        match follow.poll() {
+        if src.last_read.is_some_and(|t| t.elapsed() < RELOAD_EVERY) {
+            return false;
+        }
+        match src.follow.poll() {
             Ok(Some(store)) => {
+                src.last_read = Some(std::time::Instant::now());
                 self.replace(store.peers().collect::<Vec<_>>());
                 true
             }
